@@ -1,0 +1,51 @@
+"""Domain errors, defined once; bundler.app turns them into HTTP responses in one place."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A setting is wrong: the service refuses to start, with this one-line message."""
+
+
+class BundlerError(Exception):
+    """An error a client can act on; ``status`` is its HTTP status."""
+
+    status = 500
+    headers: dict[str, str] = {}  # noqa: RUF012 - read-only class default
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(BundlerError):
+    status = 400
+
+
+class VersionNotFound(BundlerError):
+    status = 404
+
+
+class UnknownModule(BundlerError):
+    status = 404
+
+    def __init__(self, version: str, modules: list[str]) -> None:
+        names = ", ".join(modules)
+        noun = "module" if len(modules) == 1 else "modules"
+        super().__init__(f"unknown {noun} in version {version}: {names}")
+        self.modules = modules
+
+
+class BuildFailed(BundlerError):
+    """esbuild rejected the source (a syntax error, a missing import inside a module)."""
+
+    status = 422
+
+
+class BuildTimeout(BundlerError):
+    status = 504
+
+
+class SourceUnavailable(BundlerError):
+    status = 503
+    headers = {"Retry-After": "5"}  # noqa: RUF012

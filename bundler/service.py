@@ -1,0 +1,109 @@
+"""The request path without HTTP: cache, then one shared build per key.
+
+spec -> memory cache -> SingleFlight(key) -> source checkout -> esbuild -> Bundle
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachetools import TTLCache
+
+from bundler.builder import Builder
+from bundler.cache import Bundle, MemoryCache
+from bundler.errors import BuildFailed, BundlerError, ConfigError, UnknownModule
+from bundler.flight import SingleFlight
+from bundler.settings import Settings
+from bundler.sources import DirectorySource
+from bundler.spec import BuildOptions, BundleSpec, parse_query
+
+logger = logging.getLogger(__name__)
+
+# Distinct failing combinations remembered at once; a storm of one broken
+# combination costs one esbuild run per build_failure_ttl_s, not one per request.
+MAX_REMEMBERED_FAILURES = 1024
+
+
+@dataclass
+class Stats:
+    hits: int = 0
+    misses: int = 0
+    builds: int = 0
+    build_failures: int = 0
+
+
+class BundleService:
+    def __init__(
+        self, settings: Settings, source: DirectorySource, builder: Builder, cache: MemoryCache
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.builder = builder
+        self.cache = cache
+        self.options = BuildOptions(
+            target=settings.esbuild_target, registry_name=settings.registry_name
+        )
+        self.default_version = settings.default_version or self._newest_version()
+        self.flight: SingleFlight[str, Bundle] = SingleFlight("build")
+        self.failures: TTLCache[str, BundlerError] = TTLCache(
+            maxsize=MAX_REMEMBERED_FAILURES, ttl=settings.build_failure_ttl_s
+        )
+        self.stats = Stats()
+        self.ready = False
+
+    def _newest_version(self) -> str:
+        versions = self.source.versions()
+        if not versions:
+            raise ConfigError(f"no versions found in {self.source.describe()}")
+        return versions[-1]
+
+    async def start(self) -> None:
+        """Ready once the default version's source can be checked out."""
+        try:
+            await self.source.checkout(self.default_version)
+        except BundlerError as exc:
+            raise ConfigError(f"default version: {exc.message}") from None
+        self.ready = True
+
+    def parse(self, query: Mapping[str, str], keys: list[str]) -> tuple[BundleSpec, bool]:
+        return parse_query(
+            query,
+            keys,
+            default_version=self.default_version,
+            options=self.options,
+            max_modules=self.settings.max_modules,
+            max_chars=self.settings.max_module_name_chars,
+        )
+
+    async def get(self, spec: BundleSpec) -> Bundle:
+        bundle = self.cache.get(spec.key)
+        if bundle is not None:
+            self.stats.hits += 1
+            return bundle
+        self.stats.misses += 1
+        failure = self.failures.get(spec.key)
+        if failure is not None:
+            raise failure
+        return await self.flight.do(spec.key, lambda: self._build(spec))
+
+    async def _build(self, spec: BundleSpec) -> Bundle:
+        root: Path = await self.source.checkout(spec.version)
+        self.stats.builds += 1
+        try:
+            output = await self.builder.build(spec, root)
+        except (BuildFailed, UnknownModule) as exc:
+            self.stats.build_failures += 1
+            self.failures[spec.key] = exc
+            raise
+        bundle = await asyncio.to_thread(Bundle.create, spec.key, output.code)
+        self.cache.put(bundle)
+        return bundle
+
+    async def close(self) -> None:
+        self.ready = False
+        await self.flight.close()
+        await self.builder.kill_all()

@@ -1,0 +1,182 @@
+"""Every knob of the service, in one frozen dataclass.
+
+Each field carries its help text; the CLI flags (``--build-timeout-s``) and the
+environment variables (``BUNDLER_BUILD_TIMEOUT_S``) are derived from the field
+name, so an operator can set anything from a Kubernetes manifest and the three
+never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bundler.cpus import available_cpus
+from bundler.errors import ConfigError
+
+ENV_PREFIX = "BUNDLER_"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# In a source checkout the example components and node_modules sit beside the package.
+CHECKOUT_DIR = PACKAGE_DIR.parent
+REGISTRY_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
+ESBUILD_TARGET = re.compile(r"^[a-z]+[0-9.]*(,[a-z]+[0-9.]*)*$")
+
+
+def _opt(help_text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": help_text}, **kwargs)
+
+
+def default_source() -> str:
+    for candidate in (CHECKOUT_DIR / "examples" / "components", Path("examples/components")):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    return "examples/components"
+
+
+def default_esbuild() -> str:
+    """The binary `npm ci` installed beside the checkout or in the working dir, else PATH."""
+    for base in (CHECKOUT_DIR, Path.cwd()):
+        candidate = base / "node_modules" / ".bin" / "esbuild"
+        if candidate.exists():
+            return str(candidate.resolve())
+    return shutil.which("esbuild") or "esbuild"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _opt("Address to listen on.", default="127.0.0.1")
+    port: int = _opt("TCP port to listen on.", default=8080)
+    source: str = _opt(
+        "Where version sources come from: a directory with one subdirectory per version.",
+        default_factory=default_source,
+    )
+    default_version: str = _opt(
+        "Version served when a request has no v= (default: the newest version in the source).",
+        default="",
+    )
+    data_dir: str = _opt("Directory for build scratch space and caches.", default="data")
+    esbuild: str = _opt(
+        "Path of the esbuild binary (default: the one `npm ci` installed, else PATH).",
+        default_factory=default_esbuild,
+    )
+    esbuild_target: str = _opt("esbuild --target for every bundle.", default="es2018")
+    registry_name: str = _opt(
+        "Global object under which bundles register their modules.", default="__bundlerModules"
+    )
+    max_modules: int = _opt("Most modules one request may name.", default=50)
+    max_module_name_chars: int = _opt("Longest module name accepted.", default=200)
+    build_pool_size: int = _opt(
+        "Concurrent esbuild processes (default: the CPUs this process may use).", default=0
+    )
+    build_threads: int = _opt(
+        "GOMAXPROCS of each esbuild (default: CPUs / pool size, at least 1).", default=0
+    )
+    build_timeout_s: float = _opt(
+        "Deadline of one esbuild run; past it, it is killed.", default=20.0
+    )
+    build_niceness: int = _opt("nice(1) increment for esbuild, so the server wins.", default=10)
+    build_failure_ttl_s: float = _opt(
+        "How long a failed build (422) is remembered instead of re-running esbuild.", default=30.0
+    )
+    memory_cache_max_bytes: int = _opt(
+        "Bytes of bundles (plain + gzip) kept in memory.", default=256 * 1024 * 1024
+    )
+    default_version_max_age_s: int = _opt(
+        "Cache-Control max-age when the request did not pin v=.", default=60
+    )
+    log_format: str = _opt("Log lines as 'text' or 'json'.", default="text")
+    log_level: str = _opt("Logging level.", default="INFO")
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        out = []
+        if not 0 < self.port < 65536:
+            out.append(f"port must be 1-65535, got {self.port}")
+        for name in ("max_modules", "max_module_name_chars", "memory_cache_max_bytes"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1")
+        for name in ("build_pool_size", "build_threads", "default_version_max_age_s"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must not be negative")
+        if self.build_timeout_s <= 0:
+            out.append("build_timeout_s must be positive")
+        if not 0 <= self.build_niceness <= 19:
+            out.append("build_niceness must be 0-19")
+        if not REGISTRY_NAME.match(self.registry_name):
+            out.append(f"registry_name must be a JavaScript identifier, got {self.registry_name!r}")
+        if not ESBUILD_TARGET.match(self.esbuild_target):
+            out.append(f"esbuild_target looks wrong: {self.esbuild_target!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            out.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            out.append("log_format must be 'text' or 'json'")
+        return out
+
+    @property
+    def pool_size(self) -> int:
+        return self.build_pool_size or available_cpus()
+
+    @property
+    def threads_per_build(self) -> int:
+        return self.build_threads or max(1, available_cpus() // self.pool_size)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _convert(f, raw, ENV_PREFIX + f.name.upper())
+        values.update(overrides)
+        return cls(**values)
+
+
+_NUMBER_TYPES: dict[str, type[int] | type[float]] = {"int": int, "float": float}
+
+
+def _convert(f: dataclasses.Field[Any], raw: str, label: str) -> Any:
+    kind = _NUMBER_TYPES.get(str(f.type))
+    if kind is None:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{label} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
+        ) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field; its default comes from BUNDLER_<NAME>, checked in settings_from_args."""
+    for f in dataclasses.fields(Settings):
+        env = ENV_PREFIX + f.name.upper()
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=f.name.split("_")[-1].upper(),
+            help=f"{f.metadata['help']} [env {env}]",
+        )
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
+    overrides = {}
+    for f in dataclasses.fields(Settings):
+        raw = getattr(args, f.name, None)
+        if raw is not None:
+            overrides[f.name] = _convert(f, raw, "--" + f.name.replace("_", "-"))
+    return Settings.from_env(environ, **overrides)

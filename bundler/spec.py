@@ -1,0 +1,115 @@
+"""Parse and validate a bundle request into its canonical form.
+
+Everything a request says is checked here, before any of it reaches the disk,
+a URL or a subprocess. Module names are sorted and deduplicated, so every
+permutation of one list names one cache entry and one build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bundler.errors import BadRequest
+
+# Characters a module path may use; everything else (quotes, backslashes, spaces,
+# '=', ':', '%') is refused, so a name is safe inside a JavaScript string literal.
+MODULE_CHARS = re.compile(r"^[A-Za-z0-9_.@+/-]+$")
+# A release version: starts alphanumeric, then a small safe alphabet (semver fits).
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+ALLOWED_PARAMS = frozenset({"modules", "v"})
+# Bumped whenever the bundle wrapper changes, so old cache entries are never reused.
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    target: str
+    registry_name: str
+    minify: bool = True
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    version: str
+    modules: tuple[str, ...]
+    options: BuildOptions
+
+    @property
+    def key(self) -> str:
+        """Stable cache key of version + canonical module list + build options."""
+        payload = json.dumps(
+            [FORMAT_VERSION, self.version, self.modules, self.options.__dict__], sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    @property
+    def query(self) -> str:
+        """The canonical query string of this bundle (for logs and links)."""
+        return f"modules={','.join(self.modules)}&v={self.version}"
+
+
+def validate_version(version: str) -> str:
+    if not VERSION_PATTERN.match(version) or ".." in version:
+        raise BadRequest(
+            f"invalid version {version!r}: use letters, digits and . _ + - "
+            "(at most 64 characters, starting with a letter or digit), e.g. v=1.4.2"
+        )
+    return version
+
+
+def validate_module(name: str, max_chars: int) -> str:
+    if not name:
+        raise BadRequest("empty module name: check for a stray comma in modules=")
+    if len(name) > max_chars:
+        raise BadRequest(f"module name longer than {max_chars} characters: {name[:40]!r}...")
+    if not MODULE_CHARS.match(name):
+        raise BadRequest(f"invalid module name {name!r}: use letters, digits and _ . @ + - / only")
+    if name[0] in "/-":
+        raise BadRequest(f"invalid module name {name!r}: it must not start with '/' or '-'")
+    for segment in name.split("/"):
+        if segment in ("", ".", ".."):
+            raise BadRequest(
+                f"invalid module name {name!r}: empty, '.' and '..' path segments are not allowed"
+            )
+    return name
+
+
+def parse_modules(raw: str, max_modules: int, max_chars: int) -> tuple[str, ...]:
+    names = raw.split(",")
+    # Bound the work before validating each name: a huge list is refused outright.
+    if len(names) > max_modules:
+        raise BadRequest(f"too many modules: {len(names)} given, at most {max_modules} allowed")
+    return tuple(sorted({validate_module(n, max_chars) for n in names}))
+
+
+def parse_query(
+    query: Mapping[str, str],
+    keys: list[str],
+    *,
+    default_version: str,
+    options: BuildOptions,
+    max_modules: int,
+    max_chars: int,
+) -> tuple[BundleSpec, bool]:
+    """The spec and whether the version was pinned explicitly (that decides caching headers).
+
+    ``keys`` is every parameter name as sent, repeats included.
+    """
+    unknown = sorted(set(keys) - ALLOWED_PARAMS)
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; allowed: modules, v")
+    for name in ALLOWED_PARAMS:
+        if keys.count(name) > 1:
+            raise BadRequest(f"query parameter {name!r} given more than once")
+    if "modules" not in query:
+        raise BadRequest(
+            "missing modules=: name the modules to bundle, e.g. modules=components/hero"
+        )
+    pinned = "v" in query
+    version = validate_version(query["v"] if pinned else default_version)
+    modules = parse_modules(query["modules"], max_modules, max_chars)
+    return BundleSpec(version=version, modules=modules, options=options), pinned
