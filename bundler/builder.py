@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bundler.entry import entry_source, specifier_to_module
-from bundler.errors import BuildFailed, BuildTimeout, ConfigError, UnknownModule
+from bundler.errors import BuildCrashed, BuildFailed, BuildTimeout, ConfigError, UnknownModule
 from bundler.spec import BundleSpec
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Builder:
             returncode, stderr = await self._run(self._command(entry, outfile, spec), source_root)
             duration = time.perf_counter() - started
             if returncode != 0:
-                raise self._error(stderr, spec, source_root, workdir)
+                raise self._error(returncode, stderr, spec, source_root, workdir)
             code = await asyncio.to_thread(outfile.read_bytes)
             logger.info(
                 "built bundle",
@@ -158,7 +158,9 @@ class Builder:
             self._running.discard(proc)
             if proc.returncode is None:
                 await self._kill(proc)
-        return proc.returncode or 0, stderr.decode("utf-8", "replace")
+        returncode = proc.returncode
+        assert returncode is not None  # communicate() returned, so the process was reaped
+        return returncode, stderr.decode("utf-8", "replace")
 
     @staticmethod
     async def _kill(proc: asyncio.subprocess.Process) -> None:
@@ -167,8 +169,17 @@ class Builder:
         await proc.wait()
 
     def _error(
-        self, stderr: str, spec: BundleSpec, source_root: Path, workdir: Path
-    ) -> BuildFailed | UnknownModule:
+        self, returncode: int, stderr: str, spec: BundleSpec, source_root: Path, workdir: Path
+    ) -> BuildFailed | UnknownModule | BuildCrashed:
+        if returncode < 0 or "[ERROR]" not in stderr:
+            logger.error(
+                "esbuild crashed",
+                extra={"key": spec.key, "returncode": returncode, "stderr": stderr[-MAX_ERROR_CHARS:]},
+            )
+            return BuildCrashed(
+                f"esbuild exited with status {returncode} without an error report; "
+                "the service logged it, retry later"
+            )
         unknown = sorted(
             {
                 name

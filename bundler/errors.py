@@ -42,6 +42,12 @@ class BuildFailed(BundlerError):
     status = 422
 
 
+class BuildCrashed(BundlerError):
+    """esbuild died without reporting an error: our fault, not the request's, so not remembered."""
+
+    status = 500
+
+
 class BuildTimeout(BundlerError):
     status = 504
 

@@ -74,6 +74,8 @@ class SingleFlight(Generic[K, V]):
                     waiter.set_exception(error)
                 else:
                     waiter.set_result(result)  # type: ignore[arg-type]
+                if not flight.waiters:
+                    break  # the last one: unregister now, so its next call starts afresh
                 # The waiter resumes in the next iteration; so does this loop, after it.
                 await asyncio.sleep(0)
         finally:

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bundler.app import create_app
+from bundler.settings import Settings, default_esbuild
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "components"
+NODE = shutil.which("node")
+
+# Runs a bundle in a fresh V8 context (globalThis is the context object), then
+# evaluates a check expression there and prints its value as JSON.
+NODE_RUNNER = r"""
+const fs = require("fs"), vm = require("vm");
+const [bundleFile, setup, check] = process.argv.slice(1);
+const ctx = vm.createContext({});
+vm.runInContext(setup, ctx);
+vm.runInContext(fs.readFileSync(bundleFile, "utf8"), ctx, { filename: "bundle.js" });
+process.stdout.write(JSON.stringify(vm.runInContext(check, ctx)));
+"""
+
+
+@pytest.fixture
+def esbuild() -> str:
+    path = default_esbuild()
+    if not Path(path).exists():
+        pytest.fail("esbuild is missing: run `npm ci` (make test does it)")
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, esbuild: str) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "source": str(EXAMPLES),
+            "data_dir": str(tmp_path / "data"),
+            "esbuild": esbuild,
+            "default_version": "1.1.0",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def counting_esbuild(tmp_path: Path, esbuild: str) -> tuple[str, Callable[[], int]]:
+    """The real esbuild behind a wrapper that logs each run, so tests count real processes."""
+    log = tmp_path / "esbuild-runs.log"
+    wrapper = tmp_path / "esbuild-counting"
+    wrapper.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{esbuild}" "$@"\n')
+    wrapper.chmod(0o755)
+
+    def runs() -> int:
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    return str(wrapper), runs
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> TestClient:
+    return await aiohttp_client(create_app(make_settings()))
+
+
+def run_in_node(tmp_path: Path, code: bytes, check: str, setup: str = "") -> Any:
+    if NODE is None:
+        pytest.fail("node is required to execute bundles")
+    bundle_file = tmp_path / "bundle-under-test.js"
+    bundle_file.write_bytes(code)
+    out = subprocess.run(
+        [NODE, "-e", NODE_RUNNER, "--", str(bundle_file), setup, check],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

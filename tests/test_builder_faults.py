@@ -1,0 +1,96 @@
+"""Faults the real esbuild cannot be made to show: a hang and a crash, by small fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bundler.app import create_app
+from bundler.settings import Settings
+
+HANG = """#!/bin/sh
+# A fake esbuild that hangs and leaves a grandchild behind, as a stuck build might.
+echo $$ >> "{pids}"
+sleep 300 &
+echo $! >> "{pids}"
+wait
+"""
+
+CRASH = """#!/bin/sh
+echo run >> "{pids}"
+kill -SEGV $$
+"""
+
+
+def fake(tmp_path: Path, script: str) -> tuple[str, Path]:
+    pids = tmp_path / "fake-pids"
+    path = tmp_path / "fake-esbuild"
+    path.write_text(script.format(pids=pids))
+    path.chmod(0o755)
+    return str(path), pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's bookkeeping remains
+
+
+async def wait_until_gone(pids: list[int], timeout_s: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return left
+
+
+async def test_hanging_build_is_killed_at_the_deadline_with_its_children(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    esbuild, pids_file = fake(tmp_path, HANG)
+    client = await aiohttp_client(create_app(make_settings(esbuild=esbuild, build_timeout_s=0.5)))
+    started = time.monotonic()
+    resp = await client.get("/bundle.js?modules=components/hero")
+    elapsed = time.monotonic() - started
+    assert resp.status == 504
+    assert "did not finish within 0.5 s" in await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert elapsed < 3
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert len(pids) == 2
+    assert await wait_until_gone(pids) == []
+    assert not list((tmp_path / "data" / "tmp").iterdir()), "scratch dir left behind"
+
+
+async def test_control_killing_only_the_child_pid_leaves_the_grandchild(tmp_path: Path) -> None:
+    """Why the builder kills the process group: a plain kill() misses what the build started."""
+    esbuild, pids_file = fake(tmp_path, HANG)
+    proc = await asyncio.create_subprocess_exec(esbuild, start_new_session=True)
+    while not pids_file.exists() or len(pids_file.read_text().split()) < 2:
+        await asyncio.sleep(0.02)
+    proc.kill()
+    await proc.wait()
+    grandchild = int(pids_file.read_text().split()[1])
+    try:
+        assert await wait_until_gone([grandchild], timeout_s=0.5) == [grandchild]
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+
+
+async def test_crashing_build_is_500_and_not_remembered(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    esbuild, runs_file = fake(tmp_path, CRASH)
+    client = await aiohttp_client(create_app(make_settings(esbuild=esbuild)))
+    for attempt in (1, 2):
+        resp = await client.get("/bundle.js?modules=components/hero")
+        text = await resp.text()
+        assert resp.status == 500
+        assert "without an error report" in text and "Traceback" not in text
+        assert len(runs_file.read_text().split()) == attempt

@@ -1,0 +1,232 @@
+"""The endpoint end to end: real app, real esbuild, bundles executed in Node."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from bundler.app import SERVICE, create_app
+from bundler.settings import Settings
+from tests.conftest import EXAMPLES, run_in_node
+
+HERO_CARD_PRICE = "components/price-tag,components/hero,components/card"
+
+
+async def get_bundle(client: TestClient, query: str, **headers: str) -> tuple[int, bytes, Any]:
+    resp = await client.get("/bundle.js?" + query, headers=headers)
+    return resp.status, await resp.read(), resp.headers
+
+
+async def test_bundle_registers_exactly_the_requested_modules(
+    client: TestClient, tmp_path: Path
+) -> None:
+    status, code, headers = await get_bundle(client, f"modules={HERO_CARD_PRICE}&v=1.0.0")
+    assert status == 200, code
+    assert headers["Content-Type"] == "application/javascript; charset=utf-8"
+    registry = "__bundlerModules"
+    result = run_in_node(
+        tmp_path,
+        code,
+        f"""({{
+            names: Object.keys({registry}).sort(),
+            price: {registry}["components/price-tag"].render({{price: 10, percentOff: 50}}),
+            hero: {registry}["components/hero"].render({{title: "<Sale>"}}),
+        }})""",
+    )
+    assert result["names"] == ["components/card", "components/hero", "components/price-tag"]
+    assert "€5.00" in result["price"] and "<s>€10.00</s>" in result["price"]
+    assert "&lt;Sale&gt;" in result["hero"] and 'data-version="1.0.0"' in result["hero"]
+
+
+async def test_shared_helpers_are_included_once(client: TestClient) -> None:
+    status, code, _ = await get_bundle(
+        client, "modules=components/hero,components/footer,components/newsletter&v=1.0.0"
+    )
+    assert status == 200
+    # All three import lib/i18n.js; its message table must appear once.
+    assert code.count(b"Alle Rechte vorbehalten.") == 1
+
+
+async def test_index_file_and_version_selection(client: TestClient, tmp_path: Path) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        status, code, _ = await get_bundle(client, f"modules=components/banner,components/hero&v={version}")
+        assert status == 200
+        html = run_in_node(
+            tmp_path, code, '__bundlerModules["components/hero"].render({title: "x"})'
+        )
+        assert f'data-version="{version}"' in html
+
+
+async def test_amd_loader_gets_define_calls(client: TestClient, tmp_path: Path) -> None:
+    status, code, _ = await get_bundle(client, "modules=components/rating,components/tabs&v=1.1.0")
+    assert status == 200
+    setup = """
+        var defined = {}, calls = [];
+        function define(name, deps, factory) { calls.push([name, deps]); defined[name] = factory(); }
+        define.amd = {};
+    """
+    result = run_in_node(
+        tmp_path,
+        code,
+        '({calls, stars: defined["components/rating"].stars(3), '
+        'tab: defined["components/tabs"].createTabs(3).select(7)})',
+        setup,
+    )
+    assert result["calls"] == [["components/rating", []], ["components/tabs", []]]
+    assert result["stars"] == "★★★☆☆"
+    assert result["tab"] == 2
+
+
+async def test_no_amd_calls_without_define_amd(client: TestClient, tmp_path: Path) -> None:
+    _, code, _ = await get_bundle(client, "modules=components/rating&v=1.1.0")
+    setup = "var calls = 0; function define() { calls++; }"  # a define without .amd
+    assert run_in_node(tmp_path, code, "calls", setup) == 0
+
+
+async def test_evaluation_order_is_canonical(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    (source / "9.0.0").mkdir(parents=True)
+    for name in ("b", "a", "c"):
+        (source / "9.0.0" / f"{name}.js").write_text(
+            f'(globalThis.order ||= []).push("{name}"); export const id = "{name}";\n'
+        )
+    client = await aiohttp_client(create_app(make_settings(source=str(source), default_version="9.0.0")))
+    _, code, _ = await get_bundle(client, "modules=c,a,b")
+    assert run_in_node(tmp_path, code, "order") == ["a", "b", "c"]
+
+
+async def test_permutations_share_one_cache_entry_and_one_build(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+) -> None:
+    wrapper, runs = counting_esbuild
+    app = create_app(make_settings(esbuild=wrapper))
+    client = await aiohttp_client(app)
+    orders = [
+        "components/hero,components/card,components/tabs",
+        "components/tabs,components/hero,components/card",
+        "components/card,components/tabs,components/hero,components/card",
+    ]
+    bodies = set()
+    for order in orders:
+        status, body, _ = await get_bundle(client, f"modules={order}&v=1.1.0")
+        assert status == 200
+        bodies.add(body)
+    assert len(bodies) == 1
+    assert len(app[SERVICE].cache) == 1
+    assert runs() == 1
+
+
+async def test_concurrent_identical_cold_requests_run_esbuild_once(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+) -> None:
+    wrapper, runs = counting_esbuild
+    client = await aiohttp_client(create_app(make_settings(esbuild=wrapper)))
+    results = await asyncio.gather(
+        *(get_bundle(client, "modules=components/carousel,components/accordion") for _ in range(20))
+    )
+    assert {status for status, _, _ in results} == {200}
+    assert len({body for _, body, _ in results}) == 1
+    assert runs() == 1
+
+
+async def test_etag_and_conditional_get(client: TestClient) -> None:
+    status, _, headers = await get_bundle(client, "modules=components/nav&v=1.1.0")
+    assert status == 200
+    etag = headers["ETag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    resp = await client.get("/bundle.js?modules=components/nav&v=1.1.0", headers={"If-None-Match": etag})
+    assert resp.status == 304
+    assert await resp.read() == b""
+    assert resp.headers["ETag"] == etag
+    resp = await client.get(
+        "/bundle.js?modules=components/nav&v=1.1.0", headers={"If-None-Match": '"stale"'}
+    )
+    assert resp.status == 200
+
+
+async def test_cache_control_depends_on_pinned_version(client: TestClient) -> None:
+    _, _, pinned = await get_bundle(client, "modules=components/nav&v=1.1.0")
+    assert pinned["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert pinned["Vary"] == "Accept-Encoding"
+    assert pinned["X-Bundle-Mode"] == "tailored"
+    _, _, floating = await get_bundle(client, "modules=components/nav")
+    assert floating["Cache-Control"] == "public, max-age=60"
+
+
+async def test_gzip_when_accepted(client: TestClient) -> None:
+    # auto_decompress off: we check the bytes on the wire.
+    resp = await client.get(
+        "/bundle.js?modules=components/card&v=1.1.0",
+        headers={"Accept-Encoding": "gzip"},
+        auto_decompress=False,
+    )
+    assert resp.headers["Content-Encoding"] == "gzip"
+    zipped = await resp.read()
+    _, plain, identity_headers = await get_bundle(
+        client, "modules=components/card&v=1.1.0", **{"Accept-Encoding": "identity"}
+    )
+    assert "Content-Encoding" not in identity_headers
+    assert gzip.decompress(zipped) == plain
+    assert resp.headers["ETag"] != identity_headers["ETag"]
+
+
+async def test_broken_module_is_422_with_relative_paths(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "2.0.0")
+    (source / "2.0.0" / "components" / "broken.js").write_text("export const x = ;\n")
+    (source / "2.0.0" / "components" / "needs-missing.js").write_text(
+        'import { y } from "../lib/missing.js";\nexport const x = y;\n'
+    )
+    client = await aiohttp_client(create_app(make_settings(source=str(source), default_version="2.0.0")))
+    for module, expected in (
+        ("components/broken", "components/broken.js:1:17"),
+        ("components/needs-missing", 'Could not resolve "../lib/missing.js"'),
+    ):
+        resp = await client.get(f"/bundle.js?modules=components/hero,{module}")
+        text = await resp.text()
+        assert resp.status == 422, text
+        assert expected in text
+        assert resp.headers["Cache-Control"] == "no-store"
+        assert str(tmp_path) not in text and "/tmp" not in text and str(source) not in text
+
+
+async def test_unknown_module_is_404_naming_it(client: TestClient, tmp_path: Path) -> None:
+    resp = await client.get("/bundle.js?modules=components/hero,components/nope,lib/gone&v=1.0.0")
+    text = await resp.text()
+    assert resp.status == 404
+    assert text.strip() == "unknown modules in version 1.0.0: components/nope, lib/gone"
+    assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_module_new_in_a_version(client: TestClient) -> None:
+    ok = await client.get("/bundle.js?modules=components/cookie-banner&v=1.1.0")
+    assert ok.status == 200
+    missing = await client.get("/bundle.js?modules=components/cookie-banner&v=1.0.0")
+    assert missing.status == 404
+    assert "components/cookie-banner" in await missing.text()
+
+
+async def test_unknown_version_is_404(client: TestClient) -> None:
+    resp = await client.get("/bundle.js?modules=components/hero&v=7.7.7")
+    assert resp.status == 404
+    assert "version '7.7.7' does not exist" in await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_probes(client: TestClient) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
