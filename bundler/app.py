@@ -73,7 +73,7 @@ def bundle_response(request: web.Request, bundle: Bundle, cache_control: str) ->
 
 async def handle_bundle(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    spec, pinned = service.parse(request.query, list(request.query.keys()))
+    spec, pinned = service.parse(list(request.query.items()))
     bundle = await service.get(spec)
     cache_control = (
         IMMUTABLE if pinned else f"public, max-age={service.settings.default_version_max_age_s}"
@@ -98,6 +98,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     logger.info(
         "service ready",
         extra={
+            "url": f"http://{service.settings.host}:{service.settings.port}",
             "default_version": service.default_version,
             "source": service.source.describe(),
             "pool_size": service.builder.pool_size,

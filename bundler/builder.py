@@ -174,7 +174,11 @@ class Builder:
         if returncode < 0 or "[ERROR]" not in stderr:
             logger.error(
                 "esbuild crashed",
-                extra={"key": spec.key, "returncode": returncode, "stderr": stderr[-MAX_ERROR_CHARS:]},
+                extra={
+                    "key": spec.key,
+                    "returncode": returncode,
+                    "stderr": stderr[-MAX_ERROR_CHARS:],
+                },
             )
             return BuildCrashed(
                 f"esbuild exited with status {returncode} without an error report; "

@@ -27,7 +27,6 @@ def serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
-    logger.info("listening", extra={"url": f"http://{settings.host}:{settings.port}"})
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 # Preference when the client rates several equally: smaller first.
 SUPPORTED = ("gzip", "identity")
+IMPLICIT_IDENTITY_Q = 0.001
 
 
 def parse_accept_encoding(header: str) -> dict[str, float]:
@@ -41,7 +42,9 @@ def choose_encoding(header: str | None, supported: tuple[str, ...] = SUPPORTED) 
             return weights[name]
         if star is not None:
             return star
-        return 1.0 if name == "identity" else 0.0
+        # Unlisted identity is acceptable (RFC 9110) but preferred last: a client
+        # that lists gzip at any q gets gzip.
+        return IMPLICIT_IDENTITY_Q if name == "identity" else 0.0
 
     best = max(supported, key=lambda name: (weight(name), -supported.index(name)))
     return best if weight(best) > 0 else "identity"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,10 +69,9 @@ class BundleService:
             raise ConfigError(f"default version: {exc.message}") from None
         self.ready = True
 
-    def parse(self, query: Mapping[str, str], keys: list[str]) -> tuple[BundleSpec, bool]:
+    def parse(self, pairs: Sequence[tuple[str, str]]) -> tuple[BundleSpec, bool]:
         return parse_query(
-            query,
-            keys,
+            pairs,
             default_version=self.default_version,
             options=self.options,
             max_modules=self.settings.max_modules,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bundler.errors import BadRequest
@@ -87,24 +87,26 @@ def parse_modules(raw: str, max_modules: int, max_chars: int) -> tuple[str, ...]
 
 
 def parse_query(
-    query: Mapping[str, str],
-    keys: list[str],
+    pairs: Sequence[tuple[str, str]],
     *,
     default_version: str,
     options: BuildOptions,
     max_modules: int,
     max_chars: int,
 ) -> tuple[BundleSpec, bool]:
-    """The spec and whether the version was pinned explicitly (that decides caching headers).
+    """The spec, and whether the version was pinned explicitly (that decides caching headers).
 
-    ``keys`` is every parameter name as sent, repeats included.
+    ``pairs`` is the query as sent, repeats included: a repeated parameter is refused
+    rather than silently taking one of its values.
     """
+    keys = [k for k, _ in pairs]
     unknown = sorted(set(keys) - ALLOWED_PARAMS)
     if unknown:
         raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; allowed: modules, v")
-    for name in ALLOWED_PARAMS:
+    for name in sorted(ALLOWED_PARAMS):
         if keys.count(name) > 1:
             raise BadRequest(f"query parameter {name!r} given more than once")
+    query = dict(pairs)
     if "modules" not in query:
         raise BadRequest(
             "missing modules=: name the modules to bundle, e.g. modules=components/hero"

@@ -55,7 +55,9 @@ async def test_shared_helpers_are_included_once(client: TestClient) -> None:
 
 async def test_index_file_and_version_selection(client: TestClient, tmp_path: Path) -> None:
     for version in ("1.0.0", "1.1.0"):
-        status, code, _ = await get_bundle(client, f"modules=components/banner,components/hero&v={version}")
+        status, code, _ = await get_bundle(
+            client, f"modules=components/banner,components/hero&v={version}"
+        )
         assert status == 200
         html = run_in_node(
             tmp_path, code, '__bundlerModules["components/hero"].render({title: "x"})'
@@ -98,7 +100,9 @@ async def test_evaluation_order_is_canonical(
         (source / "9.0.0" / f"{name}.js").write_text(
             f'(globalThis.order ||= []).push("{name}"); export const id = "{name}";\n'
         )
-    client = await aiohttp_client(create_app(make_settings(source=str(source), default_version="9.0.0")))
+    client = await aiohttp_client(
+        create_app(make_settings(source=str(source), default_version="9.0.0"))
+    )
     _, code, _ = await get_bundle(client, "modules=c,a,b")
     assert run_in_node(tmp_path, code, "order") == ["a", "b", "c"]
 
@@ -146,7 +150,9 @@ async def test_etag_and_conditional_get(client: TestClient) -> None:
     assert status == 200
     etag = headers["ETag"]
     assert etag.startswith('"') and not etag.startswith("W/")
-    resp = await client.get("/bundle.js?modules=components/nav&v=1.1.0", headers={"If-None-Match": etag})
+    resp = await client.get(
+        "/bundle.js?modules=components/nav&v=1.1.0", headers={"If-None-Match": etag}
+    )
     assert resp.status == 304
     assert await resp.read() == b""
     assert resp.headers["ETag"] == etag
@@ -191,7 +197,9 @@ async def test_broken_module_is_422_with_relative_paths(
     (source / "2.0.0" / "components" / "needs-missing.js").write_text(
         'import { y } from "../lib/missing.js";\nexport const x = y;\n'
     )
-    client = await aiohttp_client(create_app(make_settings(source=str(source), default_version="2.0.0")))
+    client = await aiohttp_client(
+        create_app(make_settings(source=str(source), default_version="2.0.0"))
+    )
     for module, expected in (
         ("components/broken", "components/broken.js:1:17"),
         ("components/needs-missing", 'Could not resolve "../lib/missing.js"'),

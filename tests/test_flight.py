@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import itertools
 import threading
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -60,7 +61,7 @@ async def test_one_run_many_waiters_fifo_one_iteration_apart() -> None:
     assert runs == 1
     assert [i for i, _ in woke] == list(range(50))
     iterations = [tick for _, tick in woke]
-    assert all(b > a for a, b in zip(iterations, iterations[1:], strict=False)), iterations
+    assert all(b > a for a, b in itertools.pairwise(iterations)), iterations
     assert "k" not in flight
 
 
@@ -71,7 +72,9 @@ async def test_errors_reach_every_waiter() -> None:
         await asyncio.sleep(0.01)
         raise ValueError("pull failed")
 
-    results = await asyncio.gather(*(flight.do("k", fail) for _ in range(10)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(flight.do("k", fail) for _ in range(10)), return_exceptions=True
+    )
     assert all(isinstance(r, ValueError) and str(r) == "pull failed" for r in results)
 
 
@@ -122,13 +125,24 @@ class NaiveFlight:
         return await asyncio.shield(self._futures[key])
 
 
-def probe_in_thread(url: str, go: threading.Event, out: list[float]) -> threading.Thread:
+def probe_in_thread(
+    port: int, warm: threading.Event, go: threading.Event, out: list[float]
+) -> threading.Thread:
+    """Like kubelet: one kept-alive connection, warmed first, then the timed probe."""
+
     def run() -> None:
-        go.wait()
-        started = time.perf_counter()
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            resp.read()
-        out.append(time.perf_counter() - started)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            warm.set()
+            go.wait()
+            started = time.perf_counter()
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            out.append(time.perf_counter() - started)
+        finally:
+            conn.close()
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -144,8 +158,6 @@ async def probe_latency_while_waiters_wake(aiohttp_server: Any, flight: Any) -> 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     server = await aiohttp_server(app)
-    url = f"http://127.0.0.1:{server.port}/healthz"
-    await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).close())  # warm up
     release = asyncio.Event()
 
     async def pull() -> str:
@@ -158,8 +170,10 @@ async def probe_latency_while_waiters_wake(aiohttp_server: Any, flight: Any) -> 
 
     tasks = [asyncio.create_task(waiter()) for _ in range(200)]
     await asyncio.sleep(0.05)
-    go, latencies = threading.Event(), []
-    thread = probe_in_thread(url, go, latencies)
+    warm, go, latencies = threading.Event(), threading.Event(), []
+    thread = probe_in_thread(server.port, warm, go, latencies)
+    while not warm.is_set():
+        await asyncio.sleep(0.005)
     go.set()
     # Hold the loop (blocking) while the probe connects and sends, so its request is
     # waiting in the socket exactly when the result lands. Its latency includes this.

@@ -1,0 +1,127 @@
+"""Whole processes: `python -m bundler serve` as an operator runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bundler.settings import Settings
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def bundler(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bundler", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bundler", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "BUNDLER_DATA_DIR": str(tmp_path / "data"),
+                "BUNDLER_LOG_FORMAT": "json",
+            },
+            stderr=log_file,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=10) == 0
+        finally:
+            proc.kill()
+
+
+def test_serve_answers_the_readme_example(server: str) -> None:
+    url = server + "/bundle.js?modules=components/hero,components/card&v=1.1.0"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        body = resp.read()
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "application/javascript; charset=utf-8"
+    assert b"__bundlerModules" in body
+    with urllib.request.urlopen(server + "/readyz", timeout=5) as resp:
+        assert resp.status == 200
+
+
+def test_serve_answers_bad_input_with_400(server: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(server + "/bundle.js?modules=../etc/passwd", timeout=5)
+    assert err.value.code == 400
+    assert b"'..' path segments are not allowed" in err.value.read()
+    err.value.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "eighty"], {}, "--port must be an integer, got 'eighty'"),
+        ([], {"BUNDLER_MAX_MODULES": "-3"}, "max_modules must be at least 1"),
+        (["--esbuild", "/nonexistent/esbuild"], {}, "run `npm ci`"),
+        (
+            ["--source", "/nonexistent/src"],
+            {},
+            "source directory '/nonexistent/src' does not exist",
+        ),
+        (["--default-version", "3.0.0"], {}, "default version: version '3.0.0' does not exist"),
+        (["--default-version", "../x"], {}, "default version: invalid version '../x'"),
+    ],
+)
+def test_bad_setting_is_one_line_and_nonzero_exit(
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    result = bundler(
+        "serve", "--data-dir", str(tmp_path), "--port", str(free_port()), *args, env=env
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bundler: error: ") and message in lines[0], lines
+
+
+def test_help_documents_every_setting_and_its_env_var() -> None:
+    result = bundler("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for field in dataclasses.fields(Settings):
+        assert "--" + field.name.replace("_", "-") in text
+        assert "BUNDLER_" + field.name.upper() in text

@@ -1,0 +1,106 @@
+"""Bad input: a clear 4xx whose message says what to fix, never a 500, nothing touched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bundler.app import create_app
+from bundler.settings import Settings
+
+LONG = "a" * 201
+
+CASES = [
+    # (query string, status, fragment of the message)
+    ("", 400, "missing modules="),
+    ("v=1.0.0", 400, "missing modules="),
+    ("modules=", 400, "empty module name"),
+    ("modules=components/hero,", 400, "empty module name"),
+    ("modules=components//hero", 400, "empty, '.' and '..' path segments"),
+    ("modules=components/./hero", 400, "empty, '.' and '..' path segments"),
+    ("modules=components/../../etc/passwd", 400, "empty, '.' and '..' path segments"),
+    ("modules=..", 400, "empty, '.' and '..' path segments"),
+    ("modules=/etc/passwd", 400, "must not start with '/' or '-'"),
+    ("modules=-components/hero", 400, "must not start with '/' or '-'"),
+    ("modules=--outfile%3D/tmp/x", 400, "invalid module name"),
+    ("modules=a%3Db", 400, "invalid module name 'a=b'"),
+    ("modules=comp%22onents", 400, "invalid module name"),
+    ("modules=comp%5Conents", 400, "invalid module name"),
+    ("modules=comp%00onents", 400, "invalid module name"),
+    ("modules=comp onents", 400, "invalid module name"),
+    ("modules=compönents", 400, "invalid module name"),
+    (f"modules={LONG}", 400, "longer than 200 characters"),
+    (
+        "modules=" + ",".join(f"m{i}" for i in range(51)),
+        400,
+        "too many modules: 51 given, at most 50",
+    ),
+    ("modules=components/hero&x=1", 400, "unknown query parameter(s): x"),
+    ("modules=components/hero&modules=components/card", 400, "'modules' given more than once"),
+    ("modules=components/hero&v=1.0.0&v=1.1.0", 400, "'v' given more than once"),
+    ("modules=components/hero&v=", 400, "invalid version ''"),
+    ("modules=components/hero&v=../1.0.0", 400, "invalid version"),
+    ("modules=components/hero&v=1.0.0/..", 400, "invalid version"),
+    ("modules=components/hero&v=1..0", 400, "invalid version"),
+    ("modules=components/hero&v=-1", 400, "invalid version"),
+    ("modules=components/hero&v=" + "1" * 65, 400, "invalid version"),
+    ("modules=components/hero&v=9.9.9", 404, "version '9.9.9' does not exist"),
+    ("modules=lib&v=1.0.0", 404, "unknown module in version 1.0.0: lib"),
+    ("modules=components/nope&v=1.0.0", 404, "unknown module in version 1.0.0: components/nope"),
+    ("modules=node_modules/x&v=1.0.0", 404, "unknown module"),
+]
+
+
+@pytest.mark.parametrize(("query", "status", "message"), CASES)
+async def test_bad_input(client: TestClient, query: str, status: int, message: str) -> None:
+    resp = await client.get("/bundle.js?" + query)
+    text = await resp.text()
+    assert resp.status == status, text
+    assert message in text
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert "Traceback" not in text
+
+
+async def test_invalid_input_never_reaches_esbuild(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+) -> None:
+    wrapper, runs = counting_esbuild
+    client = await aiohttp_client(create_app(make_settings(esbuild=wrapper)))
+    for query, status, _ in CASES:
+        if status == 400:
+            assert (await client.get("/bundle.js?" + query)).status == 400
+    assert runs() == 0
+
+
+async def test_limits_are_configurable(
+    aiohttp_client: Any, make_settings: Callable[..., Settings]
+) -> None:
+    client = await aiohttp_client(
+        create_app(make_settings(max_modules=2, max_module_name_chars=12))
+    )
+    resp = await client.get("/bundle.js?modules=a,b,c")
+    assert resp.status == 400 and "at most 2 allowed" in await resp.text()
+    resp = await client.get("/bundle.js?modules=components/hero")
+    assert resp.status == 400 and "longer than 12 characters" in await resp.text()
+
+
+async def test_unknown_path_and_method(client: TestClient) -> None:
+    assert (await client.get("/bundle.js/../etc/passwd")).status == 404
+    assert (await client.post("/bundle.js?modules=components/hero")).status == 405
+
+
+async def test_odd_accept_encoding_and_etag_headers_are_harmless(client: TestClient) -> None:
+    for headers in (
+        {"Accept-Encoding": "gzip;q=abc, ;;, identity;q=0"},
+        {"Accept-Encoding": "*;q=0"},
+        {"If-None-Match": "garbage"},
+        {"If-None-Match": 'W/"x", "y"'},
+    ):
+        resp = await client.get("/bundle.js?modules=components/hero", headers=headers)
+        assert resp.status == 200, headers

@@ -1,0 +1,151 @@
+"""Small pure parts: canonical keys, encoding negotiation, CPU detection, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bundler.cpus import cgroup_cpu_limit, cpus_from
+from bundler.errors import BadRequest, ConfigError
+from bundler.negotiate import choose_encoding
+from bundler.settings import Settings
+from bundler.sources import version_sort_key
+from bundler.spec import BuildOptions, parse_query
+
+OPTIONS = BuildOptions(target="es2018", registry_name="r")
+
+
+def parse(query: str) -> tuple[str, tuple[str, ...], str]:
+    pairs = [tuple(p.split("=", 1)) for p in query.split("&")]
+    spec, _ = parse_query(
+        pairs,  # type: ignore[arg-type]
+        default_version="1.0.0",
+        options=OPTIONS,
+        max_modules=50,
+        max_chars=200,
+    )
+    return spec.version, spec.modules, spec.key
+
+
+def test_canonical_key_ignores_order_and_duplicates() -> None:
+    a = parse("modules=b,a,c&v=1.0.0")
+    b = parse("modules=c,a,b,a&v=1.0.0")
+    assert a == b
+    assert a[1] == ("a", "b", "c")
+
+
+def test_key_depends_on_version_modules_and_options() -> None:
+    base = parse("modules=a&v=1.0.0")[2]
+    assert parse("modules=a&v=1.0.1")[2] != base
+    assert parse("modules=a,b&v=1.0.0")[2] != base
+    other = parse_query(
+        [("modules", "a"), ("v", "1.0.0")],
+        default_version="1.0.0",
+        options=BuildOptions(target="es2020", registry_name="r"),
+        max_modules=50,
+        max_chars=200,
+    )[0]
+    assert other.key != base
+
+
+def test_default_version_used_when_not_pinned() -> None:
+    spec, pinned = parse_query(
+        [("modules", "a")], default_version="2.0.0", options=OPTIONS, max_modules=5, max_chars=9
+    )
+    assert spec.version == "2.0.0" and not pinned
+
+
+def test_scoped_and_dotted_names_are_valid() -> None:
+    assert parse("modules=@scope/pkg/index.js,lib/a-b_c+d.js")[1] == (
+        "@scope/pkg/index.js",
+        "lib/a-b_c+d.js",
+    )
+
+
+def test_count_is_checked_before_names() -> None:
+    with pytest.raises(BadRequest, match="too many modules"):
+        parse("modules=" + ",".join(["../bad"] * 60))
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, "identity"),
+        ("", "identity"),
+        ("gzip", "gzip"),
+        ("gzip, deflate, br", "gzip"),
+        ("GZIP;q=0.5", "gzip"),
+        ("gzip;q=0", "identity"),
+        ("identity;q=0.5, gzip;q=0.4", "identity"),
+        ("*", "gzip"),
+        ("*;q=0, identity;q=0.1", "identity"),
+        ("deflate", "identity"),
+        ("gzip;q=nonsense", "identity"),
+    ],
+)
+def test_accept_encoding(header: str | None, expected: str) -> None:
+    assert choose_encoding(header) == expected
+
+
+def test_cgroup_v2_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_limit(tmp_path) == 4
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cpus_take_the_smaller_of_affinity_and_quota() -> None:
+    assert cpus_from(64, 2.0) == 2
+    assert cpus_from(64, 1.5) == 1  # the half CPU is left to the server
+    assert cpus_from(64, 0.25) == 1
+    assert cpus_from(4, None) == 4
+    assert cpus_from(2, 8.0) == 2
+
+
+def test_settings_from_env() -> None:
+    s = Settings.from_env({"BUNDLER_PORT": "9000", "BUNDLER_BUILD_TIMEOUT_S": "2.5"})
+    assert s.port == 9000 and s.build_timeout_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BUNDLER_PORT": "eighty"}, "BUNDLER_PORT must be an integer, got 'eighty'"),
+        ({"BUNDLER_PORT": "0"}, "port must be 1-65535"),
+        ({"BUNDLER_MAX_MODULES": "0"}, "max_modules must be at least 1"),
+        ({"BUNDLER_BUILD_TIMEOUT_S": "-1"}, "build_timeout_s must be positive"),
+        ({"BUNDLER_REGISTRY_NAME": "a-b"}, "registry_name must be a JavaScript identifier"),
+        ({"BUNDLER_ESBUILD_TARGET": "es2018 --outdir=/"}, "esbuild_target looks wrong"),
+        ({"BUNDLER_LOG_LEVEL": "LOUD"}, "log_level must be"),
+    ],
+)
+def test_bad_settings_fail_with_one_clear_message(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match="^.*" + message.replace("(", r"\(")):
+        Settings.from_env(env)
+
+
+def test_pool_and_threads() -> None:
+    s = Settings(build_pool_size=1, build_threads=0)
+    assert s.pool_size == 1 and s.threads_per_build >= 1
+    assert Settings(build_pool_size=3, build_threads=2).threads_per_build == 2
+
+
+def test_version_order() -> None:
+    versions = ["1.10.0", "1.9.0", "1.9.0-beta", "2.0.0", "1.0.0"]
+    assert sorted(versions, key=version_sort_key) == [
+        "1.0.0",
+        "1.9.0",
+        "1.9.0-beta",
+        "1.10.0",
+        "2.0.0",
+    ]
