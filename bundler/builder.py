@@ -86,7 +86,8 @@ class Builder:
         finally:
             self._slots.release()
 
-    def _command(self, entry: Path, outfile: Path, spec: BundleSpec) -> list[str]:
+    def command(self, entry: Path, outfile: Path, spec: BundleSpec) -> list[str]:
+        """The exact esbuild command line of a build (the benchmark runs it by hand too)."""
         cmd = [
             self.esbuild,
             str(entry),
@@ -113,7 +114,7 @@ class Builder:
             entry.write_text(entry_source(spec.modules, source_root, spec.options.registry_name))
             outfile = workdir / OUTPUT_NAME
             started = time.perf_counter()
-            returncode, stderr = await self._run(self._command(entry, outfile, spec), source_root)
+            returncode, stderr = await self._run(self.command(entry, outfile, spec), source_root)
             duration = time.perf_counter() - started
             if returncode != 0:
                 raise self._error(returncode, stderr, spec, source_root, workdir)
