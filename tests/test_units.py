@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,10 @@ def test_version_order() -> None:
         "1.10.0",
         "2.0.0",
     ]
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for field in dataclasses.fields(Settings):
+        assert f"`--{field.name.replace('_', '-')}`" in readme, field.name
+        assert f"`BUNDLER_{field.name.upper()}`" in readme, field.name
