@@ -94,3 +94,27 @@ async def test_crashing_build_is_500_and_not_remembered(
         assert resp.status == 500
         assert "without an error report" in text and "Traceback" not in text
         assert len(runs_file.read_text().split()) == attempt
+
+
+RECORD = """#!/bin/sh
+# Records how it was started, then hands over to the real esbuild.
+echo "$(nice) $GOMAXPROCS $(pwd)" >> "{pids}"
+exec "{real}" "$@"
+"""
+
+
+async def test_esbuild_runs_niced_with_gomaxprocs_in_the_source_root(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path, esbuild: str
+) -> None:
+    script = RECORD.replace("{real}", esbuild)
+    fake_path, record = fake(tmp_path, script)
+    settings = make_settings(
+        esbuild=fake_path, build_pool_size=3, build_threads=2, build_niceness=7
+    )
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/bundle.js?modules=components/hero&v=1.0.0")
+    assert resp.status == 200
+    niceness, gomaxprocs, cwd = record.read_text().split()
+    assert int(niceness) == os.nice(0) + 7
+    assert gomaxprocs == "2"
+    assert Path(cwd) == Path(settings.source).resolve() / "1.0.0"

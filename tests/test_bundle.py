@@ -238,3 +238,20 @@ async def test_unknown_version_is_404(client: TestClient) -> None:
 async def test_probes(client: TestClient) -> None:
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_memory_cache_stays_within_its_byte_bound(
+    aiohttp_client: Any, make_settings: Callable[..., Settings]
+) -> None:
+    bound = 12_000
+    app = create_app(make_settings(memory_cache_max_bytes=bound))
+    client = await aiohttp_client(app)
+    components = ["card", "carousel", "hero", "nav", "tabs", "rating", "footer", "accordion"]
+    for i, name in enumerate(components):
+        status, _, _ = await get_bundle(
+            client, f"modules=components/{name},components/{components[i - 1]}"
+        )
+        assert status == 200
+        cache = app[SERVICE].cache
+        assert 0 < cache.bytes <= bound
+    assert 1 < len(app[SERVICE].cache) < len(components)  # some evicted, several kept
