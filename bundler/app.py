@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from aiohttp import web
 
 from bundler.builder import Builder, check_esbuild
 from bundler.cache import Bundle, MemoryCache
-from bundler.errors import BundlerError
+from bundler.errors import BundlerError, SourceUnavailable
 from bundler.negotiate import choose_encoding
 from bundler.service import BundleService
 from bundler.settings import Settings
@@ -42,8 +43,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Domain errors become their status and message; anything else a 500 with no traceback."""
     try:
         return await handler(request)
+    except SourceUnavailable as exc:
+        retry_after_s = math.ceil(max(1.0, request.app[SETTINGS].source_failure_ttl_s))
+        return error_response(exc.status, exc.message, {"Retry-After": str(retry_after_s)})
     except BundlerError as exc:
-        return error_response(exc.status, exc.message, exc.headers)
+        return error_response(exc.status, exc.message)
     except web.HTTPException:
         raise
     except Exception:
@@ -112,7 +116,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Builds the service; raises ConfigError (one line) when a setting cannot work."""
     esbuild = check_esbuild(settings.esbuild)
-    source = open_source(settings.source)
+    source = open_source(settings)
     builder = Builder(
         esbuild,
         Path(settings.data_dir).resolve() / "tmp",

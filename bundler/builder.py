@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ UNRESOLVED = re.compile(r'Could not resolve "([^"]+)"')
 MAX_ERROR_CHARS = 4000
 ENTRY_NAME = "entry.js"
 OUTPUT_NAME = "bundle.js"
+METAFILE_NAME = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Builder:
             str(entry),
             "--bundle",
             f"--outfile={outfile}",
+            f"--metafile={outfile.with_name(METAFILE_NAME)}",
             "--format=iife",
             "--platform=browser",
             f"--target={spec.options.target}",
@@ -118,7 +121,13 @@ class Builder:
             duration = time.perf_counter() - started
             if returncode != 0:
                 raise self._error(returncode, stderr, spec, source_root, workdir)
-            code = await asyncio.to_thread(outfile.read_bytes)
+            code, outside = await asyncio.to_thread(_read_output, outfile, entry, source_root)
+            if outside:
+                raise BuildFailed(
+                    f"version {spec.version} is not self-contained: the bundle would include "
+                    f"{', '.join(outside[:5])} from outside the version's source; "
+                    "bare imports must resolve from node_modules inside the version"
+                )
             logger.info(
                 "built bundle",
                 extra={
@@ -201,6 +210,24 @@ class Builder:
     async def kill_all(self) -> None:
         for proc in list(self._running):
             await self._kill(proc)
+
+
+def _read_output(outfile: Path, entry: Path, source_root: Path) -> tuple[bytes, list[str]]:
+    """The bundle, and the inputs esbuild took from outside the source root (by its metafile).
+
+    esbuild resolves bare imports by walking up parent directories; a version must
+    not pick up whatever node_modules happens to sit above the data directory.
+    """
+    meta = json.loads(outfile.with_name(METAFILE_NAME).read_bytes())
+    entry_key = os.path.relpath(entry, source_root)
+    outside = [
+        "node_modules/" + name.rsplit("node_modules/", 1)[1]
+        if "node_modules/" in name
+        else Path(name).name
+        for name in meta.get("inputs", {})
+        if name != entry_key and (name.startswith("../") or os.path.isabs(name))
+    ]
+    return outfile.read_bytes(), outside
 
 
 def sanitize(report: str, source_root: Path, workdir: Path) -> str:

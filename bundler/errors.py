@@ -11,7 +11,6 @@ class BundlerError(Exception):
     """An error a client can act on; ``status`` is its HTTP status."""
 
     status = 500
-    headers: dict[str, str] = {}  # noqa: RUF012 - read-only class default
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -53,5 +52,6 @@ class BuildTimeout(BundlerError):
 
 
 class SourceUnavailable(BundlerError):
+    """A version's source could not be pulled now; a later retry may work."""
+
     status = 503
-    headers = {"Retry-After": "5"}  # noqa: RUF012

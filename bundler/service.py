@@ -9,7 +9,6 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from cachetools import TTLCache
 
@@ -18,14 +17,17 @@ from bundler.cache import Bundle, MemoryCache
 from bundler.errors import BuildFailed, BundlerError, ConfigError, UnknownModule
 from bundler.flight import SingleFlight
 from bundler.settings import Settings
-from bundler.sources import DirectorySource
-from bundler.spec import BuildOptions, BundleSpec, parse_query
+from bundler.sources import SourceStore
+from bundler.spec import BuildOptions, BundleSpec, parse_query, validate_version
 
 logger = logging.getLogger(__name__)
 
 # Distinct failing combinations remembered at once; a storm of one broken
 # combination costs one esbuild run per build_failure_ttl_s, not one per request.
 MAX_REMEMBERED_FAILURES = 1024
+# Backoff while the default version cannot be pulled at start (the pod stays unready).
+STARTUP_RETRY_MIN_S = 1.0
+STARTUP_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Stats:
 
 class BundleService:
     def __init__(
-        self, settings: Settings, source: DirectorySource, builder: Builder, cache: MemoryCache
+        self, settings: Settings, source: SourceStore, builder: Builder, cache: MemoryCache
     ) -> None:
         self.settings = settings
         self.source = source
@@ -54,20 +56,54 @@ class BundleService:
         )
         self.stats = Stats()
         self.ready = False
+        self._startup: asyncio.Task[None] | None = None
 
     def _newest_version(self) -> str:
-        versions = self.source.versions()
-        if not versions:
-            raise ConfigError(f"no versions found in {self.source.describe()}")
-        return versions[-1]
+        newest = self.source.newest_version()
+        if newest is None:
+            raise ConfigError(
+                f"no default version: set --default-version (source: {self.source.describe()})"
+            )
+        return newest
 
     async def start(self) -> None:
-        """Ready once the default version's source can be checked out."""
+        """Local sources are checked now (a bad default version stops the start);
+        remote ones are pulled in the background, and readiness waits for it."""
         try:
-            await self.source.checkout(self.default_version)
+            validate_version(self.default_version)
+        except BundlerError as exc:
+            raise ConfigError(f"default version: {exc.message}") from None
+        self.source.pin(self.default_version)
+        await self.source.start()
+        if self.source.remote:
+            self._startup = asyncio.create_task(self._pull_default(), name="pull-default")
+            return
+        try:
+            async with self.source.use(self.default_version):
+                pass
         except BundlerError as exc:
             raise ConfigError(f"default version: {exc.message}") from None
         self.ready = True
+
+    async def _pull_default(self) -> None:
+        delay_s = STARTUP_RETRY_MIN_S
+        while True:
+            try:
+                async with self.source.use(self.default_version):
+                    break
+            except BundlerError as exc:
+                logger.error(
+                    "cannot pull the default version; not ready",
+                    extra={
+                        "version": self.default_version,
+                        "error": exc.message,
+                        "retry_in_s": delay_s,
+                    },
+                )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, STARTUP_RETRY_MAX_S)
+        self.ready = True
+        logger.info("default version pulled; ready", extra={"version": self.default_version})
 
     def parse(self, pairs: Sequence[tuple[str, str]]) -> tuple[BundleSpec, bool]:
         return parse_query(
@@ -90,19 +126,22 @@ class BundleService:
         return await self.flight.do(spec.key, lambda: self._build(spec))
 
     async def _build(self, spec: BundleSpec) -> Bundle:
-        root: Path = await self.source.checkout(spec.version)
-        self.stats.builds += 1
-        try:
-            output = await self.builder.build(spec, root)
-        except (BuildFailed, UnknownModule) as exc:
-            self.stats.build_failures += 1
-            self.failures[spec.key] = exc
-            raise
+        async with self.source.use(spec.version) as root:
+            self.stats.builds += 1
+            try:
+                output = await self.builder.build(spec, root)
+            except (BuildFailed, UnknownModule) as exc:
+                self.stats.build_failures += 1
+                self.failures[spec.key] = exc
+                raise
         bundle = await asyncio.to_thread(Bundle.create, spec.key, output.code)
         self.cache.put(bundle)
         return bundle
 
     async def close(self) -> None:
         self.ready = False
+        if self._startup is not None:
+            self._startup.cancel()
         await self.flight.close()
         await self.builder.kill_all()
+        await self.source.close()

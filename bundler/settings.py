@@ -54,8 +54,36 @@ class Settings:
     host: str = _opt("Address to listen on.", default="127.0.0.1")
     port: int = _opt("TCP port to listen on.", default=8080)
     source: str = _opt(
-        "Where version sources come from: a directory with one subdirectory per version.",
+        "Where version sources come from: a directory with one subdirectory per version, "
+        "or an http(s) URL template of version tarballs containing {version}.",
         default_factory=default_source,
+    )
+    source_checksum: str = _opt(
+        "Tarball sources: 'none', 'published' ({url}.sha256 must match) or "
+        "VERSION:SHA256,... pins (unpinned versions are refused).",
+        default="none",
+    )
+    source_download_timeout_s: float = _opt(
+        "Deadline of one version pull, retries included.", default=60.0
+    )
+    source_max_download_bytes: int = _opt("Largest tarball accepted.", default=100 * 1024 * 1024)
+    source_retries: int = _opt("Retries of a download on connection errors and 5xx.", default=3)
+    source_retry_backoff_s: float = _opt(
+        "Base of the jittered exponential backoff between retries.", default=0.5
+    )
+    source_failure_ttl_s: float = _opt(
+        "How long a failed pull is remembered before the next request retries it.", default=5.0
+    )
+    source_keep_versions: int = _opt(
+        "Pulled versions kept on disk (most recently used; the default version always).",
+        default=5,
+    )
+    extract_max_members: int = _opt("Most entries a source tarball may have.", default=20_000)
+    extract_max_file_bytes: int = _opt(
+        "Largest single file in a source tarball.", default=20 * 1024 * 1024
+    )
+    extract_max_total_bytes: int = _opt(
+        "Most bytes a source tarball may unpack to.", default=200 * 1024 * 1024
     )
     default_version: str = _opt(
         "Version served when a request has no v= (default: the newest version in the source).",
@@ -103,14 +131,31 @@ class Settings:
         out = []
         if not 0 < self.port < 65536:
             out.append(f"port must be 1-65535, got {self.port}")
-        for name in ("max_modules", "max_module_name_chars", "memory_cache_max_bytes"):
+        for name in (
+            "max_modules",
+            "max_module_name_chars",
+            "memory_cache_max_bytes",
+            "source_max_download_bytes",
+            "source_keep_versions",
+            "extract_max_members",
+            "extract_max_file_bytes",
+            "extract_max_total_bytes",
+        ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1")
-        for name in ("build_pool_size", "build_threads", "default_version_max_age_s"):
+        for name in (
+            "build_pool_size",
+            "build_threads",
+            "default_version_max_age_s",
+            "source_retries",
+            "source_retry_backoff_s",
+            "source_failure_ttl_s",
+        ):
             if getattr(self, name) < 0:
                 out.append(f"{name} must not be negative")
-        if self.build_timeout_s <= 0:
-            out.append("build_timeout_s must be positive")
+        for name in ("build_timeout_s", "source_download_timeout_s"):
+            if getattr(self, name) <= 0:
+                out.append(f"{name} must be positive")
         if not 0 <= self.build_niceness <= 19:
             out.append("build_niceness must be 0-19")
         if not REGISTRY_NAME.match(self.registry_name):

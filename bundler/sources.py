@@ -1,16 +1,43 @@
-"""Where each version's source comes from: a local directory per version.
+"""Where each version's source comes from, behind one SourceStore interface.
 
-``SourceStore.checkout(version)`` gives a directory holding that version's
-modules; esbuild runs with it as its working directory.
+- DirectorySource: a local directory with one subdirectory per version (the
+  embedded example components).
+- TarballSource: an http(s) URL template with ``{version}``; each version is
+  pulled once (one download however many requests wait, via SingleFlight),
+  extracted safely in a thread, installed atomically under the data dir, and
+  old versions are removed when no build uses them.
+
+``async with store.use(version) as root`` gives the version's source root and
+keeps it on disk while the caller builds from it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import logging
 import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
-from bundler.errors import ConfigError, VersionNotFound
+import aiohttp
+from cachetools import TTLCache
+
+from bundler import extract
+from bundler.download import DownloadPolicy, download, parse_checksum_setting
+from bundler.errors import BundlerError, ConfigError, VersionNotFound
+from bundler.flight import SingleFlight
+from bundler.settings import Settings
 from bundler.spec import validate_version
+
+logger = logging.getLogger(__name__)
+
+# Versions whose failed pull is remembered at once (each for source_failure_ttl_s).
+MAX_REMEMBERED_FAILURES = 256
+TARBALL_NAME = "download.tar"
 
 
 def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -18,31 +45,212 @@ def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+-]", version))
 
 
+class SourceStore(Protocol):
+    remote: bool  # pulled over the network: the default version is fetched in the background
+
+    def use(self, version: str) -> AbstractAsyncContextManager[Path]: ...
+    def newest_version(self) -> str | None: ...
+    def pin(self, version: str) -> None: ...
+    def describe(self) -> str: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
 class DirectorySource:
-    """A directory with one subdirectory per version (the embedded example components)."""
+    """A directory with one subdirectory per version."""
+
+    remote = False
 
     def __init__(self, root: Path) -> None:
         if not root.is_dir():
             raise ConfigError(f"source directory {str(root)!r} does not exist")
         self.root = root.resolve()
 
-    def versions(self) -> list[str]:
+    def newest_version(self) -> str | None:
         names = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return sorted(names, key=version_sort_key)
+        return max(names, key=version_sort_key, default=None)
 
-    async def checkout(self, version: str) -> Path:
+    @asynccontextmanager
+    async def use(self, version: str) -> AsyncIterator[Path]:
         path = self.root / validate_version(version)
         if not path.is_dir():
             raise VersionNotFound(f"version {version!r} does not exist in this bundle source")
-        return path
+        yield path
 
     def describe(self) -> str:
         return f"directory {self.root}"
 
+    def pin(self, version: str) -> None:
+        pass  # nothing is ever removed from a source directory
 
-def open_source(spec: str) -> DirectorySource:
-    if "://" in spec:
-        raise ConfigError(
-            f"unsupported source {spec!r}: give a directory with one folder per version"
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class TarballSource:
+    remote = True
+
+    def __init__(
+        self,
+        url_template: str,
+        data_dir: Path,
+        *,
+        policy: DownloadPolicy,
+        limits: extract.ExtractLimits,
+        failure_ttl_s: float,
+        keep_versions: int,
+    ) -> None:
+        self.url_template = url_template
+        self.sources_dir = data_dir / "sources"
+        self.policy = policy
+        self.limits = limits
+        self.keep_versions = keep_versions
+        self.pinned: set[str] = set()  # never removed by housekeeping (the default version)
+        self.flight: SingleFlight[str, Path] = SingleFlight("pull")
+        self.failures: TTLCache[str, BundlerError] = TTLCache(
+            maxsize=MAX_REMEMBERED_FAILURES, ttl=failure_ttl_s
         )
-    return DirectorySource(Path(spec))
+        self.in_use: collections.Counter[str] = collections.Counter()
+        self.last_used: dict[str, float] = {}
+        self.pulls = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    def newest_version(self) -> str | None:
+        return None  # an artifact server cannot be listed: the default version must be set
+
+    def describe(self) -> str:
+        return f"tarballs from {self.url_template}"
+
+    def pin(self, version: str) -> None:
+        self.pinned.add(version)
+
+    async def start(self) -> None:
+        removed = await asyncio.to_thread(extract.clean_stale, self.sources_dir)
+        if removed:
+            logger.warning("removed unfinished pulls", extra={"entries": removed})
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
+        )
+
+    async def close(self) -> None:
+        await self.flight.close()
+        if self._session is not None:
+            await self._session.close()
+
+    @asynccontextmanager
+    async def use(self, version: str) -> AsyncIterator[Path]:
+        root = await self.checkout(version)
+        self.in_use[version] += 1
+        try:
+            yield root
+        finally:
+            self.in_use[version] -= 1
+
+    async def checkout(self, version: str) -> Path:
+        validate_version(version)
+        self.last_used[version] = time.monotonic()
+        root = extract.installed_root(self.sources_dir, version)
+        if root is not None:
+            return root
+        failure = self.failures.get(version)
+        if failure is not None:
+            raise failure
+        return await self.flight.do(version, lambda: self._pull(version))
+
+    async def _pull(self, version: str) -> Path:
+        assert self._session is not None, "start() was not awaited"
+        url = self.url_template.replace("{version}", version)
+        started = time.perf_counter()
+        work = await asyncio.to_thread(extract.WorkDir, self.sources_dir, version)
+        try:
+            tarball = work.path / TARBALL_NAME
+            await download(self._session, url, version, tarball, self.policy)
+            root = await asyncio.to_thread(work.install, tarball, self.limits)
+        except BundlerError as exc:
+            logger.warning(
+                "pull failed", extra={"version": version, "url": url, "error": exc.message}
+            )
+            self.failures[version] = exc
+            raise
+        finally:
+            await asyncio.to_thread(work.remove)
+        self.pulls += 1
+        logger.info(
+            "pulled version",
+            extra={
+                "version": version,
+                "duration_ms": round((time.perf_counter() - started) * 1000),
+            },
+        )
+        await self.housekeep()
+        return root
+
+    def installed(self) -> list[str]:
+        if not self.sources_dir.is_dir():
+            return []
+        return [
+            p.name
+            for p in self.sources_dir.iterdir()
+            if not p.name.startswith(".") and (p / extract.COMPLETE).exists()
+        ]
+
+    async def housekeep(self) -> list[str]:
+        """Keep the most recently used versions; remove the rest unless a build uses them."""
+
+        def recency(version: str) -> float:
+            if version in self.last_used:
+                return self.last_used[version]
+            # Unused since this process started: older than anything used since.
+            complete = self.sources_dir / version / extract.COMPLETE
+            try:
+                return complete.stat().st_mtime - time.time() + time.monotonic() - 1e9
+            except FileNotFoundError:
+                return float("-inf")
+
+        versions = sorted(self.installed(), key=recency, reverse=True)
+        removed = []
+        for version in versions[self.keep_versions :]:
+            if version in self.pinned or self.in_use[version] or version in self.flight:
+                continue
+            await asyncio.to_thread(extract.remove_version, self.sources_dir, version)
+            self.last_used.pop(version, None)
+            removed.append(version)
+        if removed:
+            logger.info("removed old versions", extra={"versions": removed})
+        return removed
+
+
+def open_source(settings: Settings) -> SourceStore:
+    spec = settings.source
+    if "://" not in spec:
+        return DirectorySource(Path(spec))
+    if not spec.startswith(("http://", "https://")) or "{version}" not in spec:
+        raise ConfigError(
+            f"source URL {spec!r} must be http(s) and contain {{version}}, "
+            "e.g. https://artifacts.example/pkg-{version}.tgz"
+        )
+    try:
+        checksum = parse_checksum_setting(settings.source_checksum)
+    except ValueError as exc:
+        raise ConfigError(f"source_checksum: {exc}") from None
+    return TarballSource(
+        spec,
+        Path(settings.data_dir).resolve(),
+        policy=DownloadPolicy(
+            max_bytes=settings.source_max_download_bytes,
+            timeout_s=settings.source_download_timeout_s,
+            retries=settings.source_retries,
+            backoff_s=settings.source_retry_backoff_s,
+            checksum=checksum,
+        ),
+        limits=extract.ExtractLimits(
+            max_members=settings.extract_max_members,
+            max_file_bytes=settings.extract_max_file_bytes,
+            max_total_bytes=settings.extract_max_total_bytes,
+        ),
+        failure_ttl_s=settings.source_failure_ttl_s,
+        keep_versions=settings.source_keep_versions,
+    )

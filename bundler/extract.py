@@ -1,0 +1,251 @@
+"""Safe tarball extraction and atomic install of a version's source. Runs in a thread.
+
+Only regular files and directories are written; anything else (absolute or
+``..`` paths, symlinks, hard links, devices, fifos) rejects the whole tarball.
+Member count, per-file size and total size are capped while streaming, so a
+decompression bomb is stopped before it fills the disk.
+
+Layout under ``<data>/sources``:
+
+    <version>/src/        the source root (an npm tarball's "package/" folder is stripped)
+    <version>/.complete   written last, before the install rename
+    .tmp-<version>-<rand>/ work in progress; held under an flock by its owner
+    .lock                 serialises installs between processes sharing the data dir
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from bundler.errors import SourceUnavailable
+
+logger = logging.getLogger(__name__)
+
+SRC = "src"
+COMPLETE = ".complete"
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+OWNER_LOCK = ".owner"
+CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    max_members: int
+    max_file_bytes: int
+    max_total_bytes: int
+
+
+class UnsafeTarball(SourceUnavailable):
+    """The tarball tries something a source never needs; nothing of it is installed."""
+
+
+def installed_root(sources_dir: Path, version: str) -> Path | None:
+    version_dir = sources_dir / version
+    return version_dir / SRC if (version_dir / COMPLETE).exists() else None
+
+
+@contextlib.contextmanager
+def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def clean_stale(sources_dir: Path) -> list[str]:
+    """Remove work dirs whose owner died (its flock is free) and leftover trash."""
+    removed: list[str] = []
+    if not sources_dir.is_dir():
+        return removed
+    for entry in sources_dir.iterdir():
+        if entry.name.startswith(TRASH_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        elif entry.name.startswith(TMP_PREFIX) and entry.is_dir():
+            with _flock(entry / OWNER_LOCK, blocking=False) as free:
+                if free:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry.name)
+    return removed
+
+
+class WorkDir:
+    """A private work directory under the sources dir, flocked while its owner lives.
+
+    A crash leaves it behind with its lock released; clean_stale() removes it at
+    the next start without touching the work of a live process sharing the dir.
+    """
+
+    def __init__(self, sources_dir: Path, version: str) -> None:
+        sources_dir.mkdir(parents=True, exist_ok=True)
+        self.sources_dir = sources_dir
+        self.version = version
+        self.path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-", dir=sources_dir))
+        self._fd = os.open(self.path / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._fd)
+
+    def install(self, tarball: Path, limits: ExtractLimits) -> Path:
+        """Extract ``tarball`` and install it as the version; returns its source root."""
+        content = self.path / "content"
+        content.mkdir()
+        _extract(tarball, content, limits)
+        version_dir = self.path / "version"
+        version_dir.mkdir()
+        os.rename(_strip_single_top_folder(content), version_dir / SRC)
+        (version_dir / COMPLETE).write_text(self.version + "\n")
+        _fsync_dir(version_dir)
+        sources_dir = self.sources_dir
+        with _flock(sources_dir / ".lock"):
+            existing = installed_root(sources_dir, self.version)
+            if existing is not None:  # another process won the race; its copy is the same
+                return existing
+            target = sources_dir / self.version
+            if target.exists():  # an incomplete leftover: move it out of the way
+                os.rename(target, sources_dir / f"{TRASH_PREFIX}{self.version}-{os.getpid()}")
+            os.rename(version_dir, target)
+            _fsync_dir(sources_dir)
+            return target / SRC
+
+
+def remove_version(sources_dir: Path, version: str) -> None:
+    """Move out of the way first (atomic), so no reader sees a half-deleted version."""
+    target = sources_dir / version
+    trash = sources_dir / f"{TRASH_PREFIX}{version}-{os.getpid()}"
+    with _flock(sources_dir / ".lock"):
+        if not target.exists():
+            return
+        os.rename(target, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _member_path(member: tarfile.TarInfo) -> PurePosixPath | None:
+    name = member.name
+    path = PurePosixPath(name)
+    if name.startswith("/") or path.is_absolute():
+        raise UnsafeTarball(f"tarball member {name!r} has an absolute path")
+    if ".." in path.parts:
+        raise UnsafeTarball(f"tarball member {name!r} escapes with '..'")
+    if "\x00" in name or "\\" in name:
+        raise UnsafeTarball(f"tarball member {name!r} has a forbidden character")
+    parts = [p for p in path.parts if p != "."]
+    return PurePosixPath(*parts) if parts else None
+
+
+def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> None:
+    members = 0
+    total = 0
+    try:
+        with tarfile.open(tarball, mode="r|*") as tar:
+            for member in tar:
+                members += 1
+                if members > limits.max_members:
+                    raise UnsafeTarball(f"tarball has more than {limits.max_members} members")
+                kind = _kind(member)
+                relative = _member_path(member)
+                if relative is None:
+                    continue
+                target = dest / relative
+                if kind == "dir":
+                    _make_dirs(dest, relative)
+                    continue
+                if member.size > limits.max_file_bytes:
+                    raise UnsafeTarball(
+                        f"tarball member {member.name!r} is larger than {limits.max_file_bytes} bytes"
+                    )
+                total += member.size
+                if total > limits.max_total_bytes:
+                    raise UnsafeTarball(
+                        f"tarball unpacks to more than {limits.max_total_bytes} bytes"
+                    )
+                _make_dirs(dest, relative.parent)
+                source = tar.extractfile(member)
+                if source is None:
+                    raise UnsafeTarball(f"tarball member {member.name!r} has no data")
+                _write_file(source, target, member.size, executable=bool(member.mode & 0o100))
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        # zlib/gzip errors surface as OSError or EOFError; a truncated stream as TarError.
+        raise SourceUnavailable(f"the source tarball is corrupt or truncated: {exc}") from None
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.isreg():
+        return "file"
+    if member.isdir():
+        return "dir"
+    what = (
+        "a symlink"
+        if member.issym()
+        else "a hard link"
+        if member.islnk()
+        else "a device node"
+        if member.isdev()
+        else "an unsupported member type"
+    )
+    raise UnsafeTarball(
+        f"tarball member {member.name!r} is {what}; only files and directories are allowed"
+    )
+
+
+def _make_dirs(root: Path, relative: PurePosixPath) -> None:
+    current = root
+    for part in relative.parts:
+        current = current / part
+        try:
+            os.mkdir(current, 0o755)
+        except FileExistsError:
+            if current.is_symlink() or not current.is_dir():
+                raise UnsafeTarball(
+                    f"tarball path {str(relative)!r} collides with a file"
+                ) from None
+
+
+def _write_file(source: IO[bytes], target: Path, size: int, *, executable: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = os.open(target, flags, 0o755 if executable else 0o644)
+    except FileExistsError:
+        raise UnsafeTarball(f"tarball has {str(target.name)!r} twice") from None
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := source.read(CHUNK_BYTES):
+            written += len(chunk)
+            if written > size:  # never trust the header alone
+                raise UnsafeTarball(f"tarball member {target.name!r} is longer than it says")
+            out.write(chunk)
+
+
+def _strip_single_top_folder(content: Path) -> Path:
+    """npm tarballs keep everything under one folder ("package/"): that folder is the root."""
+    entries = list(content.iterdir())
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        return entries[0]
+    return content
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
