@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import logging
 import os
 import shutil
@@ -37,6 +38,9 @@ TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 OWNER_LOCK = ".owner"
 CHUNK_BYTES = 64 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+# tar pads archives to a 10 KiB record; anything much beyond that is not padding.
+MAX_TRAILING_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> None:
     members = 0
     total = 0
     try:
-        with tarfile.open(tarball, mode="r|*") as tar:
+        with _open_stream(tarball) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 members += 1
                 if members > limits.max_members:
@@ -183,9 +187,33 @@ def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> None:
                 if source is None:
                     raise UnsafeTarball(f"tarball member {member.name!r} has no data")
                 _write_file(source, target, member.size, executable=bool(member.mode & 0o100))
+            _drain(stream)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         # zlib/gzip errors surface as OSError or EOFError; a truncated stream as TarError.
         raise SourceUnavailable(f"the source tarball is corrupt or truncated: {exc}") from None
+
+
+@contextlib.contextmanager
+def _open_stream(tarball: Path) -> Iterator[IO[bytes]]:
+    """gzip through the gzip module, which checks the CRC and length at the end
+    (tarfile's own stream reader does not, so a truncated tarball would pass)."""
+    with tarball.open("rb") as raw:
+        if raw.read(2) == GZIP_MAGIC:
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                yield gz  # type: ignore[misc]
+        else:
+            raw.seek(0)
+            yield raw
+
+
+def _drain(stream: IO[bytes]) -> None:
+    """Read past the archive's end so gzip verifies its trailer; refuse a large tail."""
+    tail = 0
+    while chunk := stream.read(CHUNK_BYTES):
+        tail += len(chunk)
+        if tail > MAX_TRAILING_BYTES:
+            raise UnsafeTarball("tarball has more than 1 MiB of data after its end")
 
 
 def _kind(member: tarfile.TarInfo) -> str:
@@ -193,15 +221,16 @@ def _kind(member: tarfile.TarInfo) -> str:
         return "file"
     if member.isdir():
         return "dir"
-    what = (
-        "a symlink"
-        if member.issym()
-        else "a hard link"
-        if member.islnk()
-        else "a device node"
-        if member.isdev()
-        else "an unsupported member type"
-    )
+    if member.issym():
+        what = "a symlink"
+    elif member.islnk():
+        what = "a hard link"
+    elif member.isfifo():
+        what = "a fifo"
+    elif member.ischr() or member.isblk():
+        what = "a device node"
+    else:
+        what = "an unsupported member type"
     raise UnsafeTarball(
         f"tarball member {member.name!r} is {what}; only files and directories are allowed"
     )
@@ -233,6 +262,8 @@ def _write_file(source: IO[bytes], target: Path, size: int, *, executable: bool)
             if written > size:  # never trust the header alone
                 raise UnsafeTarball(f"tarball member {target.name!r} is longer than it says")
             out.write(chunk)
+    if written != size:
+        raise SourceUnavailable(f"tarball member {target.name!r} is truncated")
 
 
 def _strip_single_top_folder(content: Path) -> Path:
