@@ -255,3 +255,22 @@ async def test_memory_cache_stays_within_its_byte_bound(
         cache = app[SERVICE].cache
         assert 0 < cache.bytes <= bound
     assert 1 < len(app[SERVICE].cache) < len(components)  # some evicted, several kept
+
+
+async def test_bare_import_resolving_outside_the_version_is_refused(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """esbuild walks up parent directories for node_modules; a version must not."""
+    source = tmp_path / "src"
+    (source / "node_modules" / "leaky").mkdir(parents=True)
+    (source / "node_modules" / "leaky" / "index.js").write_text("export const leak = 1;\n")
+    (source / "3.0.0").mkdir()
+    (source / "3.0.0" / "a.js").write_text('export { leak } from "leaky";\n')
+    client = await aiohttp_client(
+        create_app(make_settings(source=str(source), default_version="3.0.0"))
+    )
+    resp = await client.get("/bundle.js?modules=a")
+    text = await resp.text()
+    assert resp.status == 422, text
+    assert "not self-contained" in text and "node_modules/leaky/index.js" in text
+    assert str(tmp_path) not in text
