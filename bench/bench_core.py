@@ -30,7 +30,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundler.builder import Builder  # noqa: E402
+from bundler.builder import Builder, BuildJob  # noqa: E402
 from bundler.cpus import available_cpus  # noqa: E402
 from bundler.entry import entry_source  # noqa: E402
 from bundler.settings import Settings  # noqa: E402
@@ -141,8 +141,9 @@ def esbuild_by_hand(runs: int) -> list[float]:
     times = []
     with tempfile.TemporaryDirectory() as work:
         entry = Path(work) / "entry.js"
-        entry.write_text(entry_source(FIVE, source_root, settings.registry_name))
-        cmd = builder.command(entry, Path(work) / "bundle.js", spec)
+        job = BuildJob.tailored(spec)
+        entry.write_text(entry_source(job.registrations, source_root, settings.registry_name))
+        cmd = builder.command(entry, Path(work) / "bundle.js", job)
         for _ in range(runs):
             started = time.perf_counter()
             subprocess.run(cmd, cwd=source_root, env=env, check=True, capture_output=True)

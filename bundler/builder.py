@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.entry import entry_source, specifier_to_module
+from bundler.entry import Registration, entry_source, names_for_specifier
 from bundler.errors import BuildCrashed, BuildFailed, BuildTimeout, ConfigError, UnknownModule
-from bundler.spec import BundleSpec
+from bundler.slots import Priority, PrioritySlots
+from bundler.spec import BuildOptions, BundleSpec
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,33 @@ METAFILE_NAME = "meta.json"
 
 
 @dataclass(frozen=True)
+class BuildJob:
+    """One esbuild run: which names to register, from which files, how urgently."""
+
+    version: str
+    registrations: tuple[Registration, ...]
+    options: BuildOptions
+    key: str
+    label: str  # for logs: the canonical query, or "fallback <version>"
+    priority: Priority = Priority.TAILORED
+    sourcemap: bool = False
+
+    @classmethod
+    def tailored(cls, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> BuildJob:
+        return cls(
+            version=spec.version,
+            registrations=tuple((m, m) for m in spec.modules),
+            options=spec.options,
+            key=spec.key,
+            label=spec.query,
+            priority=priority,
+        )
+
+
+@dataclass(frozen=True)
 class BuildOutput:
     code: bytes
+    sourcemap: bytes | None
     duration_s: float
 
 
@@ -68,27 +94,23 @@ class Builder:
         self.threads_per_build = threads_per_build
         self.timeout_s = timeout_s
         self.niceness = niceness
-        self._slots = asyncio.Semaphore(pool_size)
+        self.slots = PrioritySlots(pool_size)
         self._nice = shutil.which("nice") if niceness else None
         self._running: set[asyncio.subprocess.Process] = set()
-        self.waiting = 0
 
     @property
     def busy(self) -> int:
         return len(self._running)
 
-    async def build(self, spec: BundleSpec, source_root: Path) -> BuildOutput:
-        self.waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
-        try:
-            return await self._build(spec, source_root)
-        finally:
-            self._slots.release()
+    @property
+    def queued(self) -> int:
+        return self.slots.queued
 
-    def command(self, entry: Path, outfile: Path, spec: BundleSpec) -> list[str]:
+    async def build(self, job: BuildJob, source_root: Path) -> BuildOutput:
+        async with self.slots.slot(job.priority):
+            return await self._build(job, source_root)
+
+    def command(self, entry: Path, outfile: Path, job: BuildJob) -> list[str]:
         """The exact esbuild command line of a build (the benchmark runs it by hand too)."""
         cmd = [
             self.esbuild,
@@ -98,45 +120,47 @@ class Builder:
             f"--metafile={outfile.with_name(METAFILE_NAME)}",
             "--format=iife",
             "--platform=browser",
-            f"--target={spec.options.target}",
+            f"--target={job.options.target}",
             "--charset=utf8",
             "--log-level=error",
             "--color=false",
         ]
-        if spec.options.minify:
+        if job.options.minify:
             cmd.append("--minify")
+        if job.sourcemap:
+            cmd.append("--sourcemap")
         if self._nice:
             cmd = [self._nice, "-n", str(self.niceness), *cmd]
         return cmd
 
-    async def _build(self, spec: BundleSpec, source_root: Path) -> BuildOutput:
+    async def _build(self, job: BuildJob, source_root: Path) -> BuildOutput:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch_dir))
         try:
             entry = workdir / ENTRY_NAME
-            entry.write_text(entry_source(spec.modules, source_root, spec.options.registry_name))
+            entry.write_text(
+                entry_source(job.registrations, source_root, job.options.registry_name)
+            )
             outfile = workdir / OUTPUT_NAME
             started = time.perf_counter()
-            returncode, stderr = await self._run(self.command(entry, outfile, spec), source_root)
+            returncode, stderr = await self._run(self.command(entry, outfile, job), source_root)
             duration = time.perf_counter() - started
             if returncode != 0:
-                raise self._error(returncode, stderr, spec, source_root, workdir)
-            code, outside = await asyncio.to_thread(_read_output, outfile, entry, source_root)
-            if outside:
+                raise self._error(returncode, stderr, job, source_root, workdir)
+            output = await asyncio.to_thread(
+                _read_output, outfile, entry, source_root, job.sourcemap
+            )
+            if output.outside:
                 raise BuildFailed(
-                    f"version {spec.version} is not self-contained: the bundle would include "
-                    f"{', '.join(outside[:5])} from outside the version's source; "
+                    f"version {job.version} is not self-contained: the bundle would include "
+                    f"{', '.join(output.outside[:5])} from outside the version's source; "
                     "bare imports must resolve from node_modules inside the version"
                 )
             logger.info(
                 "built bundle",
-                extra={
-                    "key": spec.key,
-                    "bundle": spec.query,
-                    "duration_ms": round(duration * 1000),
-                },
+                extra={"key": job.key, "bundle": job.label, "duration_ms": round(duration * 1000)},
             )
-            return BuildOutput(code=code, duration_s=duration)
+            return BuildOutput(code=output.code, sourcemap=output.sourcemap, duration_s=duration)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
@@ -179,13 +203,13 @@ class Builder:
         await proc.wait()
 
     def _error(
-        self, returncode: int, stderr: str, spec: BundleSpec, source_root: Path, workdir: Path
+        self, returncode: int, stderr: str, job: BuildJob, source_root: Path, workdir: Path
     ) -> BuildFailed | UnknownModule | BuildCrashed:
         if returncode < 0 or "[ERROR]" not in stderr:
             logger.error(
                 "esbuild crashed",
                 extra={
-                    "key": spec.key,
+                    "key": job.key,
                     "returncode": returncode,
                     "stderr": stderr[-MAX_ERROR_CHARS:],
                 },
@@ -197,23 +221,30 @@ class Builder:
         unknown = sorted(
             {
                 name
-                for spec_text in UNRESOLVED.findall(stderr)
-                if (name := specifier_to_module(spec_text, spec.modules, source_root)) is not None
+                for specifier in UNRESOLVED.findall(stderr)
+                for name in names_for_specifier(specifier, job.registrations, source_root)
             }
         )
         if unknown:
-            return UnknownModule(spec.version, unknown)
+            return UnknownModule(job.version, unknown)
         message = sanitize(stderr, source_root, workdir)
-        logger.warning("build failed", extra={"key": spec.key, "bundle": spec.query})
-        return BuildFailed(f"esbuild could not build version {spec.version}:\n{message}")
+        logger.warning("build failed", extra={"key": job.key, "bundle": job.label})
+        return BuildFailed(f"esbuild could not build version {job.version}:\n{message}")
 
     async def kill_all(self) -> None:
         for proc in list(self._running):
             await self._kill(proc)
 
 
-def _read_output(outfile: Path, entry: Path, source_root: Path) -> tuple[bytes, list[str]]:
-    """The bundle, and the inputs esbuild took from outside the source root (by its metafile).
+@dataclass(frozen=True)
+class _Output:
+    code: bytes
+    sourcemap: bytes | None
+    outside: list[str]
+
+
+def _read_output(outfile: Path, entry: Path, source_root: Path, sourcemap: bool) -> _Output:
+    """The bundle, its map, and the inputs esbuild took from outside the source root.
 
     esbuild resolves bare imports by walking up parent directories; a version must
     not pick up whatever node_modules happens to sit above the data directory.
@@ -227,7 +258,27 @@ def _read_output(outfile: Path, entry: Path, source_root: Path) -> tuple[bytes, 
         for name in meta.get("inputs", {})
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
-    return outfile.read_bytes(), outside
+    map_bytes = None
+    if sourcemap:
+        map_bytes = _relative_sourcemap(outfile.with_name(OUTPUT_NAME + ".map"), entry, source_root)
+    return _Output(outfile.read_bytes(), map_bytes, outside)
+
+
+def _relative_sourcemap(map_file: Path, entry: Path, source_root: Path) -> bytes:
+    """Map sources as paths under the version root; the generated entry has no content."""
+    source_map = json.loads(map_file.read_bytes())
+    sources = []
+    contents = source_map.get("sourcesContent") or [None] * len(source_map["sources"])
+    for i, src in enumerate(source_map["sources"]):
+        absolute = os.path.normpath(map_file.parent / src)
+        if absolute == str(entry):
+            sources.append("<entry>")
+            contents[i] = None
+        else:
+            sources.append(os.path.relpath(absolute, source_root))
+    source_map["sources"] = sources
+    source_map["sourcesContent"] = contents
+    return json.dumps(source_map, separators=(",", ":")).encode()
 
 
 def sanitize(report: str, source_root: Path, workdir: Path) -> str:

@@ -1,29 +1,41 @@
 """The generated entry file: what turns a module list into one registering bundle.
 
-Bundle format (docs/bundle-format.md): each requested module's namespace object
-is stored under its requested name in ``globalThis[<registry>]``, and, when an
-AMD loader is on the page, also announced with ``define(name, [], () => ns)``.
-Modules are evaluated in canonical (sorted) order, since esbuild evaluates
-imports in the order they are written.
+Bundle format (README, "The bundle format"): each requested module's namespace
+object is stored under its requested name in ``globalThis[<registry>]``, and,
+when an AMD loader is on the page, also announced with
+``define(name, [], () => ns)``. Modules are evaluated in the order of the
+registrations (canonical, sorted, for a tailored bundle), since esbuild
+evaluates imports in the order they are written.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+# (name the page asks for, path under the source root that esbuild resolves)
+Registration = tuple[str, str]
 
-def entry_source(modules: tuple[str, ...], source_root: Path, registry_name: str) -> str:
+
+def entry_source(
+    registrations: Sequence[Registration], source_root: Path, registry_name: str
+) -> str:
     # Absolute specifiers: the entry lives in scratch space, the modules under the
-    # source root. Names were validated (bundler.spec), json.dumps quotes them anyway.
-    lines = [
-        f"import * as m{i} from {json.dumps(str(source_root / name))};"
-        for i, name in enumerate(modules)
-    ]
-    pairs = ", ".join(f"[{json.dumps(name)}, m{i}]" for i, name in enumerate(modules))
+    # source root. Names were validated (bundler.spec); json.dumps quotes them anyway.
+    variables: dict[str, str] = {}
+    lines = []
+    for _, path in registrations:
+        if path not in variables:
+            variables[path] = f"m{len(variables)}"
+            lines.append(
+                f"import * as {variables[path]} from {json.dumps(str(source_root / path))};"
+            )
+    pairs = ", ".join(f"[{json.dumps(name)}, {variables[path]}]" for name, path in registrations)
+    registry = json.dumps(registry_name)
     lines += [
         "const g = typeof globalThis !== 'undefined' ? globalThis : self;",
-        f"const registry = g[{json.dumps(registry_name)}] || (g[{json.dumps(registry_name)}] = {{}});",
+        f"const registry = g[{registry}] || (g[{registry}] = {{}});",
         "const amd = typeof define === 'function' && define.amd;",
         f"for (const [name, ns] of [{pairs}]) {{",
         "  registry[name] = ns;",
@@ -33,9 +45,8 @@ def entry_source(modules: tuple[str, ...], source_root: Path, registry_name: str
     return "\n".join(lines) + "\n"
 
 
-def specifier_to_module(specifier: str, modules: tuple[str, ...], source_root: Path) -> str | None:
-    """Which requested module an esbuild 'Could not resolve' specifier stands for."""
-    for name in modules:
-        if specifier == str(source_root / name):
-            return name
-    return None
+def names_for_specifier(
+    specifier: str, registrations: Sequence[Registration], source_root: Path
+) -> list[str]:
+    """Which registered names an esbuild 'Could not resolve' specifier stands for."""
+    return [name for name, path in registrations if specifier == str(source_root / path)]

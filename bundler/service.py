@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from bundler.builder import Builder
+from bundler.builder import Builder, BuildJob
 from bundler.cache import Bundle, MemoryCache
 from bundler.errors import BuildFailed, BundlerError, ConfigError, UnknownModule
 from bundler.flight import SingleFlight
@@ -129,7 +129,7 @@ class BundleService:
         async with self.source.use(spec.version) as root:
             self.stats.builds += 1
             try:
-                output = await self.builder.build(spec, root)
+                output = await self.builder.build(BuildJob.tailored(spec), root)
             except (BuildFailed, UnknownModule) as exc:
                 self.stats.build_failures += 1
                 self.failures[spec.key] = exc
