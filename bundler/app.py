@@ -8,19 +8,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from bundler.builder import Builder, check_esbuild
+from bundler.builder import Builder, BuildJob, check_esbuild
 from bundler.cache import Bundle, MemoryCache
-from bundler.errors import BundlerError, SourceUnavailable
+from bundler.errors import BadRequest, BundlerError, Unavailable, VersionNotFound
+from bundler.fallback import FallbackStore
+from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
 from bundler.negotiate import choose_encoding
 from bundler.service import BundleService
 from bundler.settings import Settings
 from bundler.sources import open_source
+from bundler.spec import validate_version
 
 logger = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", BundleService)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 JS_CONTENT_TYPE = "application/javascript; charset=utf-8"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -43,11 +48,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Domain errors become their status and message; anything else a 500 with no traceback."""
     try:
         return await handler(request)
-    except SourceUnavailable as exc:
-        retry_after_s = math.ceil(max(1.0, request.app[SETTINGS].source_failure_ttl_s))
-        return error_response(exc.status, exc.message, {"Retry-After": str(retry_after_s)})
     except BundlerError as exc:
-        return error_response(exc.status, exc.message)
+        if request.path == "/bundle.js":
+            request.app[SERVICE].requests["error"] += 1
+        headers = {}
+        if isinstance(exc, Unavailable):
+            retry_after_s = math.ceil(max(1.0, request.app[SETTINGS].source_failure_ttl_s))
+            headers["Retry-After"] = str(retry_after_s)
+        return error_response(exc.status, exc.message, headers)
     except web.HTTPException:
         raise
     except Exception:
@@ -55,15 +63,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal error: the service logged the details")
 
 
-def bundle_response(request: web.Request, bundle: Bundle, cache_control: str) -> web.Response:
+def bundle_response(request: web.Request, bundle: Bundle, headers: dict[str, str]) -> web.Response:
     encoding = choose_encoding(request.headers.get("Accept-Encoding"))
     etag = bundle.etag(encoding)
-    headers = {
-        "Cache-Control": cache_control,
-        "Vary": "Accept-Encoding",
-        "ETag": etag,
-        "X-Bundle-Mode": "tailored",
-    }
+    headers = {**headers, "Vary": "Accept-Encoding", "ETag": etag}
     candidates = request.if_none_match
     if candidates and any(c.value in ("*", etag.strip('"')) for c in candidates):
         return web.Response(status=304, headers=headers)
@@ -77,12 +80,32 @@ def bundle_response(request: web.Request, bundle: Bundle, cache_control: str) ->
 
 async def handle_bundle(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    settings = service.settings
     spec, pinned = service.parse(list(request.query.items()))
-    bundle = await service.get(spec)
-    cache_control = (
-        IMMUTABLE if pinned else f"public, max-age={service.settings.default_version_max_age_s}"
+    answer = await service.answer(spec)
+    if answer.mode.tailored:
+        max_age = f"public, max-age={settings.default_version_max_age_s}"
+        headers = {"Cache-Control": IMMUTABLE if pinned else max_age, "X-Bundle-Mode": "tailored"}
+    else:
+        # Short-lived and never immutable: the tailored bundle replaces it soon.
+        short = f"public, max-age={settings.fallback_max_age_s}"
+        headers = {"Cache-Control": short, "CDN-Cache-Control": short, "X-Bundle-Mode": "fallback"}
+    return bundle_response(request, answer.bundle, headers)
+
+
+async def handle_fallback_map(request: web.Request) -> web.Response:
+    """The source map of a version's fallback (the fallback's sourceMappingURL)."""
+    service = request.app[SERVICE]
+    if set(request.query) - {"v"}:
+        raise BadRequest("only v= is allowed here")
+    version = validate_version(request.query.get("v", service.default_version))
+    fallback = await service.fallbacks.get(version)
+    if fallback is None:
+        raise VersionNotFound(f"no fallback for version {version!r}")
+    return web.Response(
+        body=fallback.sourcemap,
+        headers={"Content-Type": "application/json", "Cache-Control": "public, max-age=300"},
     )
-    return bundle_response(request, bundle, cache_control)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -91,18 +114,29 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    if request.app[SERVICE].ready:
+    service = request.app[SERVICE]
+    if service.ready:
         return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
-    return error_response(503, "not ready")
+    reason = "draining" if service.draining else "the default version's fallback is not loaded yet"
+    return error_response(503, f"not ready: {reason}")
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
+    settings = app[SETTINGS]
     await service.start()
+    service.lag.start()
+    watchdog = Watchdog(service.lag, stall_s=settings.watchdog_stall_s)
+    watchdog.start()
     logger.info(
-        "service ready",
+        "service started",
         extra={
-            "url": f"http://{service.settings.host}:{service.settings.port}",
+            "url": f"http://{settings.host}:{settings.port}",
             "default_version": service.default_version,
             "source": service.source.describe(),
             "pool_size": service.builder.pool_size,
@@ -111,27 +145,57 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await service.close()
+    watchdog.stop()
+    await service.lag.stop()
 
 
 def create_app(settings: Settings) -> web.Application:
     """Builds the service; raises ConfigError (one line) when a setting cannot work."""
     esbuild = check_esbuild(settings.esbuild)
     source = open_source(settings)
+    data_dir = Path(settings.data_dir).resolve()
     builder = Builder(
         esbuild,
-        Path(settings.data_dir).resolve() / "tmp",
+        data_dir / "tmp",
         pool_size=settings.pool_size,
         threads_per_build=settings.threads_per_build,
         timeout_s=settings.build_timeout_s,
         niceness=settings.build_niceness,
     )
-    service = BundleService(settings, source, builder, MemoryCache(settings.memory_cache_max_bytes))
+    registry = CollectorRegistry()
+    durations = build_histogram(registry)
+
+    def observe(job: BuildJob, seconds: float, result: str) -> None:
+        durations.labels(kind=job.priority.name.lower()).observe(seconds)
+
+    builder.on_finish = observe
+    options = BundleService.options_from(settings)
+    fallbacks = FallbackStore(
+        settings.static_fallback_dir,
+        data_dir,
+        builder,
+        source,
+        options,
+        max_versions=settings.source_keep_versions + 1,
+    )
+    service = BundleService(
+        settings,
+        source,
+        builder,
+        MemoryCache(settings.memory_cache_max_bytes),
+        fallbacks,
+        LagMonitor(registry),
+    )
+    registry.register(ServiceCollector(service.metric_values))
 
     app = web.Application(middlewares=[errors_middleware])
     app[SETTINGS] = settings
     app[SERVICE] = service
+    app[REGISTRY] = registry
     app.router.add_get("/bundle.js", handle_bundle)
+    app.router.add_get("/fallback.js.map", handle_fallback_map)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
     app.cleanup_ctx.append(service_ctx)
     return app

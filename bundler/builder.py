@@ -8,6 +8,7 @@ goes into a generated entry file in this service's own scratch directory.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -17,6 +18,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,9 @@ class Builder:
         self.slots = PrioritySlots(pool_size)
         self._nice = shutil.which("nice") if niceness else None
         self._running: set[asyncio.subprocess.Process] = set()
+        self.results: collections.Counter[str] = collections.Counter()
+        # Called with (job, seconds, result) after every run; the metrics hook in here.
+        self.on_finish: Callable[[BuildJob, float, str], None] | None = None
 
     @property
     def busy(self) -> int:
@@ -108,7 +113,26 @@ class Builder:
 
     async def build(self, job: BuildJob, source_root: Path) -> BuildOutput:
         async with self.slots.slot(job.priority):
-            return await self._build(job, source_root)
+            started = time.perf_counter()
+            result = "ok"
+            try:
+                return await self._build(job, source_root)
+            except BuildTimeout:
+                result = "timeout"
+                raise
+            except UnknownModule:
+                result = "unknown_module"
+                raise
+            except BuildFailed:
+                result = "failed"
+                raise
+            except BuildCrashed:
+                result = "crashed"
+                raise
+            finally:
+                self.results[result] += 1
+                if self.on_finish is not None:
+                    self.on_finish(job, time.perf_counter() - started, result)
 
     def command(self, entry: Path, outfile: Path, job: BuildJob) -> list[str]:
         """The exact esbuild command line of a build (the benchmark runs it by hand too)."""

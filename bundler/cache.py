@@ -20,6 +20,7 @@ class Bundle:
     code: bytes
     gzip: bytes
     digest: str
+    etag_prefix: str = ""
 
     @property
     def size(self) -> int:
@@ -28,16 +29,17 @@ class Bundle:
     def etag(self, encoding: str) -> str:
         # Each content-coding is its own representation, so each has its own strong ETag.
         suffix = "" if encoding == "identity" else f"-{encoding}"
-        return f'"{self.digest[:32]}{suffix}"'
+        return f'"{self.etag_prefix}{self.digest[:32]}{suffix}"'
 
     @classmethod
-    def create(cls, key: str, code: bytes) -> Bundle:
+    def create(cls, key: str, code: bytes, etag_prefix: str = "") -> Bundle:
         """CPU work (hashing, compressing): call it off the event loop."""
         return cls(
             key=key,
             code=code,
             gzip=gzip.compress(code, compresslevel=GZIP_LEVEL, mtime=0),
             digest=hashlib.sha256(code).hexdigest(),
+            etag_prefix=etag_prefix,
         )
 
 

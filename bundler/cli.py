@@ -1,4 +1,4 @@
-"""`bundler serve`: a thin shell over Settings and create_app.
+"""`bundler serve | build-fallback`: a thin shell over Settings and the library.
 
 Every flag can also come from a BUNDLER_* environment variable. A setting that
 cannot work ends the process with one clear line and exit status 2.
@@ -7,27 +7,108 @@ cannot work ends the process with one clear line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
-from bundler.app import create_app
-from bundler.errors import ConfigError
+from bundler.app import SERVICE, create_app
+from bundler.builder import Builder, check_esbuild
+from bundler.errors import BundlerError, ConfigError
+from bundler.fallback import build_fallback, write_fallback
 from bundler.logs import configure_logging
-from bundler.settings import add_arguments, settings_from_args
+from bundler.service import BundleService
+from bundler.settings import Settings, add_arguments, settings_from_args
+from bundler.sources import open_source
 
 logger = logging.getLogger("bundler")
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+async def _serve(settings: Settings) -> None:
+    """Runs until SIGTERM/SIGINT, then drains: /readyz 503 for drain_s while still
+    serving, then the listener closes, in-flight requests finish, builds are killed."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+    )
+    await runner.setup()  # runs the startup half of cleanup_ctx: ConfigError surfaces here
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if app[SERVICE].draining:
+                stop.set()  # a second signal: stop now
+                return
+            logger.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
+            app[SERVICE].begin_drain()
+            loop.call_later(settings.drain_s, stop.set)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await stop.wait()
+        logger.info("closing the listener; finishing in-flight requests")
+    finally:
+        await runner.cleanup()
+    logger.info("stopped")
 
 
 def serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    try:
+        asyncio.run(_serve(settings))
+    except OSError as exc:  # the port is taken, the address is wrong
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from None
+    return 0
+
+
+async def _build_fallback(settings: Settings, version: str, out_dir: Path) -> Path:
+    source = open_source(settings)
+    builder = Builder(
+        check_esbuild(settings.esbuild),
+        Path(settings.data_dir).resolve() / "tmp",
+        pool_size=1,
+        threads_per_build=settings.threads_per_build * settings.pool_size,
+        timeout_s=settings.build_timeout_s,
+        niceness=0,
+    )
+    options = BundleService.options_from(settings)
+    await source.start()
+    try:
+        code, sourcemap, names = await build_fallback(builder, source, version, options)
+    finally:
+        await source.close()
+    target = out_dir / version
+    await asyncio.to_thread(write_fallback, target, version, options, code, sourcemap, names)
+    print(
+        f"built the fallback of {version}: {len(names)} module names, {len(code)} bytes -> {target}"
+    )
+    return target
+
+
+def build_fallback_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings.log_format, "WARNING")
+    out_dir = Path(args.out) if args.out else settings.static_fallback_dir
+    if out_dir is None:
+        raise ConfigError("say where to write the fallback: --out DIR or --fallback-dir DIR")
+    try:
+        asyncio.run(_build_fallback(settings, args.version, out_dir))
+    except BundlerError as exc:
+        print(f"bundler: build-fallback failed: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -44,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(serve_parser)
     serve_parser.set_defaults(func=serve)
+
+    fallback_parser = commands.add_parser(
+        "build-fallback",
+        help="build a version's static fallback bundle (every module) and its source map",
+    )
+    fallback_parser.add_argument("--version", dest="version", required=True, metavar="VERSION")
+    fallback_parser.add_argument(
+        "--out",
+        default=None,
+        help="directory to write VERSION/ into (default: --fallback-dir, or static_fallback/ "
+        "for the bundled examples)",
+    )
+    add_arguments(fallback_parser, exclude=frozenset({"default_version"}))
+    fallback_parser.set_defaults(func=build_fallback_command)
     return parser
 
 
@@ -54,8 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"bundler: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 0
     return code
 
 

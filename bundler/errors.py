@@ -51,7 +51,15 @@ class BuildTimeout(BundlerError):
     status = 504
 
 
-class SourceUnavailable(BundlerError):
-    """A version's source could not be pulled now; a later retry may work."""
+class Unavailable(BundlerError):
+    """Not now; a later retry may work (503 with Retry-After)."""
 
     status = 503
+
+
+class SourceUnavailable(Unavailable):
+    """A version's source could not be pulled now."""
+
+
+class Overloaded(Unavailable):
+    """The build queue is full and no fallback covers the request."""

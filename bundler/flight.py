@@ -29,8 +29,11 @@ class _Flight(Generic[V]):
 
 
 class SingleFlight(Generic[K, V]):
-    def __init__(self, name: str = "flight") -> None:
+    def __init__(self, name: str = "flight", *, stagger: bool = True) -> None:
         self.name = name
+        # stagger=False wakes every waiter in one iteration: the incident's behaviour,
+        # kept only so benchmarks can measure it side by side.
+        self.stagger = stagger
         self._flights: dict[K, _Flight[V]] = {}
 
     def __contains__(self, key: K) -> bool:
@@ -39,6 +42,12 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def ensure(self, key: K, fn: Callable[[], Awaitable[V]]) -> None:
+        """Start ``fn`` for ``key`` unless it runs already; nobody waits for it here."""
+        if key not in self._flights:
+            flight = self._flights[key] = _Flight()
+            flight.task = asyncio.create_task(self._run(key, flight, fn), name=f"{self.name}:{key}")
+
     async def do(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
         """Run ``fn`` once for ``key`` however many callers ask, and share its outcome.
 
@@ -46,10 +55,8 @@ class SingleFlight(Generic[K, V]):
         the flight stays registered until its last waiter is released.
         Cancelling a caller cancels only its wait, never the shared work.
         """
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = self._flights[key] = _Flight()
-            flight.task = asyncio.create_task(self._run(key, flight, fn), name=f"{self.name}:{key}")
+        self.ensure(key, fn)
+        flight = self._flights[key]
         waiter: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         flight.waiters.append(waiter)
         return await waiter
@@ -76,6 +83,8 @@ class SingleFlight(Generic[K, V]):
                     waiter.set_result(result)  # type: ignore[arg-type]
                 if not flight.waiters:
                     break  # the last one: unregister now, so its next call starts afresh
+                if not self.stagger:
+                    continue
                 # The waiter resumes in the next iteration; so does this loop, after it.
                 await asyncio.sleep(0)
         finally:

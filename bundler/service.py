@@ -1,11 +1,15 @@
-"""The request path without HTTP: cache, then one shared build per key.
+"""The request path without HTTP.
 
-spec -> memory cache -> SingleFlight(key) -> source checkout -> esbuild -> Bundle
+spec -> memory cache -> the version's fallback (pull + build once, ahead of all)
+     -> shed? -> SingleFlight(key) build, waited for up to the fallback budget
+     -> the tailored bundle, or the fallback while the build fills the cache
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,9 +18,12 @@ from cachetools import TTLCache
 
 from bundler.builder import Builder, BuildJob
 from bundler.cache import Bundle, MemoryCache
-from bundler.errors import BuildFailed, BundlerError, ConfigError, UnknownModule
+from bundler.errors import BuildFailed, BundlerError, ConfigError, Overloaded, UnknownModule
+from bundler.fallback import FallbackStore
 from bundler.flight import SingleFlight
+from bundler.metrics import LagMonitor
 from bundler.settings import Settings
+from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BuildOptions, BundleSpec, parse_query, validate_version
 
@@ -25,38 +32,60 @@ logger = logging.getLogger(__name__)
 # Distinct failing combinations remembered at once; a storm of one broken
 # combination costs one esbuild run per build_failure_ttl_s, not one per request.
 MAX_REMEMBERED_FAILURES = 1024
-# Backoff while the default version cannot be pulled at start (the pod stays unready).
+# Backoff while the default version's fallback cannot be prepared (the pod stays unready).
 STARTUP_RETRY_MIN_S = 1.0
 STARTUP_RETRY_MAX_S = 30.0
 
 
-@dataclass
-class Stats:
-    hits: int = 0
-    misses: int = 0
-    builds: int = 0
-    build_failures: int = 0
+class Mode(enum.Enum):
+    HIT = "hit"  # tailored, from the cache
+    BUILT = "built"  # tailored, built within the fallback budget
+    FALLBACK = "fallback"  # the build did not finish within the budget; it goes on
+    SHED = "shed"  # queue full or loop lagging: the fallback, and no build
+
+    @property
+    def tailored(self) -> bool:
+        return self in (Mode.HIT, Mode.BUILT)
+
+
+@dataclass(frozen=True)
+class Answer:
+    bundle: Bundle
+    mode: Mode
 
 
 class BundleService:
     def __init__(
-        self, settings: Settings, source: SourceStore, builder: Builder, cache: MemoryCache
+        self,
+        settings: Settings,
+        source: SourceStore,
+        builder: Builder,
+        cache: MemoryCache,
+        fallbacks: FallbackStore,
+        lag: LagMonitor,
     ) -> None:
         self.settings = settings
         self.source = source
         self.builder = builder
         self.cache = cache
-        self.options = BuildOptions(
-            target=settings.esbuild_target, registry_name=settings.registry_name
-        )
+        self.fallbacks = fallbacks
+        self.lag = lag
+        self.options = fallbacks.options
         self.default_version = settings.default_version or self._newest_version()
-        self.flight: SingleFlight[str, Bundle] = SingleFlight("build")
+        self.flight: SingleFlight[str, Bundle] = SingleFlight(
+            "build", stagger=settings.flight_release == "staggered"
+        )
         self.failures: TTLCache[str, BundlerError] = TTLCache(
             maxsize=MAX_REMEMBERED_FAILURES, ttl=settings.build_failure_ttl_s
         )
-        self.stats = Stats()
-        self.ready = False
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.lookups: collections.Counter[str] = collections.Counter()
+        self.draining = False
         self._startup: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def options_from(settings: Settings) -> BuildOptions:
+        return BuildOptions(target=settings.esbuild_target, registry_name=settings.registry_name)
 
     def _newest_version(self) -> str:
         newest = self.source.newest_version()
@@ -66,44 +95,44 @@ class BundleService:
             )
         return newest
 
+    @property
+    def ready(self) -> bool:
+        """Every bundle request can be answered now: the default fallback is loaded."""
+        return not self.draining and self.fallbacks.loaded(self.default_version) is not None
+
     async def start(self) -> None:
-        """Local sources are checked now (a bad default version stops the start);
-        remote ones are pulled in the background, and readiness waits for it."""
+        """A local source's default version is checked now (a wrong one stops the start);
+        its fallback is loaded, or built, in the background: /readyz waits for it."""
         try:
             validate_version(self.default_version)
         except BundlerError as exc:
             raise ConfigError(f"default version: {exc.message}") from None
         self.source.pin(self.default_version)
         await self.source.start()
-        if self.source.remote:
-            self._startup = asyncio.create_task(self._pull_default(), name="pull-default")
-            return
-        try:
-            async with self.source.use(self.default_version):
-                pass
-        except BundlerError as exc:
-            raise ConfigError(f"default version: {exc.message}") from None
-        self.ready = True
+        if not self.source.remote:
+            try:
+                async with self.source.use(self.default_version):
+                    pass
+            except BundlerError as exc:
+                raise ConfigError(f"default version: {exc.message}") from None
+        self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
 
-    async def _pull_default(self) -> None:
+    async def _prepare_default(self) -> None:
         delay_s = STARTUP_RETRY_MIN_S
         while True:
             try:
-                async with self.source.use(self.default_version):
+                if await self.fallbacks.get(self.default_version) is not None:
                     break
+                problem = "its fallback could not be built"
             except BundlerError as exc:
-                logger.error(
-                    "cannot pull the default version; not ready",
-                    extra={
-                        "version": self.default_version,
-                        "error": exc.message,
-                        "retry_in_s": delay_s,
-                    },
-                )
+                problem = exc.message
+            logger.error(
+                "default version not servable yet; not ready",
+                extra={"version": self.default_version, "error": problem, "retry_in_s": delay_s},
+            )
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, STARTUP_RETRY_MAX_S)
-        self.ready = True
-        logger.info("default version pulled; ready", extra={"version": self.default_version})
+        logger.info("ready", extra={"default_version": self.default_version})
 
     def parse(self, pairs: Sequence[tuple[str, str]]) -> tuple[BundleSpec, bool]:
         return parse_query(
@@ -114,34 +143,87 @@ class BundleService:
             max_chars=self.settings.max_module_name_chars,
         )
 
-    async def get(self, spec: BundleSpec) -> Bundle:
+    def _queue_full(self) -> bool:
+        limit = self.settings.queue_max
+        return limit is not None and self.builder.slots.queued_at_most(Priority.TAILORED) >= limit
+
+    def _lagging(self) -> bool:
+        threshold_ms = self.settings.shed_lag_ms
+        return threshold_ms > 0 and self.lag.smoothed_s * 1000 > threshold_ms
+
+    async def answer(self, spec: BundleSpec) -> Answer:
+        answer = await self._answer(spec)
+        self.requests[answer.mode.value] += 1
+        return answer
+
+    async def _answer(self, spec: BundleSpec) -> Answer:
         bundle = self.cache.get(spec.key)
         if bundle is not None:
-            self.stats.hits += 1
-            return bundle
-        self.stats.misses += 1
+            self.lookups["hit"] += 1
+            return Answer(bundle, Mode.HIT)
+        self.lookups["miss"] += 1
         failure = self.failures.get(spec.key)
         if failure is not None:
             raise failure
-        return await self.flight.do(spec.key, lambda: self._build(spec))
+        budget_ms = self.settings.fallback_budget_ms
+        # Needs the version's source anyway; built once, ahead of every tailored build.
+        fallback = await self.fallbacks.get(spec.version) if budget_ms != -1 else None
+        usable = fallback if fallback is not None and fallback.covers(spec.modules) else None
+        joining = spec.key in self.flight
+        if not joining and (self._queue_full() or self._lagging()):
+            if usable is not None:
+                return Answer(usable.bundle, Mode.SHED)
+            raise Overloaded("the service is saturated and has no fallback for this request; retry")
+        if usable is None:
+            return Answer(await self.flight.do(spec.key, lambda: self._build(spec)), Mode.BUILT)
+        if budget_ms == 0:
+            self.flight.ensure(spec.key, lambda: self._build(spec))
+            return Answer(usable.bundle, Mode.FALLBACK)
+        waiter = asyncio.ensure_future(self.flight.do(spec.key, lambda: self._build(spec)))
+        done, _ = await asyncio.wait({waiter}, timeout=budget_ms / 1000)
+        if waiter in done:
+            return Answer(waiter.result(), Mode.BUILT)  # a build error is raised, not hidden
+        waiter.cancel()  # only our wait: the build goes on and fills the cache
+        return Answer(usable.bundle, Mode.FALLBACK)
 
     async def _build(self, spec: BundleSpec) -> Bundle:
         async with self.source.use(spec.version) as root:
-            self.stats.builds += 1
             try:
                 output = await self.builder.build(BuildJob.tailored(spec), root)
             except (BuildFailed, UnknownModule) as exc:
-                self.stats.build_failures += 1
                 self.failures[spec.key] = exc
                 raise
         bundle = await asyncio.to_thread(Bundle.create, spec.key, output.code)
         self.cache.put(bundle)
         return bundle
 
+    def begin_drain(self) -> None:
+        self.draining = True
+        logger.info("draining: /readyz answers 503 from now on")
+
     async def close(self) -> None:
-        self.ready = False
+        self.draining = True
         if self._startup is not None:
             self._startup.cancel()
         await self.flight.close()
+        await self.fallbacks.flight.close()
         await self.builder.kill_all()
         await self.source.close()
+
+    def metric_values(self) -> dict[str, float | dict[str, float]]:
+        return {
+            "bundler_requests": dict(self.requests),
+            "bundler_cache_lookups": dict(self.lookups),
+            "bundler_builds": dict(self.builder.results),
+            "bundler_source_pulls": dict(self.source.pull_results),
+            "bundler_build_queue_depth": self.builder.queued,
+            "bundler_build_pool_busy": self.builder.busy,
+            "bundler_build_pool_size": self.builder.pool_size,
+            "bundler_cache_entries": len(self.cache),
+            "bundler_cache_bytes": self.cache.bytes,
+            "bundler_fallbacks_loaded": len(self.fallbacks),
+            "bundler_ready": float(self.ready),
+            "bundler_draining": float(self.draining),
+            "bundler_event_loop_lag_max_seconds": self.lag.max_s,
+            "bundler_event_loop_lag_smoothed_seconds": self.lag.smoothed_s,
+        }

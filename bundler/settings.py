@@ -40,6 +40,11 @@ def default_source() -> str:
     return "examples/components"
 
 
+def bundled_fallback_dir() -> Path:
+    """static_fallback/ beside the checkout: the fallbacks of the bundled examples."""
+    return CHECKOUT_DIR / "static_fallback"
+
+
 def default_esbuild() -> str:
     """The binary `npm ci` installed beside the checkout or in the working dir, else PATH."""
     for base in (CHECKOUT_DIR, Path.cwd()):
@@ -119,6 +124,44 @@ class Settings:
     default_version_max_age_s: int = _opt(
         "Cache-Control max-age when the request did not pin v=.", default=60
     )
+    fallback_dir: str = _opt(
+        "Prebuilt static fallbacks, one folder per version (bundler build-fallback); "
+        "default: static_fallback/ when serving the bundled examples, else none (built on use).",
+        default="",
+    )
+    fallback_budget_ms: int = _opt(
+        "How long a cache miss waits for its tailored build before it gets the fallback; "
+        "0: the fallback at once; -1: never the fallback, always wait.",
+        default=150,
+    )
+    fallback_max_age_s: int = _opt(
+        "Cache-Control and CDN-Cache-Control max-age of a fallback response (0-30).", default=30
+    )
+    build_queue_max: int = _opt(
+        "Builds that may wait for a pool slot; past it a miss gets the fallback and queues "
+        "nothing (default: the pool size; -1: unbounded).",
+        default=0,
+    )
+    shed_lag_ms: float = _opt(
+        "Smoothed event-loop lag above which misses get the fallback without a build "
+        "(0: never shed on lag).",
+        default=250.0,
+    )
+    drain_s: float = _opt(
+        "After SIGTERM: seconds of serving with /readyz at 503 before the listener closes.",
+        default=5.0,
+    )
+    shutdown_timeout_s: float = _opt(
+        "After the listener closes: how long in-flight requests may take to finish.", default=30.0
+    )
+    flight_release: str = _opt(
+        "How waiters of a shared pull or build are woken: 'staggered' (one per loop "
+        "iteration) or 'all-at-once' (the naive way; for benchmarks only).",
+        default="staggered",
+    )
+    watchdog_stall_s: float = _opt(
+        "A loop stuck this long gets every thread's stack dumped to stderr.", default=1.0
+    )
     log_format: str = _opt("Log lines as 'text' or 'json'.", default="text")
     log_level: str = _opt("Logging level.", default="INFO")
 
@@ -156,6 +199,19 @@ class Settings:
         for name in ("build_timeout_s", "source_download_timeout_s"):
             if getattr(self, name) <= 0:
                 out.append(f"{name} must be positive")
+        if not 0 <= self.fallback_max_age_s <= 30:
+            out.append("fallback_max_age_s must be 0-30: a CDN must not pin a fallback")
+        if self.fallback_budget_ms < -1:
+            out.append("fallback_budget_ms must be -1 (never), 0 (at once) or positive")
+        if self.build_queue_max < -1:
+            out.append("build_queue_max must be -1 (unbounded), 0 (the pool size) or positive")
+        for name in ("shed_lag_ms", "drain_s", "shutdown_timeout_s"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must not be negative")
+        if self.watchdog_stall_s <= 0:
+            out.append("watchdog_stall_s must be positive")
+        if self.flight_release not in ("staggered", "all-at-once"):
+            out.append("flight_release must be 'staggered' or 'all-at-once'")
         if not 0 <= self.build_niceness <= 19:
             out.append("build_niceness must be 0-19")
         if not REGISTRY_NAME.match(self.registry_name):
@@ -171,6 +227,21 @@ class Settings:
     @property
     def pool_size(self) -> int:
         return self.build_pool_size or available_cpus()
+
+    @property
+    def static_fallback_dir(self) -> Path | None:
+        if self.fallback_dir:
+            return Path(self.fallback_dir)
+        if Path(self.source).resolve() == Path(default_source()).resolve():
+            return bundled_fallback_dir()
+        return None
+
+    @property
+    def queue_max(self) -> int | None:
+        """Builds allowed to wait for a slot; None when unbounded."""
+        if self.build_queue_max == -1:
+            return None
+        return self.build_queue_max or self.pool_size
 
     @property
     def threads_per_build(self) -> int:
@@ -203,9 +274,11 @@ def _convert(f: dataclasses.Field[Any], raw: str, label: str) -> Any:
         ) from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
     """One flag per field; its default comes from BUNDLER_<NAME>, checked in settings_from_args."""
     for f in dataclasses.fields(Settings):
+        if f.name in exclude:
+            continue
         env = ENV_PREFIX + f.name.upper()
         parser.add_argument(
             "--" + f.name.replace("_", "-"),

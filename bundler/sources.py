@@ -47,6 +47,7 @@ def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
 
 class SourceStore(Protocol):
     remote: bool  # pulled over the network: the default version is fetched in the background
+    pull_results: collections.Counter[str]
 
     def use(self, version: str) -> AbstractAsyncContextManager[Path]: ...
     def newest_version(self) -> str | None: ...
@@ -62,6 +63,7 @@ class DirectorySource:
     remote = False
 
     def __init__(self, root: Path) -> None:
+        self.pull_results: collections.Counter[str] = collections.Counter()  # never pulls
         if not root.is_dir():
             raise ConfigError(f"source directory {str(root)!r} does not exist")
         self.root = root.resolve()
@@ -115,8 +117,12 @@ class TarballSource:
         )
         self.in_use: collections.Counter[str] = collections.Counter()
         self.last_used: dict[str, float] = {}
-        self.pulls = 0
+        self.pull_results: collections.Counter[str] = collections.Counter()
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def pulls(self) -> int:
+        return self.pull_results["ok"]
 
     def newest_version(self) -> str | None:
         return None  # an artifact server cannot be listed: the default version must be set
@@ -177,7 +183,7 @@ class TarballSource:
             raise
         finally:
             await asyncio.to_thread(work.remove)
-        self.pulls += 1
+        self.pull_results["ok"] += 1
         logger.info(
             "pulled version",
             extra={

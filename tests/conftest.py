@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -46,6 +47,8 @@ def make_settings(tmp_path: Path, esbuild: str) -> Callable[..., Settings]:
             "data_dir": str(tmp_path / "data"),
             "esbuild": esbuild,
             "default_version": "1.1.0",
+            # Tests of the tailored path wait for their build; fallback tests set a budget.
+            "fallback_budget_ms": -1,
         }
         values.update(overrides)
         return Settings(**values)
@@ -69,7 +72,15 @@ def counting_esbuild(tmp_path: Path, esbuild: str) -> tuple[str, Callable[[], in
 
 @pytest.fixture
 async def client(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> TestClient:
-    return await aiohttp_client(create_app(make_settings()))
+    client = await aiohttp_client(create_app(make_settings()))
+    await wait_ready(client)
+    return client
+
+
+async def wait_ready(client: TestClient, timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while (await client.get("/readyz")).status != 200:
+            await asyncio.sleep(0.01)
 
 
 def run_in_node(tmp_path: Path, code: bytes, check: str, setup: str = "") -> Any:

@@ -34,6 +34,7 @@ def start_server(port: int, data_dir: Path, template: str, log: Path) -> subproc
                 "--data-dir", str(data_dir),
                 "--source", template,
                 "--default-version", "1.0.0",
+                "--drain-s", "0",
             ],
             cwd=ROOT,
             stderr=out,

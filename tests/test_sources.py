@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
 from bundler.sources import TarballSource
-from tests.conftest import run_in_node
+from tests.conftest import run_in_node, wait_ready
 from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
 
 MakeClient = Callable[..., Awaitable[tuple[TestClient, ArtifactServer]]]
@@ -52,12 +52,6 @@ def make_client(
         return client, artifacts
 
     return make
-
-
-async def wait_ready(client: TestClient, timeout_s: float = 10) -> None:
-    async with asyncio.timeout(timeout_s):
-        while (await client.get("/readyz")).status != 200:
-            await asyncio.sleep(0.02)
 
 
 def store(client: TestClient) -> TarballSource:

@@ -1,0 +1,160 @@
+"""Prometheus metrics, the event-loop lag monitor and the stuck-loop watchdog.
+
+Counters that the service already keeps (requests by mode, builds, pulls,
+cache use) are read at scrape time by a custom collector, so no inner module
+imports prometheus_client. Lag is measured by a drift timer: a task that asks
+to sleep ``interval`` and records how late it woke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import faulthandler
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BUILD_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The max gauge covers this many recent samples (60 s at the default interval).
+LAG_WINDOW_SAMPLES = 600
+# Weight of the newest sample in the smoothed lag that load shedding reads.
+LAG_EWMA_ALPHA = 0.2
+
+
+class LagMonitor:
+    """Drift timer: every ``interval_s`` it records how late the loop woke it."""
+
+    def __init__(self, registry: CollectorRegistry, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.histogram = Histogram(
+            "bundler_event_loop_lag_seconds",
+            "How late the event loop ran a timer that should have fired on time.",
+            buckets=LAG_BUCKETS_S,
+            registry=registry,
+        )
+        self.smoothed_s = 0.0
+        self.last_tick = time.monotonic()
+        self._window: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW_SAMPLES)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def max_s(self) -> float:
+        return max(self._window, default=0.0)
+
+    def record(self, lag_s: float) -> None:
+        self.histogram.observe(lag_s)
+        self._window.append(lag_s)
+        self.smoothed_s += LAG_EWMA_ALPHA * (lag_s - self.smoothed_s)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.last_tick = time.monotonic()
+            self.record(max(0.0, loop.time() - expected))
+
+    def start(self) -> None:
+        self.last_tick = time.monotonic()
+        self._task = asyncio.create_task(self._run(), name="lag-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Watchdog:
+    """A thread that dumps every stack (faulthandler) when the loop is stuck too long.
+
+    It cannot unstick anything; it tells the operator what was running.
+    """
+
+    def __init__(self, monitor: LagMonitor, stall_s: float = 1.0) -> None:
+        self.monitor = monitor
+        self.stall_s = stall_s
+        self.dumps = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-watchdog", daemon=True)
+
+    def _run(self) -> None:
+        reported_tick = None
+        while not self._stop.wait(self.stall_s / 4):
+            tick = self.monitor.last_tick
+            stalled_s = time.monotonic() - tick
+            if stalled_s > self.stall_s and tick != reported_tick:
+                reported_tick = tick
+                self.dumps += 1
+                logger.error(
+                    "event loop stuck; dumping all stacks", extra={"stalled_s": round(stalled_s, 3)}
+                )
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+# name -> (kind, help, label name for dict values)
+SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
+    "bundler_requests": ("counter", "Bundle requests by how they were answered.", "mode"),
+    "bundler_cache_lookups": ("counter", "Memory cache lookups by result.", "result"),
+    "bundler_builds": ("counter", "esbuild runs by result.", "result"),
+    "bundler_source_pulls": ("counter", "Version source pulls by result.", "result"),
+    "bundler_build_queue_depth": ("gauge", "Builds waiting for a pool slot.", ""),
+    "bundler_build_pool_busy": ("gauge", "esbuild processes running.", ""),
+    "bundler_build_pool_size": ("gauge", "Concurrent esbuild processes allowed.", ""),
+    "bundler_cache_entries": ("gauge", "Bundles in the memory cache.", ""),
+    "bundler_cache_bytes": ("gauge", "Bytes in the memory cache.", ""),
+    "bundler_fallbacks_loaded": ("gauge", "Versions whose static fallback is loaded.", ""),
+    "bundler_ready": ("gauge", "1 when /readyz answers 200.", ""),
+    "bundler_draining": ("gauge", "1 after SIGTERM, while draining.", ""),
+    "bundler_event_loop_lag_max_seconds": ("gauge", "Largest loop lag in the last minute.", ""),
+    "bundler_event_loop_lag_smoothed_seconds": ("gauge", "Smoothed loop lag (load shedding).", ""),
+}
+
+
+class ServiceCollector(Collector):
+    def __init__(self, source: Callable[[], dict[str, float | dict[str, float]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._source()
+        for name, (kind, help_text, label) in SERVICE_METRICS.items():
+            value = values.get(name)
+            if value is None:
+                continue
+            family: CounterMetricFamily | GaugeMetricFamily
+            if kind == "counter":
+                family = CounterMetricFamily(name, help_text, labels=[label] if label else None)
+            else:
+                family = GaugeMetricFamily(name, help_text, labels=[label] if label else None)
+            if isinstance(value, dict):
+                for label_value, v in sorted(value.items()):
+                    family.add_metric([label_value], v)
+            else:
+                family.add_metric([], value)
+            yield family
+
+
+def build_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        "bundler_build_duration_seconds",
+        "Wall time of one esbuild run.",
+        ["kind"],
+        buckets=BUILD_BUCKETS_S,
+        registry=registry,
+    )
