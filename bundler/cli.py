@@ -74,16 +74,10 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _build_fallback(settings: Settings, version: str, out_dir: Path) -> Path:
+async def _build_fallback(
+    settings: Settings, builder: Builder, version: str, out_dir: Path
+) -> Path:
     source = open_source(settings)
-    builder = Builder(
-        check_esbuild(settings.esbuild),
-        Path(settings.data_dir).resolve() / "tmp",
-        pool_size=1,
-        threads_per_build=settings.threads_per_build * settings.pool_size,
-        timeout_s=settings.build_timeout_s,
-        niceness=0,
-    )
     options = BundleService.options_from(settings)
     await source.start()
     try:
@@ -104,8 +98,17 @@ def build_fallback_command(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else settings.static_fallback_dir
     if out_dir is None:
         raise ConfigError("say where to write the fallback: --out DIR or --fallback-dir DIR")
+    # One esbuild with every CPU: nothing else is running.
+    builder = Builder(
+        check_esbuild(settings.esbuild),
+        Path(settings.data_dir).resolve() / "tmp",
+        pool_size=1,
+        threads_per_build=settings.threads_per_build * settings.pool_size,
+        timeout_s=settings.build_timeout_s,
+        niceness=0,
+    )
     try:
-        asyncio.run(_build_fallback(settings, args.version, out_dir))
+        asyncio.run(_build_fallback(settings, builder, args.version, out_dir))
     except BundlerError as exc:
         print(f"bundler: build-fallback failed: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
