@@ -168,6 +168,10 @@ class BundleService:
         budget_ms = self.settings.fallback_budget_ms
         # Needs the version's source anyway; built once, ahead of every tailored build.
         fallback = await self.fallbacks.get(spec.version) if budget_ms != -1 else None
+        # Waiting for the fallback may have taken a while (a pull): the build may be done.
+        bundle = self.cache.get(spec.key)
+        if bundle is not None:
+            return Answer(bundle, Mode.HIT)
         usable = fallback if fallback is not None and fallback.covers(spec.modules) else None
         joining = spec.key in self.flight
         if not joining and (self._queue_full() or self._lagging()):

@@ -57,6 +57,7 @@ def server(tmp_path: Path) -> Iterator[str]:
                 **os.environ,
                 "BUNDLER_DATA_DIR": str(tmp_path / "data"),
                 "BUNDLER_LOG_FORMAT": "json",
+                "BUNDLER_DRAIN_S": "0",
             },
             stderr=log_file,
         )

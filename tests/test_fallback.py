@@ -1,0 +1,289 @@
+"""The static fallback, the fallback budget, load shedding, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import filecmp
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from bundler.app import SERVICE, create_app
+from bundler.settings import Settings
+from tests.conftest import EXAMPLES, ROOT, run_in_node, wait_ready
+from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
+
+SLOW = """#!/bin/sh
+# The real esbuild, started late: a build that takes longer than the budget.
+echo run >> "{log}"
+sleep {delay}
+exec "{real}" "$@"
+"""
+
+
+@pytest.fixture
+def slow_esbuild(tmp_path: Path, esbuild: str) -> Callable[[float], tuple[str, Callable[[], int]]]:
+    def make(delay_s: float) -> tuple[str, Callable[[], int]]:
+        log = tmp_path / f"slow-{delay_s}.log"
+        path = tmp_path / f"esbuild-slow-{delay_s}"
+        path.write_text(SLOW.format(log=log, delay=delay_s, real=esbuild))
+        path.chmod(0o755)
+        return str(path), lambda: len(log.read_text().splitlines()) if log.exists() else 0
+
+    return make
+
+
+async def metrics(client: TestClient) -> dict[str, float]:
+    text = await (await client.get("/metrics")).text()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+async def test_cold_miss_past_the_budget_gets_the_fallback_then_tailored(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], slow_esbuild: Any, tmp_path: Path
+) -> None:
+    esbuild, _ = slow_esbuild(0.5)
+    client = await aiohttp_client(
+        create_app(make_settings(esbuild=esbuild, fallback_budget_ms=100))
+    )
+    await wait_ready(client)
+    query = "/bundle.js?modules=components/hero,components/rating&v=1.1.0"
+    started = time.monotonic()
+    resp = await client.get(query)
+    waited = time.monotonic() - started
+    body = await resp.read()
+    assert resp.status == 200
+    assert resp.headers["X-Bundle-Mode"] == "fallback"
+    assert resp.headers["Cache-Control"] == "public, max-age=30"
+    assert resp.headers["CDN-Cache-Control"] == "public, max-age=30"
+    assert resp.headers["ETag"].startswith('"fb-')
+    assert 0.1 <= waited < 0.45
+    # The fallback serves the page the same: every requested name is registered.
+    names = run_in_node(
+        tmp_path,
+        body,
+        '[Object.keys(__bundlerModules).length, __bundlerModules["components/rating"].stars(4)]',
+    )
+    assert names[0] > 20 and names[1] == "★★★★☆"
+    await asyncio.sleep(0.6)  # the build went on in the background and filled the cache
+    resp = await client.get(query)
+    assert resp.headers["X-Bundle-Mode"] == "tailored"
+    assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert "CDN-Cache-Control" not in resp.headers
+
+
+async def test_budget_zero_always_answers_a_miss_with_the_fallback(
+    aiohttp_client: Any, make_settings: Callable[..., Settings]
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(fallback_budget_ms=0)))
+    await wait_ready(client)
+    resp = await client.get("/bundle.js?modules=components/tabs")
+    assert resp.headers["X-Bundle-Mode"] == "fallback"
+    for _ in range(100):  # the background build lands in the cache
+        await asyncio.sleep(0.02)
+        resp = await client.get("/bundle.js?modules=components/tabs")
+        if resp.headers["X-Bundle-Mode"] == "tailored":
+            break
+    assert resp.headers["X-Bundle-Mode"] == "tailored"
+
+
+async def test_full_queue_sheds_to_the_fallback_without_queuing(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], slow_esbuild: Any
+) -> None:
+    esbuild, runs = slow_esbuild(0.6)
+    settings = make_settings(
+        esbuild=esbuild, build_pool_size=1, build_queue_max=1, fallback_budget_ms=5000
+    )
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    first = asyncio.create_task(client.get("/bundle.js?modules=components/card"))
+    await asyncio.sleep(0.2)  # building
+    second = asyncio.create_task(client.get("/bundle.js?modules=components/nav"))
+    await asyncio.sleep(0.2)  # queued: the queue is full now
+    assert app[SERVICE].builder.queued == 1
+    started = time.monotonic()
+    shed = await client.get("/bundle.js?modules=components/footer")
+    assert time.monotonic() - started < 0.2
+    assert shed.headers["X-Bundle-Mode"] == "fallback"
+    assert app[SERVICE].builder.queued == 1  # nothing was queued for it
+    assert [r.headers["X-Bundle-Mode"] for r in await asyncio.gather(first, second)] == [
+        "tailored",
+        "tailored",
+    ]
+    assert runs() == 2
+    values = await metrics(client)
+    assert values["bundler_requests_total{mode=shed}"] == 1
+    assert values["bundler_requests_total{mode=built}"] == 2
+
+
+async def test_failed_build_is_not_hidden_by_the_fallback(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "2.0.0")
+    (source / "2.0.0" / "components" / "broken.js").write_text("export const = 1;\n")
+    client = await aiohttp_client(
+        create_app(
+            make_settings(source=str(source), default_version="2.0.0", fallback_budget_ms=2000)
+        )
+    )
+    resp = await client.get("/bundle.js?modules=components/hero")
+    # The version's fallback cannot be built (one module is broken): tailored still works.
+    assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "tailored"
+    resp = await client.get("/bundle.js?modules=components/broken")
+    assert resp.status == 422
+
+
+async def test_unknown_module_is_404_even_with_a_fallback(
+    aiohttp_client: Any, make_settings: Callable[..., Settings]
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(fallback_budget_ms=0)))
+    await wait_ready(client)
+    resp = await client.get("/bundle.js?modules=components/hero,components/nope")
+    assert resp.status == 404  # the fallback does not have it: the build decides
+
+
+async def test_fallback_for_a_new_version_is_built_once(
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+) -> None:
+    artifacts = ArtifactServer()
+    artifacts.publish("1.0.0", make_tarball(LIB_FILES))
+    artifacts.publish("2.0.0", make_tarball({**LIB_FILES, "extra.js": b"export const e = 1;\n"}))
+    server = await aiohttp_server(artifacts.app())
+    artifacts.url = f"http://127.0.0.1:{server.port}"
+    wrapper, runs = counting_esbuild
+    app = create_app(
+        make_settings(
+            esbuild=wrapper,
+            source=artifacts.template,
+            default_version="1.0.0",
+            fallback_budget_ms=0,
+            build_queue_max=-1,
+        )
+    )
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    fallbacks = app[SERVICE].fallbacks
+    assert fallbacks.builds == 1  # the default version's, at start
+    modules = ["index", "extra", "math/add", "greet"]
+    responses = await asyncio.gather(
+        *(client.get(f"/bundle.js?modules={modules[i % 4]}&v=2.0.0") for i in range(100))
+    )
+    assert {r.status for r in responses} == {200}
+    modes = [r.headers["X-Bundle-Mode"] for r in responses]
+    assert modes[0] == "fallback"  # later ones may find their bundle built meanwhile
+    assert set(modes) <= {"fallback", "tailored"}
+    assert fallbacks.builds == 2
+    assert artifacts.hits["2.0.0"] == 1
+    await asyncio.sleep(0.5)
+    assert runs() == 2 + 4  # two fallbacks, then one tailored build per distinct list
+
+
+async def test_readiness_waits_for_the_default_fallback_and_drops_when_draining(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], slow_esbuild: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")  # no prebuilt fallback for it
+    esbuild, _ = slow_esbuild(0.5)
+    app = create_app(make_settings(source=str(source), esbuild=esbuild))
+    client = await aiohttp_client(app)
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert "fallback is not loaded" in await resp.text()
+    assert (await client.get("/healthz")).status == 200
+    await wait_ready(client)
+    assert (tmp_path / "data" / "fallback" / "1.1.0" / "bundle.js").exists()
+    app[SERVICE].begin_drain()
+    resp = await client.get("/readyz")
+    assert resp.status == 503 and "draining" in await resp.text()
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_fallback_source_map(client: TestClient) -> None:
+    resp = await client.get("/fallback.js.map?v=1.0.0")
+    assert resp.status == 200
+    source_map = await resp.json()
+    assert "components/hero.js" in source_map["sources"]
+    assert all(not s.startswith(("/", "..")) for s in source_map["sources"])
+    assert (await client.get("/fallback.js.map?v=../x")).status == 400
+    assert (await client.get("/fallback.js.map?v=7.7.7")).status == 404
+
+
+async def test_metrics_move_when_requests_are_made(client: TestClient) -> None:
+    before = await metrics(client)
+    assert before["bundler_ready"] == 1
+    assert before["bundler_build_pool_size"] >= 1
+    await client.get("/bundle.js?modules=components/hero")
+    await client.get("/bundle.js?modules=components/hero")
+    await client.get("/bundle.js?modules=components/nope")
+    after = await metrics(client)
+
+    def grew(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert grew("bundler_requests_total{mode=built}") == 1
+    assert grew("bundler_requests_total{mode=hit}") == 1
+    assert grew("bundler_requests_total{mode=error}") == 1
+    assert grew("bundler_cache_lookups_total{result=miss}") == 2
+    assert grew("bundler_builds_total{result=ok}") == 1
+    assert grew("bundler_builds_total{result=unknown_module}") == 1
+    assert grew("bundler_build_duration_seconds_count{kind=tailored}") == 2
+    assert after["bundler_cache_entries"] == 1 and after["bundler_cache_bytes"] > 0
+
+
+async def test_a_300ms_blocking_call_shows_in_the_lag_metric(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], capfd: pytest.CaptureFixture[str]
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(watchdog_stall_s=0.2)))
+    await wait_ready(client)
+    await asyncio.sleep(0.25)
+    before = await metrics(client)
+    assert before["bundler_event_loop_lag_max_seconds"] < 0.25
+    time.sleep(0.3)  # the injected blocking call
+    await asyncio.sleep(0.25)
+    after = await metrics(client)
+    assert after["bundler_event_loop_lag_max_seconds"] >= 0.25
+    slow_samples = (
+        after["bundler_event_loop_lag_seconds_count"]
+        - after["bundler_event_loop_lag_seconds_bucket{le=0.25}"]
+    ) - (
+        before["bundler_event_loop_lag_seconds_count"]
+        - before["bundler_event_loop_lag_seconds_bucket{le=0.25}"]
+    )
+    assert slow_samples == 1
+    assert (
+        "test_a_300ms_blocking_call_shows_in_the_lag_metric" in capfd.readouterr().err
+    )  # watchdog
+
+
+@pytest.mark.slow
+def test_committed_static_fallbacks_are_up_to_date(tmp_path: Path) -> None:
+    """static_fallback/ is what build-fallback makes from examples/ today (esbuild is deterministic)."""
+    for version in ("1.0.0", "1.1.0"):
+        subprocess.run(
+            [sys.executable, "-m", "bundler", "build-fallback", "--version", version,
+             "--out", str(tmp_path), "--data-dir", str(tmp_path / "data")],
+            cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
+        committed = ROOT / "static_fallback" / version
+        for name in ("bundle.js", "bundle.js.map", "manifest.json"):
+            assert filecmp.cmp(committed / name, tmp_path / version / name, shallow=False), (
+                f"static_fallback/{version}/{name} is stale: run "
+                f"`bundler build-fallback --version {version}`"
+            )
