@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test lint bench bench-storm clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -33,6 +33,9 @@ test: lint
 
 bench: setup
 	$(BIN)/python bench/bench_core.py
+
+bench-storm: setup
+	$(BIN)/python bench/bench_storm.py
 
 clean:
 	rm -rf $(VENV) node_modules data .pytest_cache .mypy_cache .ruff_cache

@@ -157,14 +157,18 @@ class Builder:
             cmd = [self._nice, "-n", str(self.niceness), *cmd]
         return cmd
 
-    async def _build(self, job: BuildJob, source_root: Path) -> BuildOutput:
+    def _prepare(self, job: BuildJob, source_root: Path) -> Path:
+        """The scratch dir and entry file (file system work: run in a thread)."""
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch_dir))
+        entry = workdir / ENTRY_NAME
+        entry.write_text(entry_source(job.registrations, source_root, job.options.registry_name))
+        return workdir
+
+    async def _build(self, job: BuildJob, source_root: Path) -> BuildOutput:
+        workdir = await asyncio.to_thread(self._prepare, job, source_root)
         try:
             entry = workdir / ENTRY_NAME
-            entry.write_text(
-                entry_source(job.registrations, source_root, job.options.registry_name)
-            )
             outfile = workdir / OUTPUT_NAME
             started = time.perf_counter()
             returncode, stderr = await self._run(self.command(entry, outfile, job), source_root)

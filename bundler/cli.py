@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -29,12 +31,18 @@ logger = logging.getLogger("bundler")
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
+# In asyncio debug mode, callbacks longer than this are logged with their name.
+DEBUG_SLOW_CALLBACK_S = 0.01
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 async def _serve(settings: Settings) -> None:
     """Runs until SIGTERM/SIGINT, then drains: /readyz 503 for drain_s while still
     serving, then the listener closes, in-flight requests finish, builds are killed."""
     app = create_app(settings)
+    loop = asyncio.get_running_loop()
+    if loop.get_debug():  # PYTHONASYNCIODEBUG=1: name every callback that holds the loop
+        loop.slow_callback_duration = DEBUG_SLOW_CALLBACK_S
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
     )
@@ -42,8 +50,12 @@ async def _serve(settings: Settings) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        # Everything so far (modules, classes, settings) lives as long as the process: move
+        # it out of the collector's sight, so a full collection does not walk it all
+        # again while requests wait (measured: 30-60 ms pauses without this).
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
             if app[SERVICE].draining:
@@ -62,9 +74,23 @@ async def _serve(settings: Settings) -> None:
     logger.info("stopped")
 
 
+def _tune_runtime() -> None:
+    """Latency knobs for a loop that shares the process with worker threads and children.
+
+    - Python 3.11 waits for every child process in a thread of its own, started on
+      the loop; a pidfd watched by the loop is cheaper (3.12+ does this itself).
+    - A worker thread running Python code holds the GIL for up to the switch
+      interval (5 ms) before the loop gets it back; 1 ms keeps probes prompt.
+    """
+    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
+    _tune_runtime()
     try:
         asyncio.run(_serve(settings))
     except OSError as exc:  # the port is taken, the address is wrong

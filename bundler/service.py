@@ -23,7 +23,6 @@ from bundler.fallback import FallbackStore
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.settings import Settings
-from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BuildOptions, BundleSpec, parse_query, validate_version
 
@@ -144,8 +143,10 @@ class BundleService:
         )
 
     def _queue_full(self) -> bool:
+        """Tailored builds admitted (running, queued, or created but not yet queued: a
+        burst parsed in one loop iteration admits all of it before any build task runs)."""
         limit = self.settings.queue_max
-        return limit is not None and self.builder.slots.queued_at_most(Priority.TAILORED) >= limit
+        return limit is not None and len(self.flight) >= self.builder.pool_size + limit
 
     def _lagging(self) -> bool:
         threshold_ms = self.settings.shed_lag_ms

@@ -33,10 +33,6 @@ class PrioritySlots:
     def queued(self) -> int:
         return sum(1 for _, _, f in self._waiters if not f.done())
 
-    def queued_at_most(self, priority: Priority) -> int:
-        """Waiters that would be served before a new one of ``priority``."""
-        return sum(1 for p, _, f in self._waiters if p <= priority and not f.done())
-
     @asynccontextmanager
     async def slot(self, priority: Priority) -> AsyncIterator[None]:
         if self.in_use < self.size and self.queued == 0:

@@ -7,6 +7,7 @@ permutation of one list names one cache entry and one build.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -38,7 +39,7 @@ class BundleSpec:
     modules: tuple[str, ...]
     options: BuildOptions
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Stable cache key of version + canonical module list + build options."""
         payload = json.dumps(
@@ -46,7 +47,7 @@ class BundleSpec:
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    @property
+    @functools.cached_property
     def query(self) -> str:
         """The canonical query string of this bundle (for logs and links)."""
         return f"modules={','.join(self.modules)}&v={self.version}"

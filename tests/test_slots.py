@@ -29,7 +29,6 @@ async def test_fallback_jumps_ahead_of_queued_tailored_builds() -> None:
         tasks.append(asyncio.create_task(job(name, priority)))
         await asyncio.sleep(0)
     assert slots.queued == 4
-    assert slots.queued_at_most(Priority.FALLBACK) == 1
     release.set()
     await asyncio.gather(*tasks)
     assert order == ["running", "fallback", "t1", "t2", "warm"]

@@ -1,0 +1,461 @@
+"""The release-storm benchmark: a new version's cold burst, tuned service vs the naive one.
+
+Corpus: lodash-es from npm (`npm pack`), served as version tarballs by a local
+HTTP server (python -m http.server, its own process). The service (its own
+process) is warm on 4.17.20; then 4.17.21 is "released": requests for it arrive
+open-loop at --rate per second for --duration seconds, drawn by Zipf popularity
+from --combos distinct combinations of 3-12 modules, module order shuffled.
+A separate probe process polls /readyz and /healthz every 100 ms with a 1 s
+timeout, as kubelet would. The same storm then hits a naive configuration
+(waiters woken in one iteration, no fallback budget, unbounded queue, no lag
+shedding). One table compares the two.
+
+Run: make bench-storm   (about two minutes; not part of the test suite)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+WARM, RELEASE = "4.17.20", "4.17.21"
+NAIVE_FLAGS = [
+    "--flight-release", "all-at-once",
+    "--fallback-budget-ms", "-1",
+    "--build-queue-max", "-1",
+    "--shed-lag-ms", "0",
+]  # fmt: skip
+PROBE_INTERVAL_S = 0.1
+PROBE_TIMEOUT_S = 1.0
+# After the storm, how long outstanding requests may still finish before they count as failed.
+GRACE_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_corpus() -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for version in (WARM, RELEASE):
+        if not (CACHE / f"lodash-es-{version}.tgz").exists():
+            subprocess.run(
+                ["npm", "pack", f"lodash-es@{version}", "--pack-destination", str(CACHE)],
+                check=True,
+                capture_output=True,
+            )
+
+
+def public_modules() -> list[str]:
+    with tarfile.open(CACHE / f"lodash-es-{RELEASE}.tgz") as tar:
+        names = [m.name.removeprefix("package/") for m in tar.getmembers()]
+    return sorted(
+        n[:-3]
+        for n in names
+        if re.fullmatch(r"[a-zA-Z][a-zA-Z0-9]*\.js", n)
+        and n not in ("lodash.js", "lodash.default.js")
+    )
+
+
+def make_combos(modules: list[str], count: int, seed: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    seen: set[tuple[str, ...]] = set()
+    combos = []
+    while len(combos) < count:
+        combo = tuple(sorted(rng.sample(modules, rng.randint(3, 12))))
+        if combo not in seen:
+            seen.add(combo)
+            combos.append(list(combo))
+    return combos
+
+
+# ---------------------------------------------------------------- roles (own processes)
+
+
+async def probe_role(url: str, out: Path, duration_s: float) -> None:
+    results: list[dict[str, Any]] = []
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+    # kubelet opens a new connection per probe; so does this.
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
+    ) as session:
+        end = time.monotonic() + duration_s
+        while time.monotonic() < end:
+            tick = time.monotonic()
+            for path in ("/readyz", "/healthz"):
+                started = time.perf_counter()
+                try:
+                    async with session.get(url + path) as resp:
+                        await resp.read()
+                        ok = resp.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                results.append(
+                    {"path": path, "s": time.perf_counter() - started, "ok": ok, "at": time.time()}
+                )
+            await asyncio.sleep(max(0.0, PROBE_INTERVAL_S - (time.monotonic() - tick)))
+    out.write_text(json.dumps(results))
+
+
+async def load_role(
+    url: str, out: Path, combos_file: Path, rate: float, duration_s: float, seed: int
+) -> None:
+    combos = json.loads(combos_file.read_text())
+    rng = random.Random(seed)
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(len(combos))]  # Zipf, s = 1.1
+    total = int(rate * duration_s)
+    picks = rng.choices(range(len(combos)), weights=weights, k=total)
+    records: list[dict[str, Any]] = []
+    timeout = aiohttp.ClientTimeout(total=duration_s + GRACE_S)
+    connector = aiohttp.TCPConnector(limit=2000)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def one(i: int, sent_at: float) -> None:
+            modules = list(combos[picks[i]])
+            rng.shuffle(modules)
+            record: dict[str, Any] = {
+                "t": sent_at,
+                "status": 0,
+                "mode": "",
+                "ttfb": None,
+                "bytes": 0,
+            }
+            started = time.perf_counter()
+            try:
+                async with session.get(
+                    f"{url}/bundle.js?modules={','.join(modules)}&v={RELEASE}",
+                    headers={"Accept-Encoding": "gzip"},
+                    auto_decompress=False,
+                ) as resp:
+                    record["ttfb"] = time.perf_counter() - started
+                    record["status"] = resp.status
+                    record["mode"] = resp.headers.get("X-Bundle-Mode", "")
+                    record["bytes"] = len(await resp.read())
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                record["error"] = type(exc).__name__
+            records.append(record)
+
+        start = time.monotonic()
+        tasks = []
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, i / rate)))
+        await asyncio.wait(tasks, timeout=GRACE_S)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    out.write_text(json.dumps(records))
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def lag_buckets(url: str) -> dict[float, float]:
+    """Cumulative counts of the loop-lag histogram, by upper bound in seconds."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        m = re.match(r'bundler_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+        if m:
+            buckets[float(m.group(1))] = float(m.group(2))
+    return buckets
+
+
+def lag_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Upper bound of the bucket holding the q-quantile of the samples taken in between."""
+    counts = {le: after[le] - before.get(le, 0) for le in sorted(after)}
+    total = counts[float("inf")]
+    for le, cumulative in counts.items():
+        if cumulative >= q * total:
+            return le
+    return float("inf")
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the service exited during start")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the service did not become ready")
+
+
+def warm_up(url: str, combos: list[list[str]], count: int) -> None:
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            sem = asyncio.Semaphore(4)
+
+            async def one(mods: list[str]) -> None:
+                async with (
+                    sem,
+                    session.get(f"{url}/bundle.js?modules={','.join(mods)}&v={WARM}") as r,
+                ):
+                    await r.read()
+
+            await asyncio.gather(*(one(c) for c in combos[:count]))
+
+    asyncio.run(run())
+
+
+@dataclass
+class Result:
+    probe: list[dict[str, Any]]
+    load: list[dict[str, Any]]
+    builds: float
+    lag_max_s: float
+    lag_p99_s: float
+    peak_rss_kib: int
+
+
+def run_storm(
+    label: str, flags: list[str], artifact_url: str, combos_file: Path, args: argparse.Namespace
+) -> Result:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as work:
+        work_dir = Path(work)
+        log = (work_dir / "server.log").open("wb")
+        server = subprocess.Popen(
+            [
+                sys.executable, "-m", "bundler", "serve", "--port", str(port),
+                "--data-dir", str(work_dir / "data"),
+                "--source", artifact_url + "/lodash-es-{version}.tgz",
+                "--default-version", WARM, "--log-level", "WARNING", *flags,
+            ],
+            cwd=ROOT, stderr=log, env={**os.environ, **({"PYTHONASYNCIODEBUG": "1"} if args.debug else {})},
+        )  # fmt: skip
+        try:
+            wait_ready(url, server)
+            warm_up(url, json.loads(combos_file.read_text()), args.warm)
+            builds_before = metric(url, "bundler_builds_total")
+            lag_before = lag_buckets(url)
+            me = [sys.executable, __file__]
+            probe_out, load_out = work_dir / "probe.json", work_dir / "load.json"
+            probe = subprocess.Popen(
+                [
+                    *me,
+                    "--role",
+                    "probe",
+                    "--url",
+                    url,
+                    "--out",
+                    str(probe_out),
+                    "--duration",
+                    str(args.duration + 3),
+                ]
+            )
+            time.sleep(1)  # the probe's baseline before the release
+            print(
+                f"  {label}: storm of {int(args.rate * args.duration)} requests ...",
+                file=sys.stderr,
+            )
+            load = subprocess.Popen([
+                *me, "--role", "load", "--url", url, "--out", str(load_out), "--combos-file", str(combos_file),
+                "--rate", str(args.rate), "--duration", str(args.duration), "--seed", str(args.seed),
+                "--load-niceness", str(args.load_niceness),
+            ])  # fmt: skip
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "--format",
+                        "raw",
+                        "-o",
+                        str(args.profile),
+                        "-d",
+                        str(int(args.duration)),
+                        "-p",
+                        str(server.pid),
+                        "-r",
+                        "200",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            load.wait()
+            probe.wait()
+            if spy:
+                spy.wait()
+            builds = metric(url, "bundler_builds_total") - builds_before
+            lag_max = metric(url, "bundler_event_loop_lag_max_seconds")
+            lag_p99 = lag_quantile(lag_before, lag_buckets(url), 0.99)
+            status = Path(f"/proc/{server.pid}/status").read_text()
+            rss = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+            if args.keep:
+                for f in (probe_out, load_out):
+                    (args.keep / f"{label}-{f.name}").write_bytes(f.read_bytes())
+            return Result(
+                json.loads(probe_out.read_text()),
+                json.loads(load_out.read_text()),
+                builds,
+                lag_max,
+                lag_p99,
+                rss,
+            )
+        finally:
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            log.close()
+            if args.keep:
+                (args.keep / f"{label}-server.log").write_bytes(
+                    (work_dir / "server.log").read_bytes()
+                )
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def summarize(result: Result, duration_s: float) -> dict[str, str]:
+    ready = [p["s"] * 1000 for p in result.probe if p["path"] == "/readyz"]
+    health = [p["s"] * 1000 for p in result.probe if p["path"] == "/healthz"]
+    failures = sum(1 for p in result.probe if not p["ok"])
+    load = result.load
+    done = [r for r in load if r["ttfb"] is not None]
+    five = sum(1 for r in load if r["status"] >= 500)
+    lost = sum(1 for r in load if r["ttfb"] is None)
+    last = [r for r in done if r["t"] >= duration_s * 2 / 3]
+    tailored_last = sum(1 for r in last if r["mode"] == "tailored") / max(1, len(last))
+    row = {
+        "readyz p50 / p99 / max ms": f"{pct(ready, 0.5):.1f} / {pct(ready, 0.99):.1f} / {max(ready):.1f}",
+        "healthz p50 / p99 / max ms": f"{pct(health, 0.5):.1f} / {pct(health, 0.99):.1f} / {max(health):.1f}",
+        "probe failures": f"{failures} of {len(result.probe)}",
+    }
+    for mode in ("tailored", "fallback"):
+        t = [r["ttfb"] * 1000 for r in done if r["mode"] == mode]
+        row[f"TTFB {mode} p50/p95/p99 ms (n)"] = (
+            f"{pct(t, 0.5):.0f} / {pct(t, 0.95):.0f} / {pct(t, 0.99):.0f} ({len(t)})" if t else "-"
+        )
+    all_ttfb = [r["ttfb"] * 1000 for r in done]
+    row["TTFB all p50/p95/p99 ms"] = (
+        f"{pct(all_ttfb, 0.5):.0f} / {pct(all_ttfb, 0.95):.0f} / {pct(all_ttfb, 0.99):.0f}"
+    )
+    row["5xx / no answer"] = f"{five} / {lost}"
+    row["tailored share, last third"] = f"{tailored_last:.1%}"
+    row["bytes served (gzip)"] = f"{sum(r['bytes'] for r in load) / 1e6:.1f} MB"
+    row["loop lag p99 (bucket) / max ms"] = (
+        f"<= {result.lag_p99_s * 1000:g} / {result.lag_max_s * 1000:.0f}"
+    )
+    row["builds / s"] = f"{result.builds / duration_s:.1f}"
+    row["peak RSS MiB"] = f"{result.peak_rss_kib / 1024:.0f}"
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--role", choices=("bench", "probe", "load"), default="bench")
+    parser.add_argument("--url")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--combos-file", type=Path)
+    parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument("--combos", type=int, default=2000)
+    parser.add_argument(
+        "--warm", type=int, default=200, help="combinations of the old version built first"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--only", choices=("tuned", "naive"))
+    parser.add_argument("--load-niceness", type=int, default=10)
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy raw profile of the service during the storm"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="asyncio debug mode: logs slow callbacks"
+    )
+    parser.add_argument("--keep", type=Path, help="copy the raw probe and load records here")
+    args = parser.parse_args()
+    if args.role == "probe":
+        asyncio.run(probe_role(args.url, args.out, args.duration))
+        return
+    if args.role == "load":
+        # The clients stand in for browsers on other machines: they must not take the
+        # CPU the service would have in production, so they yield it (nice), like esbuild.
+        os.nice(args.load_niceness)
+        asyncio.run(
+            load_role(args.url, args.out, args.combos_file, args.rate, args.duration, args.seed)
+        )
+        return
+
+    ensure_corpus()
+    combos = make_combos(public_modules(), args.combos, args.seed)
+    artifact_port = free_port()
+    artifacts = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(artifact_port), "--bind", "127.0.0.1", "--directory", str(CACHE)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    artifact_url = f"http://127.0.0.1:{artifact_port}"
+    configs = {"tuned": [], "naive": NAIVE_FLAGS}
+    if args.only:
+        configs = {args.only: configs[args.only]}
+    rows: dict[str, dict[str, str]] = {}
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as combos_file:
+            json.dump(combos, combos_file)
+            combos_file.flush()
+            for label, flags in configs.items():
+                rows[label] = summarize(
+                    run_storm(label, flags, artifact_url, Path(combos_file.name), args),
+                    args.duration,
+                )
+    finally:
+        artifacts.terminate()
+        artifacts.wait()
+    print(
+        f"\nRelease storm: lodash-es {WARM} warm -> {RELEASE} cold, {args.rate:g} req/s for {args.duration:g} s, "
+        f"{args.combos} combinations (Zipf s=1.1, 3-12 modules), {os.cpu_count()} CPUs"
+    )
+    labels = list(rows)
+    print(f"{'':32}" + "".join(f"{label:>30}" for label in labels))
+    for key in rows[labels[0]]:
+        print(f"{key:32}" + "".join(f"{rows[label][key]:>30}" for label in labels))
+
+
+if __name__ == "__main__":
+    main()
