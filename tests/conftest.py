@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -102,3 +103,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def wait_process_ready(session: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
+    """Poll a server process's /readyz until 200 (it may not be listening yet)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                async with session.get(url + "/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from bundler import extract
-from tests.conftest import ROOT, free_port, run_in_node
+from tests.conftest import ROOT, free_port, run_in_node, wait_process_ready
 from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
 
 pytestmark = pytest.mark.slow
@@ -75,15 +75,7 @@ async def test_kill_9_during_extraction_then_restart(aiohttp_server: Any, tmp_pa
     try:
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{port}"
-            async with asyncio.timeout(60):
-                while True:
-                    try:
-                        async with session.get(url + "/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.05)
+            await wait_process_ready(session, url, timeout_s=60)
             async with session.get(url + "/bundle.js?modules=index,filler/f00042") as resp:
                 assert resp.status == 200, await resp.text()
                 code = await resp.read()

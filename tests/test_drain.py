@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_process_ready
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +40,7 @@ async def test_sigterm_during_50_in_flight_requests_drops_none(
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        async with session.get(url + "/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.05)
+            await wait_process_ready(session, url, timeout_s=20)
 
             async def fetch(i: int) -> tuple[int, str]:
                 modules = [
