@@ -84,8 +84,13 @@ def server(*flags: str) -> Iterator[int]:
                 str(port),
                 "--data-dir",
                 data,
+                # Every request waits for its own build: this measures building, not the fallback.
+                "--fallback-budget-ms",
+                "-1",
+                "--build-queue-max",
+                "-1",
                 *flags,
-            ],
+            ],  # fmt: skip
             cwd=ROOT,
             stderr=subprocess.DEVNULL,
         )
