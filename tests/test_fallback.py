@@ -287,3 +287,19 @@ def test_committed_static_fallbacks_are_up_to_date(tmp_path: Path) -> None:
                 f"static_fallback/{version}/{name} is stale: run "
                 f"`bundler build-fallback --version {version}`"
             )
+
+
+async def test_a_lagging_loop_sheds_misses_to_the_fallback(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], counting_esbuild: Any
+) -> None:
+    wrapper, runs = counting_esbuild
+    app = create_app(make_settings(esbuild=wrapper, fallback_budget_ms=5000, shed_lag_ms=50))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    for _ in range(3):  # three stalls of 300 ms: the smoothed lag climbs past 50 ms
+        time.sleep(0.3)
+        await asyncio.sleep(0.15)
+    assert app[SERVICE].lag.smoothed_s > 0.05
+    resp = await client.get("/bundle.js?modules=components/hero")
+    assert resp.headers["X-Bundle-Mode"] == "fallback"
+    assert runs() == 0  # shed: no build queued
