@@ -90,7 +90,7 @@ def server(*flags: str) -> Iterator[int]:
                 "--build-queue-max",
                 "-1",
                 *flags,
-            ],  # fmt: skip
+            ],
             cwd=ROOT,
             stderr=subprocess.DEVNULL,
         )

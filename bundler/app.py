@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from bundler.builder import Builder, BuildJob, check_esbuild
 from bundler.cache import Bundle, MemoryCache
+from bundler.combos import PopularCombos
+from bundler.disk import DiskCache
 from bundler.errors import BadRequest, BundlerError, Unavailable, VersionNotFound
 from bundler.fallback import FallbackStore
 from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
@@ -28,6 +31,9 @@ SERVICE = web.AppKey("service", BundleService)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 JS_CONTENT_TYPE = "application/javascript; charset=utf-8"
+COMBOS_FILE = "combos.sketch"
+DEFAULT_COMBOS = 100
+MAX_COMBOS = 1000
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -70,12 +76,10 @@ def bundle_response(request: web.Request, bundle: Bundle, headers: dict[str, str
     candidates = request.if_none_match
     if candidates and any(c.value in ("*", etag.strip('"')) for c in candidates):
         return web.Response(status=304, headers=headers)
-    body = bundle.code
-    if encoding == "gzip":
-        body = bundle.gzip
-        headers["Content-Encoding"] = "gzip"
+    if encoding != "identity":
+        headers["Content-Encoding"] = encoding
     headers["Content-Type"] = JS_CONTENT_TYPE
-    return web.Response(body=body, headers=headers)
+    return web.Response(body=bundle.body(encoding), headers=headers)
 
 
 async def handle_bundle(request: web.Request) -> web.Response:
@@ -84,13 +88,71 @@ async def handle_bundle(request: web.Request) -> web.Response:
     spec, pinned = service.parse(list(request.query.items()))
     answer = await service.answer(spec)
     if answer.mode.tailored:
-        max_age = f"public, max-age={settings.default_version_max_age_s}"
-        headers = {"Cache-Control": IMMUTABLE if pinned else max_age, "X-Bundle-Mode": "tailored"}
+        headers = {
+            "Cache-Control": tailored_cache_control(settings, pinned),
+            "X-Bundle-Mode": "tailored",
+        }
     else:
         # Short-lived and never immutable: the tailored bundle replaces it soon.
         short = f"public, max-age={settings.fallback_max_age_s}"
         headers = {"Cache-Control": short, "CDN-Cache-Control": short, "X-Bundle-Mode": "fallback"}
     return bundle_response(request, answer.bundle, headers)
+
+
+def tailored_cache_control(settings: Settings, pinned: bool) -> str:
+    return IMMUTABLE if pinned else f"public, max-age={settings.default_version_max_age_s}"
+
+
+async def handle_bundle_map(request: web.Request) -> web.Response:
+    """The source map of the tailored bundle with the same query (never of a fallback)."""
+    service = request.app[SERVICE]
+    spec, pinned = service.parse(list(request.query.items()))
+    bundle = await service.built(spec)
+    assert bundle.sourcemap is not None, "tailored builds always make a map"
+    return web.Response(
+        body=bundle.sourcemap,
+        headers={
+            "Content-Type": "application/json",
+            "Cache-Control": tailored_cache_control(service.settings, pinned),
+        },
+    )
+
+
+async def handle_combos(request: web.Request) -> web.Response:
+    """The most requested module lists (versionless), for the warm-up."""
+    raw = request.query.get("top", str(DEFAULT_COMBOS))
+    if set(request.query) - {"top"} or not raw.isdigit() or not 1 <= int(raw) <= MAX_COMBOS:
+        raise BadRequest(f"use /combos?top=N with N from 1 to {MAX_COMBOS}")
+    return web.json_response(
+        {"combos": request.app[SERVICE].combos.top(int(raw))},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def handle_warm(request: web.Request) -> web.Response:
+    """Build one combination for the warm-up: JSON {"version": V, "modules": [..]}.
+
+    It answers when the bundle is cached (never with the fallback), and builds at
+    the lowest priority, so warming never delays a page.
+    """
+    service = request.app[SERVICE]
+    token = service.settings.warm_token
+    if token and not hmac.compare_digest(request.headers.get("X-Warm-Token", ""), token):
+        return error_response(403, "POST /warm needs the right X-Warm-Token header")
+    try:
+        body = await request.json()
+        version, modules = body["version"], body["modules"]
+        if not isinstance(version, str) or not isinstance(modules, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest(
+            'send JSON like {"version": "1.1.0", "modules": ["components/hero"]}'
+        ) from None
+    if not all(isinstance(m, str) for m in modules):
+        raise BadRequest("modules must be a list of strings")
+    spec, _ = service.parse([("modules", ",".join(modules)), ("v", version)])
+    outcome = await service.warm(spec)
+    return web.json_response({"status": outcome, "query": spec.query})
 
 
 async def handle_fallback_map(request: web.Request) -> web.Response:
@@ -100,10 +162,10 @@ async def handle_fallback_map(request: web.Request) -> web.Response:
         raise BadRequest("only v= is allowed here")
     version = validate_version(request.query.get("v", service.default_version))
     fallback = await service.fallbacks.get(version)
-    if fallback is None:
+    if fallback is None or fallback.bundle.sourcemap is None:
         raise VersionNotFound(f"no fallback for version {version!r}")
     return web.Response(
-        body=fallback.sourcemap,
+        body=fallback.bundle.sourcemap,
         headers={"Content-Type": "application/json", "Cache-Control": "public, max-age=300"},
     )
 
@@ -183,6 +245,8 @@ def create_app(settings: Settings) -> web.Application:
         source,
         builder,
         MemoryCache(settings.memory_cache_max_bytes),
+        DiskCache(data_dir / "cache", settings.disk_cache_max_bytes),
+        PopularCombos(data_dir / COMBOS_FILE, settings.combos_top_k),
         fallbacks,
         LagMonitor(registry),
     )
@@ -193,7 +257,10 @@ def create_app(settings: Settings) -> web.Application:
     app[SERVICE] = service
     app[REGISTRY] = registry
     app.router.add_get("/bundle.js", handle_bundle)
+    app.router.add_get("/bundle.js.map", handle_bundle_map)
     app.router.add_get("/fallback.js.map", handle_fallback_map)
+    app.router.add_get("/combos", handle_combos)
+    app.router.add_post("/warm", handle_warm)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)

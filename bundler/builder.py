@@ -30,6 +30,7 @@ from bundler.spec import BuildOptions, BundleSpec
 logger = logging.getLogger(__name__)
 
 UNRESOLVED = re.compile(r'Could not resolve "([^"]+)"')
+SOURCE_MAP_COMMENT = re.compile(rb"//# sourceMappingURL=\S+\s*$")
 # esbuild's report is returned to the client; this keeps a pathological one small.
 MAX_ERROR_CHARS = 4000
 ENTRY_NAME = "entry.js"
@@ -47,7 +48,8 @@ class BuildJob:
     key: str
     label: str  # for logs: the canonical query, or "fallback <version>"
     priority: Priority = Priority.TAILORED
-    sourcemap: bool = False
+    # Where the bundle's //# sourceMappingURL= points (relative); None: no source map.
+    map_url: str | None = None
 
     @classmethod
     def tailored(cls, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> BuildJob:
@@ -58,6 +60,7 @@ class BuildJob:
             key=spec.key,
             label=spec.query,
             priority=priority,
+            map_url="bundle.js.map?" + spec.query,
         )
 
 
@@ -151,7 +154,7 @@ class Builder:
         ]
         if job.options.minify:
             cmd.append("--minify")
-        if job.sourcemap:
+        if job.map_url:
             cmd.append("--sourcemap")
         if self._nice:
             cmd = [self._nice, "-n", str(self.niceness), *cmd]
@@ -175,9 +178,7 @@ class Builder:
             duration = time.perf_counter() - started
             if returncode != 0:
                 raise self._error(returncode, stderr, job, source_root, workdir)
-            output = await asyncio.to_thread(
-                _read_output, outfile, entry, source_root, job.sourcemap
-            )
+            output = await asyncio.to_thread(_read_output, outfile, entry, source_root, job.map_url)
             if output.outside:
                 raise BuildFailed(
                     f"version {job.version} is not self-contained: the bundle would include "
@@ -271,7 +272,7 @@ class _Output:
     outside: list[str]
 
 
-def _read_output(outfile: Path, entry: Path, source_root: Path, sourcemap: bool) -> _Output:
+def _read_output(outfile: Path, entry: Path, source_root: Path, map_url: str | None) -> _Output:
     """The bundle, its map, and the inputs esbuild took from outside the source root.
 
     esbuild resolves bare imports by walking up parent directories; a version must
@@ -286,10 +287,15 @@ def _read_output(outfile: Path, entry: Path, source_root: Path, sourcemap: bool)
         for name in meta.get("inputs", {})
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
+    code = outfile.read_bytes()
     map_bytes = None
-    if sourcemap:
+    if map_url:
         map_bytes = _relative_sourcemap(outfile.with_name(OUTPUT_NAME + ".map"), entry, source_root)
-    return _Output(outfile.read_bytes(), map_bytes, outside)
+        code = (
+            SOURCE_MAP_COMMENT.sub(b"", code).rstrip()
+            + f"\n//# sourceMappingURL={map_url}\n".encode()
+        )
+    return _Output(code, map_bytes, outside)
 
 
 def _relative_sourcemap(map_file: Path, entry: Path, source_root: Path) -> bytes:

@@ -16,8 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
+from bundler import warm
 from bundler.app import SERVICE, create_app
 from bundler.builder import Builder, check_esbuild
 from bundler.errors import BundlerError, ConfigError
@@ -141,6 +143,44 @@ def build_fallback_command(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _warm(
+    settings: Settings, args: argparse.Namespace, combos: list[list[str]]
+) -> warm.Report:
+    if args.from_server:
+        combos = await warm.combinations_from_server(args.from_server, args.top)
+    return await warm.with_target(
+        settings,
+        args.version,
+        args.server,
+        lambda target: warm.run_with_progress(combos, target, args.concurrency),
+    )
+
+
+def warm_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings.log_format, "WARNING")
+    if bool(args.input) == bool(args.from_server):
+        raise ConfigError(
+            "give the combinations with --input FILE (or - for stdin) or --from-server URL"
+        )
+    if args.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    combos: list[list[str]] = []
+    try:
+        if args.input == "-":
+            combos = warm.read_combinations(sys.stdin)
+        elif args.input:
+            combos = warm.read_combinations(Path(args.input).read_text().splitlines())
+        report = asyncio.run(_warm(settings, args, combos))
+    except (warm.WarmFailed, aiohttp.ClientError, OSError, BundlerError) as exc:
+        print(f"bundler: warm failed: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.summary())
+    for combination, reason in report.failures:
+        print(f"failed: {combination}: {reason}", file=sys.stderr)
+    return 0 if report.ok else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bundler", description="On-demand JavaScript bundles built by esbuild."
@@ -168,6 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(fallback_parser, exclude=frozenset({"default_version"}))
     fallback_parser.set_defaults(func=build_fallback_command)
+
+    warm_parser = commands.add_parser(
+        "warm",
+        help="build combinations of a version ahead of its traffic",
+        description="Build each combination (one comma-separated module list per line) of "
+        "--version, against a running server (--server) or offline into --data-dir.",
+    )
+    warm_parser.add_argument("--version", dest="version", required=True, metavar="VERSION")
+    warm_parser.add_argument("--input", help="file of combinations, - for stdin")
+    warm_parser.add_argument("--from-server", metavar="URL", help="take GET URL/combos instead")
+    warm_parser.add_argument("--top", type=int, default=500, help="how many from --from-server")
+    warm_parser.add_argument(
+        "--server", metavar="URL", help="warm this running server (POST /warm)"
+    )
+    warm_parser.add_argument("--concurrency", type=int, default=4, help="combinations at once")
+    add_arguments(warm_parser, exclude=frozenset({"default_version"}))
+    warm_parser.set_defaults(func=warm_command)
     return parser
 
 

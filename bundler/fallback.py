@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ MANIFEST = "manifest.json"
 # esbuild's default resolve order: the first existing file wins for an extensionless name.
 RESOLVE_EXTENSIONS = (".tsx", ".ts", ".jsx", ".js")
 OTHER_EXTENSIONS = (".mjs", ".cjs", ".mts", ".cts")
-SOURCE_MAP_COMMENT = re.compile(rb"//# sourceMappingURL=\S+\s*$")
 ETAG_PREFIX = "fb-"
 # How long a version whose fallback failed to build is left without one before retrying.
 FAILURE_TTL_S = 60.0
@@ -52,8 +50,7 @@ FAILURE_TTL_S = 60.0
 @dataclass(frozen=True)
 class Fallback:
     version: str
-    bundle: Bundle
-    sourcemap: bytes
+    bundle: Bundle  # its sourcemap is the fallback's map
     names: frozenset[str]
 
     def covers(self, modules: tuple[str, ...]) -> bool:
@@ -106,7 +103,7 @@ def fallback_job(
         key=f"fallback:{version}",
         label=f"fallback {version}",
         priority=Priority.FALLBACK,
-        sourcemap=True,
+        map_url=map_url(version),
     )
 
 
@@ -133,10 +130,6 @@ def write_fallback(
     names: list[str],
 ) -> None:
     """Write the three files into ``directory`` (replaced whole, by one rename)."""
-    code = (
-        SOURCE_MAP_COMMENT.sub(b"", code).rstrip()
-        + f"\n//# sourceMappingURL={map_url(version)}\n".encode()
-    )
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=directory.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
@@ -162,8 +155,8 @@ def read_fallback(directory: Path, version: str, options: BuildOptions) -> Fallb
         sourcemap = (directory / SOURCE_MAP).read_bytes()
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-    bundle = Bundle.create(f"fallback:{version}", code, etag_prefix=ETAG_PREFIX)
-    return Fallback(version=version, bundle=bundle, sourcemap=sourcemap, names=frozenset(names))
+    bundle = Bundle.create(f"fallback:{version}", code, sourcemap, etag_prefix=ETAG_PREFIX)
+    return Fallback(version=version, bundle=bundle, names=frozenset(names))
 
 
 async def build_fallback(

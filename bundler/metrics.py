@@ -111,14 +111,19 @@ class Watchdog:
 # name -> (kind, help, label name for dict values)
 SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
     "bundler_requests": ("counter", "Bundle requests by how they were answered.", "mode"),
-    "bundler_cache_lookups": ("counter", "Memory cache lookups by result.", "result"),
+    "bundler_cache_lookups": (
+        "counter",
+        "Cache lookups by result (memory_hit, disk_hit, miss).",
+        "result",
+    ),
     "bundler_builds": ("counter", "esbuild runs by result.", "result"),
     "bundler_source_pulls": ("counter", "Version source pulls by result.", "result"),
     "bundler_build_queue_depth": ("gauge", "Builds waiting for a pool slot.", ""),
     "bundler_build_pool_busy": ("gauge", "esbuild processes running.", ""),
     "bundler_build_pool_size": ("gauge", "Concurrent esbuild processes allowed.", ""),
-    "bundler_cache_entries": ("gauge", "Bundles in the memory cache.", ""),
-    "bundler_cache_bytes": ("gauge", "Bytes in the memory cache.", ""),
+    "bundler_cache_entries": ("gauge", "Bundles in the cache, by tier.", "tier"),
+    "bundler_cache_bytes": ("gauge", "Bytes in the cache, by tier.", "tier"),
+    "bundler_cache_corrupt_entries": ("counter", "Disk entries that failed their checksum.", ""),
     "bundler_fallbacks_loaded": ("gauge", "Versions whose static fallback is loaded.", ""),
     "bundler_ready": ("gauge", "1 when /readyz answers 200.", ""),
     "bundler_draining": ("gauge", "1 after SIGTERM, while draining.", ""),

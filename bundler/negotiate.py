@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Preference when the client rates several equally: smaller first.
-SUPPORTED = ("gzip", "identity")
+SUPPORTED = ("br", "gzip", "identity")
 IMPLICIT_IDENTITY_Q = 0.001
 
 

@@ -18,11 +18,14 @@ from cachetools import TTLCache
 
 from bundler.builder import Builder, BuildJob
 from bundler.cache import Bundle, MemoryCache
+from bundler.combos import PopularCombos
+from bundler.disk import DiskCache
 from bundler.errors import BuildFailed, BundlerError, ConfigError, Overloaded, UnknownModule
 from bundler.fallback import FallbackStore
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.settings import Settings
+from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BuildOptions, BundleSpec, parse_query, validate_version
 
@@ -53,6 +56,15 @@ class Answer:
     mode: Mode
 
 
+async def build_bundle(
+    source: SourceStore, builder: Builder, spec: BundleSpec, priority: Priority
+) -> Bundle:
+    """Build one tailored bundle with its source map and compressed forms."""
+    async with source.use(spec.version) as root:
+        output = await builder.build(BuildJob.tailored(spec, priority), root)
+    return await asyncio.to_thread(Bundle.create, spec.key, output.code, output.sourcemap)
+
+
 class BundleService:
     def __init__(
         self,
@@ -60,6 +72,8 @@ class BundleService:
         source: SourceStore,
         builder: Builder,
         cache: MemoryCache,
+        disk: DiskCache,
+        combos: PopularCombos,
         fallbacks: FallbackStore,
         lag: LagMonitor,
     ) -> None:
@@ -67,6 +81,8 @@ class BundleService:
         self.source = source
         self.builder = builder
         self.cache = cache
+        self.disk = disk
+        self.combos = combos
         self.fallbacks = fallbacks
         self.lag = lag
         self.options = fallbacks.options
@@ -81,6 +97,8 @@ class BundleService:
         self.lookups: collections.Counter[str] = collections.Counter()
         self.draining = False
         self._startup: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
+        self._disk_writes: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def options_from(settings: Settings) -> BuildOptions:
@@ -114,6 +132,11 @@ class BundleService:
                     pass
             except BundlerError as exc:
                 raise ConfigError(f"default version: {exc.message}") from None
+        await self.disk.start()
+        await asyncio.to_thread(self.combos.load)
+        self._saver = asyncio.create_task(
+            self.combos.save_every(self.settings.combos_save_interval_s), name="save-combos"
+        )
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
 
     async def _prepare_default(self) -> None:
@@ -153,16 +176,29 @@ class BundleService:
         return threshold_ms > 0 and self.lag.smoothed_s * 1000 > threshold_ms
 
     async def answer(self, spec: BundleSpec) -> Answer:
+        self.combos.record(spec.modules)
         answer = await self._answer(spec)
         self.requests[answer.mode.value] += 1
         return answer
 
-    async def _answer(self, spec: BundleSpec) -> Answer:
+    async def _cached(self, spec: BundleSpec) -> Bundle | None:
+        """Memory, then disk (a disk hit is promoted to memory)."""
         bundle = self.cache.get(spec.key)
         if bundle is not None:
-            self.lookups["hit"] += 1
-            return Answer(bundle, Mode.HIT)
+            self.lookups["memory_hit"] += 1
+            return bundle
+        bundle = await self.disk.get(spec.key)
+        if bundle is not None:
+            self.lookups["disk_hit"] += 1
+            self.cache.put(bundle)
+            return bundle
         self.lookups["miss"] += 1
+        return None
+
+    async def _answer(self, spec: BundleSpec) -> Answer:
+        bundle = await self._cached(spec)
+        if bundle is not None:
+            return Answer(bundle, Mode.HIT)
         failure = self.failures.get(spec.key)
         if failure is not None:
             raise failure
@@ -191,16 +227,40 @@ class BundleService:
         waiter.cancel()  # only our wait: the build goes on and fills the cache
         return Answer(usable.bundle, Mode.FALLBACK)
 
-    async def _build(self, spec: BundleSpec) -> Bundle:
-        async with self.source.use(spec.version) as root:
-            try:
-                output = await self.builder.build(BuildJob.tailored(spec), root)
-            except (BuildFailed, UnknownModule) as exc:
-                self.failures[spec.key] = exc
-                raise
-        bundle = await asyncio.to_thread(Bundle.create, spec.key, output.code)
+    async def _build(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
+        try:
+            bundle = await build_bundle(self.source, self.builder, spec, priority)
+        except (BuildFailed, UnknownModule) as exc:
+            self.failures[spec.key] = exc
+            raise
         self.cache.put(bundle)
+        # The response need not wait for the fsync: the memory tier has it meanwhile.
+        task = asyncio.create_task(self.disk.put(bundle), name=f"disk-write:{spec.key}")
+        self._disk_writes.add(task)
+        task.add_done_callback(self._disk_write_done)
         return bundle
+
+    def _disk_write_done(self, task: asyncio.Task[None]) -> None:
+        self._disk_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("disk cache write failed", extra={"error": repr(task.exception())})
+
+    async def built(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
+        """The tailored bundle, built if need be; never the fallback (source maps, warm-up)."""
+        bundle = await self._cached(spec)
+        if bundle is not None:
+            return bundle
+        failure = self.failures.get(spec.key)
+        if failure is not None:
+            raise failure
+        return await self.flight.do(spec.key, lambda: self._build(spec, priority))
+
+    async def warm(self, spec: BundleSpec) -> str:
+        """Build one combination ahead of its traffic, at the lowest priority."""
+        if await self._cached(spec) is not None:
+            return "cached"
+        await self.built(spec, Priority.WARM)
+        return "built"
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -208,8 +268,11 @@ class BundleService:
 
     async def close(self) -> None:
         self.draining = True
-        if self._startup is not None:
-            self._startup.cancel()
+        for task in (self._startup, self._saver):
+            if task is not None:
+                task.cancel()
+        await asyncio.to_thread(self.combos.save, self.combos.snapshot())
+        await asyncio.gather(*self._disk_writes, return_exceptions=True)
         await self.flight.close()
         await self.fallbacks.flight.close()
         await self.builder.kill_all()
@@ -224,8 +287,9 @@ class BundleService:
             "bundler_build_queue_depth": self.builder.queued,
             "bundler_build_pool_busy": self.builder.busy,
             "bundler_build_pool_size": self.builder.pool_size,
-            "bundler_cache_entries": len(self.cache),
-            "bundler_cache_bytes": self.cache.bytes,
+            "bundler_cache_entries": {"memory": len(self.cache), "disk": len(self.disk)},
+            "bundler_cache_bytes": {"memory": self.cache.bytes, "disk": self.disk.bytes},
+            "bundler_cache_corrupt_entries": self.disk.corrupt,
             "bundler_fallbacks_loaded": len(self.fallbacks),
             "bundler_ready": float(self.ready),
             "bundler_draining": float(self.draining),

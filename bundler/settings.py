@@ -121,6 +121,19 @@ class Settings:
     memory_cache_max_bytes: int = _opt(
         "Bytes of bundles (plain + gzip) kept in memory.", default=256 * 1024 * 1024
     )
+    disk_cache_max_bytes: int = _opt(
+        "Bytes of bundles kept on disk under the data dir (survives restarts).",
+        default=1024 * 1024 * 1024,
+    )
+    combos_top_k: int = _opt(
+        "Distinct module lists the popularity sketch tracks (memory stays bounded).", default=1024
+    )
+    combos_save_interval_s: float = _opt(
+        "How often the popular combinations are saved to the data dir.", default=60.0
+    )
+    warm_token: str = _opt(
+        "If set, POST /warm needs the header 'X-Warm-Token: <this>'.", default=""
+    )
     default_version_max_age_s: int = _opt(
         "Cache-Control max-age when the request did not pin v=.", default=60
     )
@@ -178,6 +191,8 @@ class Settings:
             "max_modules",
             "max_module_name_chars",
             "memory_cache_max_bytes",
+            "disk_cache_max_bytes",
+            "combos_top_k",
             "source_max_download_bytes",
             "source_keep_versions",
             "extract_max_members",
@@ -205,7 +220,7 @@ class Settings:
             out.append("fallback_budget_ms must be -1 (never), 0 (at once) or positive")
         if self.build_queue_max < -1:
             out.append("build_queue_max must be -1 (unbounded), 0 (the pool size) or positive")
-        for name in ("shed_lag_ms", "drain_s", "shutdown_timeout_s"):
+        for name in ("shed_lag_ms", "drain_s", "shutdown_timeout_s", "combos_save_interval_s"):
             if getattr(self, name) < 0:
                 out.append(f"{name} must not be negative")
         if self.watchdog_stall_s <= 0:

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import re
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,8 +50,10 @@ class BundleSpec:
 
     @functools.cached_property
     def query(self) -> str:
-        """The canonical query string of this bundle (for logs and links)."""
-        return f"modules={','.join(self.modules)}&v={self.version}"
+        """The canonical query string of this bundle, URL-encoded (for links and logs)."""
+        return urllib.parse.urlencode(
+            {"modules": ",".join(self.modules), "v": self.version}, safe=",/@"
+        )
 
 
 def validate_version(version: str) -> str:

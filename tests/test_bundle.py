@@ -243,7 +243,7 @@ async def test_probes(client: TestClient) -> None:
 async def test_memory_cache_stays_within_its_byte_bound(
     aiohttp_client: Any, make_settings: Callable[..., Settings]
 ) -> None:
-    bound = 12_000
+    bound = 40_000
     app = create_app(make_settings(memory_cache_max_bytes=bound))
     client = await aiohttp_client(app)
     components = ["card", "carousel", "hero", "nav", "tabs", "rating", "footer", "accordion"]

@@ -1,0 +1,73 @@
+"""Which module lists pages ask for most: a bounded frequent-items sketch.
+
+Apache DataSketches' frequent-items sketch (the space-saving family) keeps at
+most ``top_k`` counters however many distinct lists arrive, with a known error
+bound. The warm-up reads it (GET /combos) to build the next release's popular
+bundles before the release's traffic arrives. Lists are versionless: the
+question is what pages combine, whatever the version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import datasketches
+
+logger = logging.getLogger(__name__)
+
+
+class PopularCombos:
+    def __init__(self, path: Path, top_k: int) -> None:
+        self.path = path
+        # The sketch's map holds 0.75 * 2**lg_max_k counters.
+        self._lg_max_k = max(3, math.ceil(math.log2(top_k / 0.75)))
+        self._sketch = datasketches.frequent_strings_sketch(self._lg_max_k)
+
+    def record(self, modules: tuple[str, ...]) -> None:
+        self._sketch.update(",".join(modules))
+
+    def top(self, n: int) -> list[dict[str, Any]]:
+        items = self._sketch.get_frequent_items(
+            datasketches.frequent_items_error_type.NO_FALSE_NEGATIVES
+        )
+        ranked = sorted(items, key=lambda item: (-item[1], item[0]))[:n]
+        return [{"modules": item[0].split(","), "count": int(item[1])} for item in ranked]
+
+    def load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+            self._sketch = datasketches.frequent_strings_sketch.deserialize(data)
+        except FileNotFoundError:
+            return
+        except (RuntimeError, ValueError) as exc:  # a torn or foreign file: start afresh
+            logger.warning("ignoring unreadable combos file", extra={"problem": str(exc)})
+
+    def snapshot(self) -> bytes:
+        """Serialized on the loop: the sketch is not safe to read from another thread."""
+        return bytes(self._sketch.serialize())
+
+    def save(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".combos-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    async def save_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(self.save, self.snapshot())

@@ -1,0 +1,221 @@
+"""The disk tier: built bundles that survive a restart (the emptyDir outlives the container).
+
+One file per bundle, ``<data>/cache/<key[:2]>/<key>.bundle``: a header line of
+JSON (each part's length and SHA-256), then the parts (code, gzip, brotli,
+source map). It is written to a temp file in the same directory, fsynced,
+``os.replace``d into place, and the directory fsynced: a reader sees the old
+file or the new one, never half of one. Every read verifies every part's
+checksum; a torn or corrupt file (a crash mid-write on a filesystem that lies,
+a bad disk, a hand edit) is a miss, deleted and logged, never served.
+
+The tier is bounded in bytes, least recently used first out. Its index is kept
+in memory, rebuilt by a scan at start (recency from file mtimes). All file work
+runs in a thread; callers use the async methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from bundler.cache import Bundle
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"bundler-entry-1\n"
+SUFFIX = ".bundle"
+PARTS = ("code", "gzip", "br", "sourcemap")
+# A header is a few hundred bytes; anything longer is not one of ours.
+MAX_HEADER_BYTES = 4096
+
+
+class CorruptEntry(Exception):
+    pass
+
+
+def encode_entry(bundle: Bundle) -> bytes:
+    parts = {
+        "code": bundle.code,
+        "gzip": bundle.gzip,
+        "br": bundle.br,
+        "sourcemap": bundle.sourcemap or b"",
+    }
+    header = {
+        "key": bundle.key,
+        "etag_prefix": bundle.etag_prefix,
+        "has_sourcemap": bundle.sourcemap is not None,
+        "parts": {
+            name: [len(data), hashlib.sha256(data).hexdigest()] for name, data in parts.items()
+        },
+    }
+    return MAGIC + json.dumps(header).encode() + b"\n" + b"".join(parts[name] for name in PARTS)
+
+
+def decode_entry(raw: bytes, key: str) -> Bundle:
+    if not raw.startswith(MAGIC):
+        raise CorruptEntry("bad magic")
+    end = raw.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER_BYTES)
+    if end < 0:
+        raise CorruptEntry("no header")
+    try:
+        header = json.loads(raw[len(MAGIC) : end])
+        lengths = [int(header["parts"][name][0]) for name in PARTS]
+        digests = [str(header["parts"][name][1]) for name in PARTS]
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CorruptEntry(f"bad header: {exc}") from None
+    if header.get("key") != key:
+        raise CorruptEntry("entry of another key")
+    body = memoryview(raw)[end + 1 :]
+    if len(body) != sum(lengths):
+        raise CorruptEntry(f"size {len(body)} != {sum(lengths)}")
+    parts: dict[str, bytes] = {}
+    offset = 0
+    for name, length, digest in zip(PARTS, lengths, digests, strict=True):
+        data = bytes(body[offset : offset + length])
+        offset += length
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise CorruptEntry(f"checksum of {name}")
+        parts[name] = data
+    code = parts["code"]
+    return Bundle(
+        key=key,
+        code=code,
+        gzip=parts["gzip"],
+        br=parts["br"],
+        digest=digests[0],
+        sourcemap=parts["sourcemap"] if header.get("has_sourcemap") else None,
+        etag_prefix=str(header.get("etag_prefix", "")),
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskCache:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._index: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> bytes
+        self._bytes = 0
+        self._lock = threading.Lock()  # the index is touched from worker threads
+        self.corrupt = 0
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / (key + SUFFIX)
+
+    # -- synchronous (thread) side
+
+    def scan(self) -> None:
+        """Rebuild the index from the files; oldest mtime first. Drops leftover temp files."""
+        entries = []
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in self.root.iterdir():
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if f.name.startswith("."):  # a temp file of a write that never finished
+                    f.unlink(missing_ok=True)
+                elif f.name.endswith(SUFFIX):
+                    st = f.stat()
+                    entries.append((st.st_mtime, f.name[: -len(SUFFIX)], st.st_size))
+        with self._lock:
+            self._index.clear()
+            self._bytes = 0
+            for _, key, size in sorted(entries):
+                self._index[key] = size
+                self._bytes += size
+        self._evict()
+
+    def read(self, key: str) -> Bundle | None:
+        """The entry, verified; also one another process (``bundler warm``) wrote."""
+        path = self.path(key)
+        try:
+            raw = path.read_bytes()
+            bundle = decode_entry(raw, key)
+        except FileNotFoundError:
+            self._forget(key)
+            return None
+        except CorruptEntry as exc:
+            self.corrupt += 1
+            logger.error("corrupt cache entry deleted", extra={"key": key, "problem": str(exc)})
+            self._forget(key)
+            path.unlink(missing_ok=True)
+            return None
+        with self._lock:
+            self._bytes += len(raw) - self._index.pop(key, 0)
+            self._index[key] = len(raw)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recency survives a restart
+        self._evict()
+        return bundle
+
+    def write(self, bundle: Bundle) -> None:
+        data = encode_entry(bundle)
+        if len(data) > self.max_bytes:
+            return
+        path = self.path(bundle.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+        with self._lock:
+            self._bytes += len(data) - self._index.pop(bundle.key, 0)
+            self._index[bundle.key] = len(data)
+        self._evict()
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._bytes -= self._index.pop(key, 0)
+
+    def _evict(self) -> None:
+        while True:
+            with self._lock:
+                if self._bytes <= self.max_bytes or not self._index:
+                    return
+                key, size = self._index.popitem(last=False)
+                self._bytes -= size
+            self.path(key).unlink(missing_ok=True)
+
+    # -- the event loop's side
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.scan)
+        logger.info("disk cache", extra={"entries": len(self), "bytes": self.bytes})
+
+    async def get(self, key: str) -> Bundle | None:
+        return await asyncio.to_thread(self.read, key)
+
+    async def put(self, bundle: Bundle) -> None:
+        await asyncio.to_thread(self.write, bundle)

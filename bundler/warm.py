@@ -1,0 +1,200 @@
+"""The cache warm-up: build a release's popular combinations before its traffic arrives.
+
+Two targets, one loop:
+- a running server: POST /warm for each combination (it builds at the lowest
+  priority and answers when the bundle is cached, never with the fallback);
+- offline, straight into a data dir's disk tier (a Kubernetes Job sharing the
+  volume with the pods), with esbuild run here.
+Idempotent: what is cached already is skipped. Bounded concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TextIO
+
+import aiohttp
+from tqdm import tqdm
+
+from bundler.builder import Builder, check_esbuild
+from bundler.disk import DiskCache
+from bundler.errors import BundlerError
+from bundler.service import BundleService, build_bundle
+from bundler.settings import Settings
+from bundler.slots import Priority
+from bundler.sources import open_source
+from bundler.spec import parse_query
+
+# A combination whose warm-up fails is reported; these say why in one line.
+MAX_REASON_CHARS = 200
+
+
+class Target(Protocol):
+    async def warm_one(self, modules: list[str]) -> str: ...  # "built" | "cached"; raises
+
+
+class WarmFailed(Exception):
+    pass
+
+
+@dataclass
+class Report:
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        total = sum(self.counts.values())
+        rate = total / self.seconds if self.seconds else 0.0
+        return (
+            f"warmed {total} combinations in {self.seconds:.1f} s ({rate:.1f}/s): "
+            f"{self.counts['built']} built, {self.counts['cached']} already cached, "
+            f"{self.counts['failed']} failed"
+        )
+
+
+def read_combinations(lines: Iterable[str]) -> list[list[str]]:
+    """One comma-separated module list per line; blank lines and # comments are skipped."""
+    combos = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            combos.append([m.strip() for m in line.split(",") if m.strip()])
+    return combos
+
+
+async def combinations_from_server(url: str, top: int) -> list[list[str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url.rstrip('/')}/combos", params={"top": str(top)}) as resp,
+    ):
+        if resp.status != 200:
+            raise WarmFailed(f"GET {url}/combos answered HTTP {resp.status}")
+        body = await resp.json()
+    return [list(c["modules"]) for c in body["combos"]]
+
+
+class ServerTarget:
+    def __init__(self, session: aiohttp.ClientSession, url: str, version: str, token: str) -> None:
+        self.session = session
+        self.url = url.rstrip("/") + "/warm"
+        self.version = version
+        self.headers = {"X-Warm-Token": token} if token else {}
+
+    async def warm_one(self, modules: list[str]) -> str:
+        payload = {"version": self.version, "modules": modules}
+        async with self.session.post(self.url, json=payload, headers=self.headers) as resp:
+            if resp.status != 200:
+                raise WarmFailed(f"HTTP {resp.status}: {(await resp.text()).strip()}")
+            return str((await resp.json())["status"])
+
+
+class OfflineTarget:
+    """Builds here and writes into the data dir's disk tier, as the service would."""
+
+    def __init__(self, settings: Settings, version: str) -> None:
+        self.settings = settings
+        self.version = version
+        self.source = open_source(settings)
+        data_dir = Path(settings.data_dir).resolve()
+        self.builder = Builder(
+            check_esbuild(settings.esbuild),
+            data_dir / "tmp",
+            pool_size=settings.pool_size,
+            threads_per_build=settings.threads_per_build,
+            timeout_s=settings.build_timeout_s,
+            niceness=settings.build_niceness,
+        )
+        self.disk = DiskCache(data_dir / "cache", settings.disk_cache_max_bytes)
+        self.options = BundleService.options_from(settings)
+
+    async def start(self) -> None:
+        await self.source.start()
+        await self.disk.start()
+
+    async def close(self) -> None:
+        await self.source.close()
+
+    async def warm_one(self, modules: list[str]) -> str:
+        spec, _ = parse_query(
+            [("modules", ",".join(modules)), ("v", self.version)],
+            default_version=self.version,
+            options=self.options,
+            max_modules=self.settings.max_modules,
+            max_chars=self.settings.max_module_name_chars,
+        )
+        if await self.disk.get(spec.key) is not None:
+            return "cached"
+        bundle = await build_bundle(self.source, self.builder, spec, Priority.WARM)
+        await self.disk.put(bundle)
+        return "built"
+
+
+async def warm(
+    combos: list[list[str]],
+    target: Target,
+    concurrency: int,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    report = Report()
+    slots = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+
+    async def one(modules: list[str]) -> None:
+        async with slots:
+            try:
+                outcome = await target.warm_one(modules)
+            except (BundlerError, WarmFailed, aiohttp.ClientError, TimeoutError) as exc:
+                reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                report.failures.append(
+                    (",".join(modules), reason.splitlines()[0][:MAX_REASON_CHARS])
+                )
+                outcome = "failed"
+            report.counts[outcome] += 1
+            if progress is not None:
+                progress(outcome)
+
+    await asyncio.gather(*(one(c) for c in combos))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def run_with_progress(
+    combos: list[list[str]], target: Target, concurrency: int, out: TextIO = sys.stderr
+) -> Report:
+    with tqdm(total=len(combos), file=out, unit="combo", dynamic_ncols=True) as bar:
+
+        def advance(outcome: str) -> None:
+            counts[outcome] += 1
+            bar.set_postfix(built=counts["built"], cached=counts["cached"], failed=counts["failed"])
+            bar.update()
+
+        counts: collections.Counter[str] = collections.Counter()
+        return await warm(combos, target, concurrency, advance)
+
+
+async def with_target(
+    settings: Settings,
+    version: str,
+    server: str | None,
+    fn: Callable[[Target], Awaitable[Report]],
+) -> Report:
+    if server:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            return await fn(ServerTarget(session, server, version, settings.warm_token))
+    target = OfflineTarget(settings, version)
+    await target.start()
+    try:
+        return await fn(target)
+    finally:
+        await target.close()
