@@ -13,10 +13,14 @@ from dataclasses import dataclass
 import brotli
 from cachetools import LRUCache
 
-# Compression is paid once per bundle and then served for a year from a CDN:
-# the highest levels. Both compressors release the GIL, and run in a thread.
+# Compression runs once per bundle, in a thread (both compressors release the GIL),
+# but during a release storm it competes with esbuild for the CPUs. Measured on a
+# 26 KB lodash-es bundle: brotli 5 gives 9448 B in 1.8 ms, brotli 11 8825 B in
+# 34 ms (as long as esbuild took to build it). Tailored bundles use 5; a version's
+# fallback, built once and served often, uses 11.
 GZIP_LEVEL = 9
-BROTLI_QUALITY = 11
+BROTLI_QUALITY = 5
+BROTLI_QUALITY_MAX = 11
 ENCODINGS = ("br", "gzip", "identity")
 
 
@@ -46,14 +50,19 @@ class Bundle:
 
     @classmethod
     def create(
-        cls, key: str, code: bytes, sourcemap: bytes | None = None, etag_prefix: str = ""
+        cls,
+        key: str,
+        code: bytes,
+        sourcemap: bytes | None = None,
+        etag_prefix: str = "",
+        brotli_quality: int = BROTLI_QUALITY,
     ) -> Bundle:
         """CPU work (hashing, compressing): call it off the event loop."""
         return cls(
             key=key,
             code=code,
             gzip=gzip.compress(code, compresslevel=GZIP_LEVEL, mtime=0),
-            br=brotli.compress(code, quality=BROTLI_QUALITY),
+            br=brotli.compress(code, quality=brotli_quality),
             digest=hashlib.sha256(code).hexdigest(),
             sourcemap=sourcemap,
             etag_prefix=etag_prefix,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -111,6 +112,7 @@ class DiskCache:
         self._index: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> bytes
         self._bytes = 0
         self._lock = threading.Lock()  # the index is touched from worker threads
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="disk-writer")
         self.corrupt = 0
 
     def __len__(self) -> int:
@@ -218,4 +220,9 @@ class DiskCache:
         return await asyncio.to_thread(self.read, key)
 
     async def put(self, bundle: Bundle) -> None:
-        await asyncio.to_thread(self.write, bundle)
+        # Writes fsync, which can take a while on a busy disk: a thread of their own,
+        # so they never hold up the shared pool that builds and reads use.
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.write, bundle)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from cachetools import LRUCache, TTLCache
 
 from bundler.builder import Builder, BuildJob
-from bundler.cache import Bundle
+from bundler.cache import BROTLI_QUALITY_MAX, Bundle
 from bundler.entry import Registration
 from bundler.errors import BadRequest, BuildFailed, BundlerError, UnknownModule
 from bundler.flight import SingleFlight
@@ -155,7 +155,13 @@ def read_fallback(directory: Path, version: str, options: BuildOptions) -> Fallb
         sourcemap = (directory / SOURCE_MAP).read_bytes()
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-    bundle = Bundle.create(f"fallback:{version}", code, sourcemap, etag_prefix=ETAG_PREFIX)
+    bundle = Bundle.create(
+        f"fallback:{version}",
+        code,
+        sourcemap,
+        etag_prefix=ETAG_PREFIX,
+        brotli_quality=BROTLI_QUALITY_MAX,
+    )
     return Fallback(version=version, bundle=bundle, names=frozenset(names))
 
 

@@ -273,6 +273,7 @@ class BundleService:
                 task.cancel()
         await asyncio.to_thread(self.combos.save, self.combos.snapshot())
         await asyncio.gather(*self._disk_writes, return_exceptions=True)
+        await asyncio.to_thread(self.disk.close)
         await self.flight.close()
         await self.fallbacks.flight.close()
         await self.builder.kill_all()

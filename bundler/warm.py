@@ -124,6 +124,7 @@ class OfflineTarget:
 
     async def close(self) -> None:
         await self.source.close()
+        await asyncio.to_thread(self.disk.close)
 
     async def warm_one(self, modules: list[str]) -> str:
         spec, _ = parse_query(

@@ -161,6 +161,8 @@ async def test_source_map_maps_back_to_the_source_file(client: TestClient) -> No
     assert map_resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     source_map = await map_resp.json()
     assert all(not s.startswith(("/", "..")) for s in source_map["sources"])
+    map_text = json.dumps(source_map)
+    assert str(ROOT) not in map_text and "/tmp/" not in map_text  # no machine paths at all
     assert NODE is not None
     for needle, source in (("☆", "components/rating.js"), ("hero__cta", "components/hero.js")):
         out = subprocess.run(
