@@ -109,13 +109,15 @@ async def _build_fallback(
     options = BundleService.options_from(settings)
     await source.start()
     try:
-        code, sourcemap, names = await build_fallback(builder, source, version, options)
+        async with source.use(version) as root:
+            build = await build_fallback(builder, root, version, options)
     finally:
         await source.close()
     target = out_dir / version
-    await asyncio.to_thread(write_fallback, target, version, options, code, sourcemap, names)
+    await asyncio.to_thread(write_fallback, target, version, options, build)
     print(
-        f"built the fallback of {version}: {len(names)} module names, {len(code)} bytes -> {target}"
+        f"built the fallback of {version}: {len(build.names)} module names, "
+        f"{len(build.code)} bytes -> {target}"
     )
     return target
 

@@ -15,6 +15,7 @@ the service, or ``<data>/fallback/<version>/`` for ones built at run time):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -111,9 +112,28 @@ def map_url(version: str) -> str:
     return f"fallback.js.map?v={version}"
 
 
-def manifest(version: str, options: BuildOptions, names: list[str]) -> dict[str, object]:
+def source_digest(root: Path) -> str:
+    """SHA-256 over every file of a version's source (paths and contents).
+
+    A fallback is only used with the exact source it was built from: a prebuilt
+    static_fallback/1.0.0 must never stand in for another source's 1.0.0.
+    """
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def manifest(
+    version: str, options: BuildOptions, names: list[str], source_sha256: str
+) -> dict[str, object]:
     return {
         "version": version,
+        "source_sha256": source_sha256,
         "target": options.target,
         "registry_name": options.registry_name,
         "minify": options.minify,
@@ -121,34 +141,41 @@ def manifest(version: str, options: BuildOptions, names: list[str]) -> dict[str,
     }
 
 
+@dataclass(frozen=True)
+class FallbackBuild:
+    code: bytes
+    sourcemap: bytes
+    names: list[str]
+    source_sha256: str
+
+
 def write_fallback(
-    directory: Path,
-    version: str,
-    options: BuildOptions,
-    code: bytes,
-    sourcemap: bytes,
-    names: list[str],
+    directory: Path, version: str, options: BuildOptions, build: FallbackBuild
 ) -> None:
     """Write the three files into ``directory`` (replaced whole, by one rename)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=directory.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
-    (staging / BUNDLE).write_bytes(code)
-    (staging / SOURCE_MAP).write_bytes(sourcemap)
-    (staging / MANIFEST).write_text(json.dumps(manifest(version, options, names), indent=1) + "\n")
+    (staging / BUNDLE).write_bytes(build.code)
+    (staging / SOURCE_MAP).write_bytes(build.sourcemap)
+    meta = manifest(version, options, build.names, build.source_sha256)
+    (staging / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
     if directory.exists():
         shutil.rmtree(directory)
     os.rename(staging, directory)
 
 
-def read_fallback(directory: Path, version: str, options: BuildOptions) -> Fallback | None:
-    """The fallback in ``directory``, if it exists and was built with these options."""
+def read_fallback(
+    directory: Path, version: str, options: BuildOptions, source_sha256: str
+) -> Fallback | None:
+    """The fallback in ``directory``, if it was built from this source with these options."""
     try:
         meta = json.loads((directory / MANIFEST).read_text())
         names = meta["names"]
-        if meta != manifest(version, options, names):
+        if meta != manifest(version, options, names, source_sha256):
             logger.warning(
-                "fallback built with other options; ignored", extra={"dir": str(directory)}
+                "fallback built from another source or with other options; ignored",
+                extra={"dir": str(directory)},
             )
             return None
         code = (directory / BUNDLE).read_bytes()
@@ -166,15 +193,20 @@ def read_fallback(directory: Path, version: str, options: BuildOptions) -> Fallb
 
 
 async def build_fallback(
-    builder: Builder, source: SourceStore, version: str, options: BuildOptions
-) -> tuple[bytes, bytes, list[str]]:
-    async with source.use(version) as root:
-        registrations = await asyncio.to_thread(list_registrations, root)
-        if not registrations:
-            raise BuildFailed(f"version {version} has no JavaScript modules")
-        output = await builder.build(fallback_job(version, registrations, options), root)
+    builder: Builder, root: Path, version: str, options: BuildOptions
+) -> FallbackBuild:
+    """Build the fallback of the version whose source is at ``root`` (held in use)."""
+    registrations = await asyncio.to_thread(list_registrations, root)
+    if not registrations:
+        raise BuildFailed(f"version {version} has no JavaScript modules")
+    output = await builder.build(fallback_job(version, registrations, options), root)
     assert output.sourcemap is not None
-    return output.code, output.sourcemap, [name for name, _ in registrations]
+    return FallbackBuild(
+        code=output.code,
+        sourcemap=output.sourcemap,
+        names=[name for name, _ in registrations],
+        source_sha256=await asyncio.to_thread(source_digest, root),
+    )
 
 
 class FallbackStore:
@@ -223,24 +255,24 @@ class FallbackStore:
             return None
 
     async def _load_or_build(self, version: str) -> Fallback:
-        for directory in (self.static_dir, self.built_dir):
-            if directory is None:
-                continue
-            fallback = await asyncio.to_thread(
-                read_fallback, directory / version, version, self.options
-            )
-            if fallback is not None:
-                self._loaded[version] = fallback
-                return fallback
-        code, sourcemap, names = await build_fallback(
-            self.builder, self.source, version, self.options
-        )
+        async with self.source.use(version) as root:
+            digest = await asyncio.to_thread(source_digest, root)
+            for directory in (self.static_dir, self.built_dir):
+                if directory is None:
+                    continue
+                fallback = await asyncio.to_thread(
+                    read_fallback, directory / version, version, self.options, digest
+                )
+                if fallback is not None:
+                    self._loaded[version] = fallback
+                    return fallback
+            build = await build_fallback(self.builder, root, version, self.options)
         self.builds += 1
         target = self.built_dir / version
-        await asyncio.to_thread(
-            write_fallback, target, version, self.options, code, sourcemap, names
+        await asyncio.to_thread(write_fallback, target, version, self.options, build)
+        fallback = await asyncio.to_thread(
+            read_fallback, target, version, self.options, build.source_sha256
         )
-        fallback = await asyncio.to_thread(read_fallback, target, version, self.options)
         assert fallback is not None
         self._loaded[version] = fallback
         logger.info(

@@ -40,9 +40,10 @@ def default_source() -> str:
     return "examples/components"
 
 
-def bundled_fallback_dir() -> Path:
-    """static_fallback/ beside the checkout: the fallbacks of the bundled examples."""
-    return CHECKOUT_DIR / "static_fallback"
+def default_fallback_dir() -> str:
+    """static_fallback/ beside the checkout, which holds the examples' fallbacks."""
+    candidate = CHECKOUT_DIR / "static_fallback"
+    return str(candidate) if candidate.is_dir() else ""
 
 
 def default_esbuild() -> str:
@@ -138,9 +139,9 @@ class Settings:
         "Cache-Control max-age when the request did not pin v=.", default=60
     )
     fallback_dir: str = _opt(
-        "Prebuilt static fallbacks, one folder per version (bundler build-fallback); "
-        "default: static_fallback/ when serving the bundled examples, else none (built on use).",
-        default="",
+        "Prebuilt static fallbacks, one folder per version (bundler build-fallback); one is "
+        "used only for the exact source it was built from, others are built on first use.",
+        default_factory=default_fallback_dir,
     )
     fallback_budget_ms: int = _opt(
         "How long a cache miss waits for its tailored build before it gets the fallback; "
@@ -245,11 +246,7 @@ class Settings:
 
     @property
     def static_fallback_dir(self) -> Path | None:
-        if self.fallback_dir:
-            return Path(self.fallback_dir)
-        if Path(self.source).resolve() == Path(default_source()).resolve():
-            return bundled_fallback_dir()
-        return None
+        return Path(self.fallback_dir) if self.fallback_dir else None
 
     @property
     def queue_max(self) -> int | None:

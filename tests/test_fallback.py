@@ -199,7 +199,9 @@ async def test_readiness_waits_for_the_default_fallback_and_drops_when_draining(
     aiohttp_client: Any, make_settings: Callable[..., Settings], slow_esbuild: Any, tmp_path: Path
 ) -> None:
     source = tmp_path / "src"
-    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")  # no prebuilt fallback for it
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
+    # Same version name, different source: static_fallback/1.1.0 must not be used for it.
+    (source / "1.1.0" / "components" / "extra.js").write_text("export const extra = 1;\n")
     esbuild, _ = slow_esbuild(0.5)
     app = create_app(make_settings(source=str(source), esbuild=esbuild))
     client = await aiohttp_client(app)
