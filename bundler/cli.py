@@ -73,6 +73,7 @@ async def _serve(settings: Settings) -> None:
         logger.info("closing the listener; finishing in-flight requests")
     finally:
         await runner.cleanup()
+        gc.unfreeze()  # let interpreter shutdown finalize everything (native extensions too)
     logger.info("stopped")
 
 

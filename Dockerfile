@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+# Three stages: the pinned esbuild binary from npm, the Python package in a venv,
+# and a slim runtime with neither npm nor compilers.
+
+# --- esbuild: `npm ci` of package-lock.json, nothing else from Node is kept ---
+FROM node:20.19-bookworm-slim AS esbuild
+WORKDIR /build
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund \
+    && mkdir /out \
+    && cp node_modules/@esbuild/linux-*/bin/esbuild /out/esbuild \
+    && /out/esbuild --version
+
+# --- the package, installed into a venv the runtime copies as is ---
+FROM python:3.11.11-slim-bookworm AS python
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY bundler ./bundler
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir .
+
+# --- runtime ---
+FROM python:3.11.11-slim-bookworm
+# The embedded example components are the default source; point the service at an
+# artifact server instead with --build-arg SOURCE=https://artifacts.example/pkg-{version}.tgz
+# (or BUNDLER_SOURCE at run time).
+ARG SOURCE=/srv/bundler/examples/components
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bundler \
+    && mkdir -p /var/lib/bundler \
+    && chown bundler /var/lib/bundler
+COPY --from=python /opt/venv /opt/venv
+COPY --from=esbuild /out/esbuild /usr/local/bin/esbuild
+COPY examples/components /srv/bundler/examples/components
+COPY static_fallback /srv/bundler/static_fallback
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TMPDIR=/var/lib/bundler \
+    BUNDLER_HOST=0.0.0.0 \
+    BUNDLER_PORT=8080 \
+    BUNDLER_DATA_DIR=/var/lib/bundler \
+    BUNDLER_SOURCE=${SOURCE} \
+    BUNDLER_FALLBACK_DIR=/srv/bundler/static_fallback \
+    BUNDLER_ESBUILD=/usr/local/bin/esbuild \
+    BUNDLER_LOG_FORMAT=json
+# The data dir: source pulls, the disk cache, built fallbacks. Mount a volume here
+# (an emptyDir on Kubernetes) so a container restart keeps the cache.
+VOLUME ["/var/lib/bundler"]
+USER 10001
+EXPOSE 8080
+ENTRYPOINT ["bundler"]
+CMD ["serve"]
