@@ -129,3 +129,18 @@ def test_warm_needs_an_input(tmp_path: Path) -> None:
     result = run_warm("--data-dir", str(tmp_path))
     assert result.returncode == 2
     assert "--input FILE" in result.stderr
+
+
+def test_offline_warm_from_stdin_names_what_failed(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bundler", "warm", "--version", "1.0.0", "--input", "-",
+         "--data-dir", str(tmp_path / "data")],
+        input="components/hero\ncomponents/hero,components/cookie-banner\n",
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "1 built, 0 already cached, 1 failed" in result.stdout
+    assert (
+        "failed: components/hero,components/cookie-banner: "
+        "unknown module in version 1.0.0: components/cookie-banner"
+    ) in result.stderr
