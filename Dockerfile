@@ -6,7 +6,7 @@
 FROM node:20.19-bookworm-slim AS esbuild
 WORKDIR /build
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund \
+RUN npm ci --omit=dev --no-audit --no-fund \
     && mkdir /out \
     && cp node_modules/@esbuild/linux-*/bin/esbuild /out/esbuild \
     && /out/esbuild --version

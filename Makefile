@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test lint bench bench-storm clean
+.PHONY: setup browser serve test lint bench bench-storm clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -28,7 +28,15 @@ lint: setup
 	$(BIN)/ruff format --check bundler tests bench
 	$(BIN)/mypy
 
-test: lint
+# The browser tests drive Debian's Chromium; install it when missing and possible (root + apt).
+# If it cannot be installed, those tests are skipped with a loud message; the rest still run.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
+	  echo "!!! chromium could not be installed: the browser tests will be SKIPPED !!!"
+
+test: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

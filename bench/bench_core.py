@@ -147,7 +147,15 @@ def esbuild_by_hand(runs: int) -> list[float]:
     with tempfile.TemporaryDirectory() as work:
         entry = Path(work) / "entry.js"
         job = BuildJob.tailored(spec)
-        entry.write_text(entry_source(job.registrations, source_root, settings.registry_name))
+        entry.write_text(
+            entry_source(
+                job.registrations,
+                source_root,
+                settings.registry_name,
+                version=VERSION,
+                mode=job.mode,
+            )
+        )
         cmd = builder.command(entry, Path(work) / "bundle.js", job)
         for _ in range(runs):
             started = time.perf_counter()

@@ -6,6 +6,7 @@ import hmac
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
@@ -170,6 +171,20 @@ async def handle_fallback_map(request: web.Request) -> web.Response:
     )
 
 
+def web_asset(name: str) -> bytes:
+    """The demo page and the loader ship inside the package (bundler/web/)."""
+    return resources.files("bundler").joinpath("web", name).read_bytes()
+
+
+def static_handler(body: bytes, content_type: str, cache_control: str) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(
+            body=body, headers={"Content-Type": content_type, "Cache-Control": cache_control}
+        )
+
+    return handle
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
     """Liveness: the loop answered. Nothing else is checked, on purpose."""
     return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
@@ -261,6 +276,15 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/fallback.js.map", handle_fallback_map)
     app.router.add_get("/combos", handle_combos)
     app.router.add_post("/warm", handle_warm)
+    app.router.add_get(
+        "/",
+        static_handler(web_asset("index.html"), "text/html; charset=utf-8", "no-cache"),
+    )
+    # Unversioned, so cached briefly; it is small and changes rarely.
+    app.router.add_get(
+        "/loader.js",
+        static_handler(web_asset("loader.js"), JS_CONTENT_TYPE, "public, max-age=300"),
+    )
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)

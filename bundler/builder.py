@@ -50,6 +50,7 @@ class BuildJob:
     priority: Priority = Priority.TAILORED
     # Where the bundle's //# sourceMappingURL= points (relative); None: no source map.
     map_url: str | None = None
+    mode: str = "tailored"  # or "fallback": recorded in the bundle for loaders
 
     @classmethod
     def tailored(cls, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> BuildJob:
@@ -165,7 +166,15 @@ class Builder:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch_dir))
         entry = workdir / ENTRY_NAME
-        entry.write_text(entry_source(job.registrations, source_root, job.options.registry_name))
+        entry.write_text(
+            entry_source(
+                job.registrations,
+                source_root,
+                job.options.registry_name,
+                version=job.version,
+                mode=job.mode,
+            )
+        )
         return workdir
 
     async def _build(self, job: BuildJob, source_root: Path) -> BuildOutput:

@@ -3,7 +3,9 @@
 Bundle format (README, "The bundle format"): each requested module's namespace
 object is stored under its requested name in ``globalThis[<registry>]``, and,
 when an AMD loader is on the page, also announced with
-``define(name, [], () => ns)``. Modules are evaluated in the order of the
+``define(name, [], () => ns)``. Each bundle also appends
+``{version, mode, modules}`` to ``registry[Symbol.for("bundler.bundles")]``, so a
+loader can tell a tailored bundle from a fallback. Modules are evaluated in the order of the
 registrations (canonical, sorted, for a tailored bundle), since esbuild
 evaluates imports in the order they are written.
 """
@@ -19,7 +21,12 @@ Registration = tuple[str, str]
 
 
 def entry_source(
-    registrations: Sequence[Registration], source_root: Path, registry_name: str
+    registrations: Sequence[Registration],
+    source_root: Path,
+    registry_name: str,
+    *,
+    version: str = "",
+    mode: str = "tailored",
 ) -> str:
     # Absolute specifiers: the entry lives in scratch space, the modules under the
     # source root. Names were validated (bundler.spec); json.dumps quotes them anyway.
@@ -36,6 +43,10 @@ def entry_source(
     lines += [
         "const g = typeof globalThis !== 'undefined' ? globalThis : self;",
         f"const registry = g[{registry}] || (g[{registry}] = {{}});",
+        # Which bundles ran, for loaders (a Symbol key: invisible to Object.keys(registry)).
+        "const loaded = Symbol.for('bundler.bundles');",
+        "(registry[loaded] || (registry[loaded] = [])).push("
+        f"{{version: {json.dumps(version)}, mode: {json.dumps(mode)}, modules: {len(registrations)}}});",
         "const amd = typeof define === 'function' && define.amd;",
         f"for (const [name, ns] of [{pairs}]) {{",
         "  registry[name] = ns;",

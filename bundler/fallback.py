@@ -33,7 +33,7 @@ from bundler.errors import BadRequest, BuildFailed, BundlerError, UnknownModule
 from bundler.flight import SingleFlight
 from bundler.slots import Priority
 from bundler.sources import SourceStore
-from bundler.spec import BuildOptions, validate_module
+from bundler.spec import FORMAT_VERSION, BuildOptions, validate_module
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def fallback_job(
         label=f"fallback {version}",
         priority=Priority.FALLBACK,
         map_url=map_url(version),
+        mode="fallback",
     )
 
 
@@ -132,6 +133,7 @@ def manifest(
     version: str, options: BuildOptions, names: list[str], source_sha256: str
 ) -> dict[str, object]:
     return {
+        "format": FORMAT_VERSION,  # of the bundle wrapper: a stale one is rebuilt
         "version": version,
         "source_sha256": source_sha256,
         "target": options.target,

@@ -24,7 +24,7 @@ MODULE_CHARS = re.compile(r"^[A-Za-z0-9_.@+/-]+$")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 ALLOWED_PARAMS = frozenset({"modules", "v"})
 # Bumped whenever the bundle wrapper changes, so old cache entries are never reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)

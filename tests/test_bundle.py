@@ -274,3 +274,12 @@ async def test_bare_import_resolving_outside_the_version_is_refused(
     assert resp.status == 422, text
     assert "not self-contained" in text and "node_modules/leaky/index.js" in text
     assert str(tmp_path) not in text
+
+
+async def test_demo_page_and_loader_are_served(client: TestClient) -> None:
+    page = await client.get("/")
+    assert page.status == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert '<script src="loader.js"></script>' in await page.text()
+    loader = await client.get("/loader.js")
+    assert loader.headers["Content-Type"] == "application/javascript; charset=utf-8"
+    assert "BundlerLoader" in await loader.text()
