@@ -10,15 +10,14 @@ question is what pages combine, whatever the version.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import datasketches
+
+from bundler.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +53,7 @@ class PopularCombos:
         return bytes(self._sketch.serialize())
 
     def save(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".combos-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, data)
 
     async def save_every(self, interval_s: float) -> None:
         while True:

@@ -23,11 +23,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 
 from bundler.cache import Bundle
+from bundler.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +95,6 @@ def decode_entry(raw: bytes, key: str) -> Bundle:
         sourcemap=parts["sourcemap"] if header.get("has_sourcemap") else None,
         etag_prefix=str(header.get("etag_prefix", "")),
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DiskCache:
@@ -178,20 +170,7 @@ class DiskCache:
         data = encode_entry(bundle)
         if len(data) > self.max_bytes:
             return
-        path = self.path(bundle.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        atomic_write(self.path(bundle.key), data)
         with self._lock:
             self._bytes += len(data) - self._index.pop(bundle.key, 0)
             self._index[bundle.key] = len(data)

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from bundler.errors import SourceUnavailable
+from bundler.fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class WorkDir:
         version_dir.mkdir()
         os.rename(_strip_single_top_folder(content), version_dir / SRC)
         (version_dir / COMPLETE).write_text(self.version + "\n")
-        _fsync_dir(version_dir)
+        fsync_dir(version_dir)
         sources_dir = self.sources_dir
         with _flock(sources_dir / ".lock"):
             existing = installed_root(sources_dir, self.version)
@@ -128,7 +129,7 @@ class WorkDir:
             if target.exists():  # an incomplete leftover: move it out of the way
                 os.rename(target, sources_dir / f"{TRASH_PREFIX}{self.version}-{os.getpid()}")
             os.rename(version_dir, target)
-            _fsync_dir(sources_dir)
+            fsync_dir(sources_dir)
             return target / SRC
 
 
@@ -272,11 +273,3 @@ def _strip_single_top_folder(content: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]
     return content
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
