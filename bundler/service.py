@@ -253,6 +253,8 @@ class BundleService:
         failure = self.failures.get(spec.key)
         if failure is not None:
             raise failure
+        if spec.key not in self.flight and self._queue_full():
+            raise Overloaded("the build queue is full; retry in a moment")
         return await self.flight.do(spec.key, lambda: self._build(spec, priority))
 
     async def warm(self, spec: BundleSpec) -> str:

@@ -33,6 +33,8 @@ from bundler.spec import parse_query
 
 # A combination whose warm-up fails is reported; these say why in one line.
 MAX_REASON_CHARS = 200
+# A 503 (the server's build queue is full, or a pull failed) is retried after Retry-After.
+BUSY_RETRIES = 5
 
 
 class Target(Protocol):
@@ -93,10 +95,16 @@ class ServerTarget:
 
     async def warm_one(self, modules: list[str]) -> str:
         payload = {"version": self.version, "modules": modules}
-        async with self.session.post(self.url, json=payload, headers=self.headers) as resp:
-            if resp.status != 200:
-                raise WarmFailed(f"HTTP {resp.status}: {(await resp.text()).strip()}")
-            return str((await resp.json())["status"])
+        for attempt in range(BUSY_RETRIES + 1):
+            async with self.session.post(self.url, json=payload, headers=self.headers) as resp:
+                if resp.status == 200:
+                    return str((await resp.json())["status"])
+                reason = f"HTTP {resp.status}: {(await resp.text()).strip()}"
+                retry_after_s = float(resp.headers.get("Retry-After", "1"))
+            if resp.status != 503 or attempt == BUSY_RETRIES:
+                raise WarmFailed(reason)
+            await asyncio.sleep(retry_after_s)  # the server is busy (its queue is full): wait
+        raise AssertionError("unreachable")
 
 
 class OfflineTarget:

@@ -309,3 +309,21 @@ async def test_a_lagging_loop_sheds_misses_to_the_fallback(
     resp = await client.get("/bundle.js?modules=components/hero")
     assert resp.headers["X-Bundle-Mode"] == "fallback"
     assert runs() == 0  # shed: no build queued
+
+
+async def test_warm_and_map_requests_are_bounded_by_the_queue_too(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], slow_esbuild: Any
+) -> None:
+    esbuild, _ = slow_esbuild(0.6)
+    settings = make_settings(esbuild=esbuild, build_pool_size=1, build_queue_max=1)
+    client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)
+    busy = [
+        asyncio.create_task(client.get(f"/bundle.js.map?modules=components/{name}"))
+        for name in ("card", "nav")
+    ]
+    await asyncio.sleep(0.2)
+    resp = await client.post("/warm", json={"version": "1.1.0", "modules": ["components/tabs"]})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+    assert "queue is full" in await resp.text()
+    assert [r.status for r in await asyncio.gather(*busy)] == [200, 200]
