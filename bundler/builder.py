@@ -36,6 +36,14 @@ MAX_ERROR_CHARS = 4000
 ENTRY_NAME = "entry.js"
 OUTPUT_NAME = "bundle.js"
 METAFILE_NAME = "meta.json"
+# How a run ended, for the bundler_builds_total{result} metric.
+RESULTS: dict[type[BaseException], str] = {
+    BuildTimeout: "timeout",
+    UnknownModule: "unknown_module",
+    BuildFailed: "failed",
+    BuildCrashed: "crashed",
+    asyncio.CancelledError: "cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -121,17 +129,8 @@ class Builder:
             result = "ok"
             try:
                 return await self._build(job, source_root)
-            except BuildTimeout:
-                result = "timeout"
-                raise
-            except UnknownModule:
-                result = "unknown_module"
-                raise
-            except BuildFailed:
-                result = "failed"
-                raise
-            except BuildCrashed:
-                result = "crashed"
+            except BaseException as exc:
+                result = RESULTS.get(type(exc), "error")
                 raise
             finally:
                 self.results[result] += 1
