@@ -123,6 +123,7 @@ def test_manifests_and_settings_agree() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a fresh venv's pip install may download everything
 def test_the_image_recipe_outside_docker(tmp_path: Path) -> None:
     """The Dockerfile's steps, minus Docker: a fresh venv with `pip install .`, the esbuild
     binary `npm ci` fetched, the image's ENV, and `bundler serve` as its CMD."""
