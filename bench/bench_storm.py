@@ -403,7 +403,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("tuned", "naive"))
     parser.add_argument("--load-niceness", type=int, default=10)
     parser.add_argument(
-        "--profile", type=Path, help="py-spy raw profile of the service during the storm"
+        "--profile", type=Path, help="py-spy raw profile of the service (needs: pip install py-spy)"
     )
     parser.add_argument(
         "--debug", action="store_true", help="asyncio debug mode: logs slow callbacks"
