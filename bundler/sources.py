@@ -180,6 +180,7 @@ class TarballSource:
                 "pull failed", extra={"version": version, "url": url, "error": exc.message}
             )
             self.failures[version] = exc
+            self.pull_results["not_found" if isinstance(exc, VersionNotFound) else "failed"] += 1
             raise
         finally:
             await asyncio.to_thread(work.remove)
@@ -206,15 +207,14 @@ class TarballSource:
     async def housekeep(self) -> list[str]:
         """Keep the most recently used versions; remove the rest unless a build uses them."""
 
-        def recency(version: str) -> float:
+        def recency(version: str) -> tuple[bool, float]:
+            """Used since this process started first (most recent first), then by install time."""
             if version in self.last_used:
-                return self.last_used[version]
-            # Unused since this process started: older than anything used since.
-            complete = self.sources_dir / version / extract.COMPLETE
+                return True, self.last_used[version]
             try:
-                return complete.stat().st_mtime - time.time() + time.monotonic() - 1e9
+                return False, (self.sources_dir / version / extract.COMPLETE).stat().st_mtime
             except FileNotFoundError:
-                return float("-inf")
+                return False, float("-inf")
 
         versions = sorted(self.installed(), key=recency, reverse=True)
         removed = []

@@ -236,3 +236,13 @@ async def test_not_ready_until_the_default_version_is_pulled(
     assert (await client.get("/healthz")).status == 200
     await wait_ready(client)
     assert artifacts.hits["1.0.0"] == 2
+
+
+async def test_pull_outcomes_are_counted_for_the_metrics(make_client: MakeClient) -> None:
+    client, artifacts = await make_client(source_retries=0)
+    artifacts.fail_first["2.0.0"] = 100
+    assert (await client.get("/bundle.js?modules=index&v=2.0.0")).status == 503
+    assert (await client.get("/bundle.js?modules=index&v=9.9.9")).status == 404
+    text = await (await client.get("/metrics")).text()
+    for result in ("ok", "failed", "not_found"):
+        assert f'bundler_source_pulls_total{{result="{result}"}} 1.0' in text
