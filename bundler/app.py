@@ -14,10 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from bundler.builder import Builder, BuildJob, check_esbuild
 from bundler.cache import Bundle, MemoryCache
-from bundler.combos import PopularCombos
+from bundler.combos import COMBOS_FILE, PopularCombos
 from bundler.disk import DiskCache
-from bundler.errors import BadRequest, BundlerError, Unavailable, VersionNotFound
+from bundler.errors import BadRequest, BuildFailed, BundlerError, Unavailable, VersionNotFound
 from bundler.fallback import FallbackStore
+from bundler.fallback_plan import OperatorList
 from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
 from bundler.negotiate import choose_encoding
 from bundler.service import BundleService
@@ -32,7 +33,6 @@ SERVICE = web.AppKey("service", BundleService)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 JS_CONTENT_TYPE = "application/javascript; charset=utf-8"
-COMBOS_FILE = "combos.sketch"
 DEFAULT_COMBOS = 100
 MAX_COMBOS = 1000
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -156,6 +156,23 @@ async def handle_warm(request: web.Request) -> web.Response:
     return web.json_response({"status": outcome, "query": spec.query})
 
 
+async def handle_fallback_info(request: web.Request) -> web.Response:
+    """What a version's fallback holds and what it left out, and why (built if need be)."""
+    service = request.app[SERVICE]
+    if set(request.query) - {"v"} or len(request.query.getall("v", [])) > 1:
+        raise BadRequest("use /fallback.json?v=VERSION")
+    version = validate_version(request.query.get("v", service.default_version))
+    fallback = await service.fallbacks.get(version)
+    if fallback is None:
+        failure = service.fallbacks.failure(version)
+        reason = failure.message.splitlines()[0] if failure else "it could not be built"
+        raise BuildFailed(f"version {version} has no fallback: {reason}")
+    return web.json_response(
+        {**fallback.summary(), "names": sorted(fallback.names), "left_out": fallback.left_out},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 async def handle_fallback_map(request: web.Request) -> web.Response:
     """The source map of a version's fallback (the fallback's sourceMappingURL)."""
     service = request.app[SERVICE]
@@ -247,6 +264,7 @@ def create_app(settings: Settings) -> web.Application:
 
     builder.on_finish = observe
     options = BundleService.options_from(settings)
+    combos = PopularCombos(data_dir / COMBOS_FILE, settings.combos_top_k)
     fallbacks = FallbackStore(
         settings.static_fallback_dir,
         data_dir,
@@ -254,6 +272,9 @@ def create_app(settings: Settings) -> web.Application:
         source,
         options,
         max_versions=settings.source_keep_versions + 1,
+        max_bytes=settings.fallback_max_bytes,
+        operator=OperatorList.load(settings.fallback_modules),
+        popular=combos.popular_modules,
     )
     service = BundleService(
         settings,
@@ -261,7 +282,7 @@ def create_app(settings: Settings) -> web.Application:
         builder,
         MemoryCache(settings.memory_cache_max_bytes),
         DiskCache(data_dir / "cache", settings.disk_cache_max_bytes),
-        PopularCombos(data_dir / COMBOS_FILE, settings.combos_top_k),
+        combos,
         fallbacks,
         LagMonitor(registry),
     )
@@ -274,6 +295,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/bundle.js", handle_bundle)
     app.router.add_get("/bundle.js.map", handle_bundle_map)
     app.router.add_get("/fallback.js.map", handle_fallback_map)
+    app.router.add_get("/fallback.json", handle_fallback_info)
     app.router.add_get("/combos", handle_combos)
     app.router.add_post("/warm", handle_warm)
     app.router.add_get(

@@ -18,9 +18,10 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bundler.entry import Registration, entry_source, names_for_specifier
 from bundler.errors import BuildCrashed, BuildFailed, BuildTimeout, ConfigError, UnknownModule
@@ -71,6 +72,16 @@ class BuildJob:
             priority=priority,
             map_url="bundle.js.map?" + spec.query,
         )
+
+
+@dataclass(frozen=True)
+class SurveyRun:
+    """One survey build (bundler.survey): no output kept, only what esbuild reported."""
+
+    ok: bool
+    metafile: dict[str, Any] | None
+    entry_key: str  # the entry file as the metafile names it
+    stderr: str  # machine paths removed
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,46 @@ class Builder:
                 self.results[result] += 1
                 if self.on_finish is not None:
                     self.on_finish(job, time.perf_counter() - started, result)
+
+    async def survey(self, job: BuildJob, source_root: Path, externals: Sequence[str]) -> SurveyRun:
+        """Bundle ``job`` only to learn its module graph and sizes (esbuild's metafile),
+        every error reported; ``externals`` (paths under the root) are left unbundled."""
+        async with self.slots.slot(job.priority):
+            started = time.perf_counter()
+            result = "ok"
+            try:
+                return await self._survey(job, source_root, externals)
+            except BaseException as exc:
+                result = RESULTS.get(type(exc), "error")
+                raise
+            finally:
+                self.results[result] += 1
+                if self.on_finish is not None:
+                    self.on_finish(job, time.perf_counter() - started, result)
+
+    async def _survey(
+        self, job: BuildJob, source_root: Path, externals: Sequence[str]
+    ) -> SurveyRun:
+        workdir = await asyncio.to_thread(self._prepare, job, source_root)
+        try:
+            entry = workdir / ENTRY_NAME
+            cmd = self.command(entry, workdir / OUTPUT_NAME, job)
+            cmd += ["--log-limit=0", *(f"--external:./{path}" for path in externals)]
+            returncode, stderr = await self._run(cmd, source_root)
+            if returncode != 0 and (returncode < 0 or "[ERROR]" not in stderr):
+                raise self._error(returncode, stderr, job, source_root, workdir)
+            metafile = None
+            if returncode == 0:
+                raw = await asyncio.to_thread((workdir / METAFILE_NAME).read_bytes)
+                metafile = json.loads(raw)
+            return SurveyRun(
+                ok=returncode == 0,
+                metafile=metafile,
+                entry_key=_relative(entry, source_root),
+                stderr=stderr,
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     def command(self, entry: Path, outfile: Path, job: BuildJob) -> list[str]:
         """The exact esbuild command line of a build (the benchmark runs it by hand too)."""
@@ -320,6 +371,11 @@ def _relative_sourcemap(map_file: Path, entry: Path, source_root: Path) -> bytes
     raw = raw.replace(b'"' + ENTRY_NAME.encode() + b'"', b'"<entry>"')
     # The generated entry's own text names modules by absolute path.
     return raw.replace(str(source_root).encode() + b"/", b"")
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` as esbuild names it: relative to the directory it runs in."""
+    return os.path.relpath(path, root)
 
 
 def sanitize(report: str, source_root: Path, workdir: Path) -> str:

@@ -35,6 +35,7 @@ class Bundle:
     digest: str
     sourcemap: bytes | None = None
     etag_prefix: str = ""
+    br_quality: int = BROTLI_QUALITY
 
     @property
     def size(self) -> int:
@@ -45,7 +46,10 @@ class Bundle:
 
     def etag(self, encoding: str) -> str:
         # Each content-coding is its own representation, so each has its own strong ETag.
+        # A fallback is served at once with quick brotli, then recompressed at 11: other bytes.
         suffix = "" if encoding == "identity" else f"-{encoding}"
+        if encoding == "br" and self.br_quality != BROTLI_QUALITY:
+            suffix += str(self.br_quality)
         return f'"{self.etag_prefix}{self.digest[:32]}{suffix}"'
 
     @classmethod
@@ -66,6 +70,7 @@ class Bundle:
             digest=hashlib.sha256(code).hexdigest(),
             sourcemap=sourcemap,
             etag_prefix=etag_prefix,
+            br_quality=brotli_quality,
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -23,7 +24,13 @@ from bundler import warm
 from bundler.app import SERVICE, create_app
 from bundler.builder import Builder, check_esbuild
 from bundler.errors import BundlerError, ConfigError
-from bundler.fallback import build_fallback, write_fallback
+from bundler.fallback import (
+    build_fallback,
+    describe_fallback,
+    offline_plan,
+    source_digest,
+    write_fallback,
+)
 from bundler.logs import configure_logging
 from bundler.service import BundleService
 from bundler.settings import Settings, add_arguments, settings_from_args
@@ -108,18 +115,19 @@ async def _build_fallback(
 ) -> Path:
     source = open_source(settings)
     options = BundleService.options_from(settings)
+    plan = offline_plan(settings, version)
     await source.start()
     try:
         async with source.use(version) as root:
-            build = await build_fallback(builder, root, version, options)
+            build = await build_fallback(builder, root, version, options, plan)
+            build = dataclasses.replace(
+                build, source_sha256=await asyncio.to_thread(source_digest, root)
+            )
     finally:
         await source.close()
     target = out_dir / version
-    await asyncio.to_thread(write_fallback, target, version, options, build)
-    print(
-        f"built the fallback of {version}: {len(build.names)} module names, "
-        f"{len(build.code)} bytes -> {target}"
-    )
+    await asyncio.to_thread(write_fallback, target, options, build)
+    print(describe_fallback(build.fallback().summary()) + f" -> {target}")
     return target
 
 
@@ -151,12 +159,15 @@ async def _warm(
 ) -> warm.Report:
     if args.from_server:
         combos = await warm.combinations_from_server(args.from_server, args.top)
-    return await warm.with_target(
-        settings,
-        args.version,
-        args.server,
-        lambda target: warm.run_with_progress(combos, target, args.concurrency),
-    )
+
+    async def run(target: warm.Target) -> warm.Report:
+        problem = await warm.warm_fallback(target)  # first: a release never meets a cold one
+        report = await warm.run_with_progress(combos, target, args.concurrency)
+        if problem is not None:
+            report.failures.insert(0, (f"fallback of {args.version}", problem.splitlines()[0]))
+        return report
+
+    return await warm.with_target(settings, args.version, args.server, run)
 
 
 def warm_command(args: argparse.Namespace) -> int:
@@ -200,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fallback_parser = commands.add_parser(
         "build-fallback",
-        help="build a version's static fallback bundle (every module) and its source map",
+        help="build a version's static fallback bundle (the most wanted modules within "
+        "--fallback-max-bytes) and its source map",
     )
     fallback_parser.add_argument("--version", dest="version", required=True, metavar="VERSION")
     fallback_parser.add_argument(

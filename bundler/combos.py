@@ -17,9 +17,12 @@ from typing import Any
 
 import datasketches
 
+from bundler.fallback_plan import module_popularity
 from bundler.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
+
+COMBOS_FILE = "combos.sketch"  # in the data dir
 
 
 class PopularCombos:
@@ -38,6 +41,10 @@ class PopularCombos:
         )
         ranked = sorted(items, key=lambda item: (-item[1], item[0]))[:n]
         return [{"modules": item[0].split(","), "count": int(item[1])} for item in ranked]
+
+    def popular_modules(self) -> list[str]:
+        """Every module of the tracked combinations, most requested first."""
+        return module_popularity(self.top(max(1, self._sketch.num_active_items)))
 
     def load(self) -> None:
         try:

@@ -1,15 +1,17 @@
-"""Static fallback bundles: every module of a version, registered like a tailored bundle.
+"""Static fallback bundles: the modules pages use, registered like a tailored bundle.
 
 While a tailored bundle is being built (or when the pool is saturated), a page
-gets its version's fallback instead: bigger, but it registers every module
-under every name a page may ask for, so the page works the same.
+gets its version's fallback instead: bigger, but it registers the modules pages
+ask for (bundler.fallback_plan chooses them within a byte budget) under every
+name a page may use, so the page works the same. A module the fallback left out
+is built for its request as usual.
 
 On disk, one directory per version (``static_fallback/<version>/`` shipped with
 the service, or ``<data>/fallback/<version>/`` for ones built at run time):
 
     bundle.js      the bundle; its sourceMappingURL points at /fallback.js.map?v=<version>
     bundle.js.map  sources relative to the version root
-    manifest.json  the names it registers and the build options it was made with
+    manifest.json  what it registers, what it left out and why, and what it was built from
 """
 
 from __future__ import annotations
@@ -21,31 +23,55 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
+from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
 from bundler.builder import Builder, BuildJob
-from bundler.cache import BROTLI_QUALITY_MAX, Bundle
+from bundler.cache import BROTLI_QUALITY, BROTLI_QUALITY_MAX, Bundle
+from bundler.combos import COMBOS_FILE, PopularCombos
 from bundler.entry import Registration
-from bundler.errors import BadRequest, BuildFailed, BundlerError, UnknownModule
+from bundler.errors import BuildFailed, BundlerError, UnknownModule
+from bundler.fallback_plan import (
+    SURVEY_SOURCE_FACTOR,
+    UNKNOWN,
+    OperatorList,
+    entry_point_paths,
+    list_candidates,
+    rank,
+    read_package_json,
+    reason_counts,
+    select,
+    survey_prefix,
+)
 from bundler.flight import SingleFlight
+from bundler.settings import Settings
 from bundler.slots import Priority
 from bundler.sources import SourceStore
-from bundler.spec import FORMAT_VERSION, BuildOptions, validate_module
+from bundler.spec import FORMAT_VERSION, BuildOptions
+from bundler.survey import run_survey
 
 logger = logging.getLogger(__name__)
 
 BUNDLE = "bundle.js"
 SOURCE_MAP = "bundle.js.map"
 MANIFEST = "manifest.json"
-# esbuild's default resolve order: the first existing file wins for an extensionless name.
-RESOLVE_EXTENSIONS = (".tsx", ".ts", ".jsx", ".js")
-OTHER_EXTENSIONS = (".mjs", ".cjs", ".mts", ".cts")
 ETAG_PREFIX = "fb-"
-# How long a version whose fallback failed to build is left without one before retrying.
-FAILURE_TTL_S = 60.0
+# Bumped when what a fallback holds, or how it is chosen, changes: older ones are rebuilt.
+PLAN_FORMAT = 2
+# How long a version whose fallback failed to build is left without one before a request
+# retries (the default version's start-up retries on its own backoff).
+FAILURE_TTL_S = 30.0
+# The survey may look further (a larger share of the package) this many times at most.
+MAX_SURVEYS = 3
+# A survey whose selection fills this share of the budget is enough.
+BUDGET_FILLED = 0.9
+# Names of modules left out that one log line lists (the manifest lists them all).
+LOG_NAMES = 10
 
 
 @dataclass(frozen=True)
@@ -53,49 +79,34 @@ class Fallback:
     version: str
     bundle: Bundle  # its sourcemap is the fallback's map
     names: frozenset[str]
+    left_out: Mapping[str, str] = field(default_factory=dict)  # name -> why
+    excluded: Mapping[str, int] = field(default_factory=dict)  # not candidates, by kind
 
     def covers(self, modules: tuple[str, ...]) -> bool:
         return all(m in self.names for m in modules)
 
+    def summary(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "bytes": len(self.bundle.code),
+            "modules": len(self.names),
+            "left_out_counts": reason_counts(self.left_out),
+            "not_candidates": dict(self.excluded),
+        }
 
-def list_registrations(root: Path) -> list[Registration]:
-    """Every module of a version under every name esbuild would resolve to it.
 
-    ``components/hero.js`` is registered as ``components/hero.js`` and
-    ``components/hero``; ``components/banner/index.js`` also as
-    ``components/banner``. Where two files claim one name, esbuild's own
-    precedence decides (a file before a directory's index, .ts before .js).
-    """
-    claims: dict[str, tuple[int, str]] = {}
+@dataclass(frozen=True)
+class Plan:
+    """How a fallback is chosen: the budget, the operator's list, what pages asked for."""
 
-    def claim(name: str, rank: int, path: str) -> None:
-        try:
-            validate_module(name, max_chars=10_000)
-        except BadRequest:
-            return  # a name no request could use
-        if name not in claims or rank < claims[name][0]:
-            claims[name] = (rank, path)
-
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "node_modules")
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        for filename in filenames:
-            stem, ext = os.path.splitext(filename)
-            if filename.startswith(".") or ext not in RESOLVE_EXTENSIONS + OTHER_EXTENSIONS:
-                continue
-            path = f"{rel_dir}/{filename}" if rel_dir else filename
-            claim(path, 0, path)
-            if ext in RESOLVE_EXTENSIONS:
-                order = RESOLVE_EXTENSIONS.index(ext)
-                claim(path[: -len(ext)], 1 + order, path)
-                if stem == "index" and rel_dir:
-                    claim(rel_dir, 10 + order, path)
-    return sorted((name, path) for name, (_, path) in claims.items())
+    max_bytes: int
+    operator: tuple[str, ...] = ()
+    popular: tuple[str, ...] = ()
+    operator_digest: str = ""
 
 
 def fallback_job(
-    version: str, registrations: list[Registration], options: BuildOptions
+    version: str, registrations: Sequence[Registration], options: BuildOptions
 ) -> BuildJob:
     return BuildJob(
         version=version,
@@ -129,90 +140,172 @@ def source_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def manifest(
-    version: str, options: BuildOptions, names: list[str], source_sha256: str
-) -> dict[str, object]:
+def identity(
+    version: str, options: BuildOptions, source_sha256: str, max_bytes: int, operator_digest: str
+) -> dict[str, Any]:
+    """What a stored fallback must match to be used: otherwise it is rebuilt."""
     return {
-        "format": FORMAT_VERSION,  # of the bundle wrapper: a stale one is rebuilt
+        "format": FORMAT_VERSION,  # of the bundle wrapper
+        "plan_format": PLAN_FORMAT,
         "version": version,
         "source_sha256": source_sha256,
         "target": options.target,
         "registry_name": options.registry_name,
         "minify": options.minify,
-        "names": sorted(names),
+        "max_bytes": max_bytes,
+        "fallback_modules": operator_digest,
     }
 
 
 @dataclass(frozen=True)
 class FallbackBuild:
+    version: str
     code: bytes
     sourcemap: bytes
     names: list[str]
-    source_sha256: str
+    left_out: dict[str, str]
+    excluded: dict[str, int]
+    max_bytes: int
+    operator_digest: str
+    source_sha256: str = ""
+
+    def manifest(self, options: BuildOptions) -> dict[str, Any]:
+        return {
+            **identity(
+                self.version, options, self.source_sha256, self.max_bytes, self.operator_digest
+            ),
+            "bytes": len(self.code),
+            "names": sorted(self.names),
+            "left_out_counts": reason_counts(self.left_out),
+            "not_candidates": self.excluded,
+            "left_out": dict(sorted(self.left_out.items())),
+        }
+
+    def fallback(self, brotli_quality: int = BROTLI_QUALITY) -> Fallback:
+        """CPU work (compressing): call it off the event loop."""
+        bundle = Bundle.create(
+            f"fallback:{self.version}",
+            self.code,
+            self.sourcemap,
+            etag_prefix=ETAG_PREFIX,
+            brotli_quality=brotli_quality,
+        )
+        return Fallback(
+            self.version, bundle, frozenset(self.names), dict(self.left_out), dict(self.excluded)
+        )
 
 
-def write_fallback(
-    directory: Path, version: str, options: BuildOptions, build: FallbackBuild
-) -> None:
+def write_fallback(directory: Path, options: BuildOptions, build: FallbackBuild) -> None:
     """Write the three files into ``directory`` (replaced whole, by one rename)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=directory.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{build.version}-", dir=directory.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
     (staging / BUNDLE).write_bytes(build.code)
     (staging / SOURCE_MAP).write_bytes(build.sourcemap)
-    meta = manifest(version, options, build.names, build.source_sha256)
-    (staging / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
+    (staging / MANIFEST).write_text(json.dumps(build.manifest(options), indent=1) + "\n")
     if directory.exists():
         shutil.rmtree(directory)
     os.rename(staging, directory)
 
 
 def read_fallback(
-    directory: Path, version: str, options: BuildOptions, source_sha256: str
-) -> Fallback | None:
-    """The fallback in ``directory``, if it was built from this source with these options."""
+    directory: Path,
+    version: str,
+    options: BuildOptions,
+    source_sha256: str,
+    plan: Plan,
+) -> FallbackBuild | None:
+    """The fallback in ``directory``, if it was built from this source the same way."""
     try:
         meta = json.loads((directory / MANIFEST).read_text())
-        names = meta["names"]
-        if meta != manifest(version, options, names, source_sha256):
+        wanted = identity(version, options, source_sha256, plan.max_bytes, plan.operator_digest)
+        if {k: meta.get(k) for k in wanted} != wanted:
             logger.warning(
-                "fallback built from another source or with other options; ignored",
-                extra={"dir": str(directory)},
+                "stored fallback built from another source or with other options; rebuilt",
+                extra={"version": version, "dir": directory.name},
             )
             return None
-        code = (directory / BUNDLE).read_bytes()
-        sourcemap = (directory / SOURCE_MAP).read_bytes()
+        return FallbackBuild(
+            version=version,
+            code=(directory / BUNDLE).read_bytes(),
+            sourcemap=(directory / SOURCE_MAP).read_bytes(),
+            names=list(meta["names"]),
+            left_out=dict(meta.get("left_out", {})),
+            excluded=dict(meta.get("not_candidates", {})),
+            max_bytes=plan.max_bytes,
+            operator_digest=plan.operator_digest,
+            source_sha256=source_sha256,
+        )
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-    bundle = Bundle.create(
-        f"fallback:{version}",
-        code,
-        sourcemap,
-        etag_prefix=ETAG_PREFIX,
-        brotli_quality=BROTLI_QUALITY_MAX,
-    )
-    return Fallback(version=version, bundle=bundle, names=frozenset(names))
 
 
 async def build_fallback(
-    builder: Builder, root: Path, version: str, options: BuildOptions
+    builder: Builder, root: Path, version: str, options: BuildOptions, plan: Plan
 ) -> FallbackBuild:
-    """Build the fallback of the version whose source is at ``root`` (held in use)."""
-    registrations = await asyncio.to_thread(list_registrations, root)
-    if not registrations:
+    """Choose and build the fallback of the version whose source is at ``root`` (held in use).
+
+    A survey build measures the most wanted candidates (bundler.survey); the
+    selection within the budget is then built once more, with its source map.
+    """
+    candidates = await asyncio.to_thread(list_candidates, root)
+    package = await asyncio.to_thread(read_package_json, root)
+    ranked = rank(candidates, plan.operator, plan.popular, entry_point_paths(package))
+    if not ranked:
         raise BuildFailed(f"version {version} has no JavaScript modules")
+    factor = SURVEY_SOURCE_FACTOR
+    for _ in range(MAX_SURVEYS):
+        count = survey_prefix(ranked, candidates, factor * plan.max_bytes)
+        survey = await run_survey(builder, root, version, ranked[:count], options, candidates)
+        selection = select(ranked, survey, plan.max_bytes)
+        if count == len(ranked) or selection.estimated_bytes >= BUDGET_FILLED * plan.max_bytes:
+            break
+        factor *= 4
+    left_out = dict(selection.left_out)
+    for name in plan.operator:
+        if name not in candidates.files:
+            left_out[name] = f"{UNKNOWN}: no JavaScript module of this version has this name"
+    if not selection.names:
+        first = next(iter(left_out.items()), ("", "nothing to build"))
+        raise BuildFailed(
+            f"version {version} has no module that builds within the fallback budget "
+            f"({first[0]}: {first[1]})"
+        )
+    registrations = [(name, name) for name in selection.names]
     output = await builder.build(fallback_job(version, registrations, options), root)
     assert output.sourcemap is not None
     return FallbackBuild(
+        version=version,
         code=output.code,
         sourcemap=output.sourcemap,
-        names=[name for name, _ in registrations],
-        source_sha256=await asyncio.to_thread(source_digest, root),
+        names=selection.names,
+        left_out=left_out,
+        excluded=candidates.excluded,
+        max_bytes=plan.max_bytes,
+        operator_digest=plan.operator_digest,
+    )
+
+
+def offline_plan(settings: Settings, version: str) -> Plan:
+    """The plan of a fallback built outside the service (build-fallback, warm): the same
+    list and budget, and the popularity the data dir's sketch holds, if any."""
+    combos = PopularCombos(Path(settings.data_dir) / COMBOS_FILE, settings.combos_top_k)
+    combos.load()
+    operator = OperatorList.load(settings.fallback_modules)
+    return Plan(
+        max_bytes=settings.fallback_max_bytes,
+        operator=operator.names(version),
+        popular=tuple(combos.popular_modules()),
+        operator_digest=operator.digest(version),
     )
 
 
 class FallbackStore:
-    """Loads (or builds, ahead of tailored builds) one fallback per version, once."""
+    """Loads (or builds, ahead of tailored builds) one fallback per version, once.
+
+    A fallback is usable as soon as esbuild has made it: it is served with quick
+    compression at first, while brotli 11 and the write to disk finish behind it.
+    """
 
     def __init__(
         self,
@@ -222,62 +315,155 @@ class FallbackStore:
         source: SourceStore,
         options: BuildOptions,
         max_versions: int,
+        *,
+        max_bytes: int,
+        operator: OperatorList | None = None,
+        popular: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self.static_dir = static_dir
         self.built_dir = data_dir / "fallback"
         self.builder = builder
         self.source = source
         self.options = options
+        self.max_bytes = max_bytes
+        self.operator = operator or OperatorList()
+        self.popular = popular
         self._loaded: LRUCache[str, Fallback] = LRUCache(maxsize=max_versions)
         self._failures: TTLCache[str, BundlerError] = TTLCache(maxsize=64, ttl=FAILURE_TTL_S)
-        self.flight: SingleFlight[str, Fallback] = SingleFlight("fallback")
+        self.flight: SingleFlight[str, Fallback | None] = SingleFlight("fallback")
+        self._background: set[asyncio.Task[None]] = set()
         self.builds = 0
 
     def loaded(self, version: str) -> Fallback | None:
         return self._loaded.get(version)
 
+    def failure(self, version: str) -> BundlerError | None:
+        return self._failures.get(version)
+
     def __len__(self) -> int:
         return len(self._loaded)
 
-    async def get(self, version: str) -> Fallback | None:
+    def all_loaded(self) -> list[Fallback]:
+        return list(self._loaded.values())
+
+    def plan(self, version: str) -> Plan:
+        """Read on the loop: the popularity sketch is not safe to read from a thread."""
+        return Plan(
+            max_bytes=self.max_bytes,
+            operator=self.operator.names(version),
+            popular=tuple(self.popular()),
+            operator_digest=self.operator.digest(version),
+        )
+
+    def ensure(self, version: str) -> None:
+        """Start loading or building the version's fallback unless it is under way; no wait."""
+        if self._loaded.get(version) is None and version not in self._failures:
+            self.flight.ensure(version, lambda: self._load_or_build(version))
+
+    async def get(self, version: str, *, retry: bool = False) -> Fallback | None:
         """The version's fallback; None when it cannot be built (the request then waits
-        for its tailored build). VersionNotFound and pull errors propagate."""
+        for its tailored build). VersionNotFound and pull errors propagate.
+        ``retry`` ignores a remembered failure."""
         fallback = self._loaded.get(version)
         if fallback is not None:
             return fallback
-        if version in self._failures:
+        if version in self._failures and not retry:
             return None
+        return await self.flight.do(version, lambda: self._load_or_build(version))
+
+    async def _load_or_build(self, version: str) -> Fallback | None:
+        plan = self.plan(version)
         try:
-            return await self.flight.do(version, lambda: self._load_or_build(version))
+            async with self.source.use(version) as root:
+                stored = await asyncio.to_thread(self._read_stored, root, version, plan)
+                if stored is not None:
+                    build = stored
+                else:
+                    # The digest (for the manifest) is taken while esbuild runs, not before.
+                    digest = asyncio.ensure_future(asyncio.to_thread(source_digest, root))
+                    try:
+                        fresh = await build_fallback(
+                            self.builder, root, version, self.options, plan
+                        )
+                    finally:
+                        source_sha256 = await digest
+                    build = dataclass_replace(fresh, source_sha256=source_sha256)
+                    self.builds += 1
+                    self._in_background(self._write(build))
         except (BuildFailed, UnknownModule) as exc:
             self._failures[version] = exc
             logger.error(
-                "no fallback for this version", extra={"version": version, "error": exc.message}
+                "no fallback for this version",
+                extra={"version": version, "error": exc.message.splitlines()[0][:500]},
             )
             return None
-
-    async def _load_or_build(self, version: str) -> Fallback:
-        async with self.source.use(version) as root:
-            digest = await asyncio.to_thread(source_digest, root)
-            for directory in (self.static_dir, self.built_dir):
-                if directory is None:
-                    continue
-                fallback = await asyncio.to_thread(
-                    read_fallback, directory / version, version, self.options, digest
-                )
-                if fallback is not None:
-                    self._loaded[version] = fallback
-                    return fallback
-            build = await build_fallback(self.builder, root, version, self.options)
-        self.builds += 1
-        target = self.built_dir / version
-        await asyncio.to_thread(write_fallback, target, version, self.options, build)
-        fallback = await asyncio.to_thread(
-            read_fallback, target, version, self.options, build.source_sha256
-        )
-        assert fallback is not None
+        fallback: Fallback = await asyncio.to_thread(build.fallback)
+        self._failures.pop(version, None)
         self._loaded[version] = fallback
-        logger.info(
-            "fallback ready", extra={"version": version, "bytes": len(fallback.bundle.code)}
-        )
+        self._in_background(self._recompress(build, fallback))
+        self._log_ready(fallback)
         return fallback
+
+    def _read_stored(self, root: Path, version: str, plan: Plan) -> FallbackBuild | None:
+        """A prebuilt or earlier-built fallback of this exact source (the digest is only
+        computed when there is a manifest to check it against)."""
+        dirs = [d / version for d in (self.static_dir, self.built_dir) if d is not None]
+        dirs = [d for d in dirs if (d / MANIFEST).exists()]
+        if not dirs:
+            return None
+        digest = source_digest(root)
+        for directory in dirs:
+            build = read_fallback(directory, version, self.options, digest, plan)
+            if build is not None:
+                return build
+        return None
+
+    def _log_ready(self, fallback: Fallback) -> None:
+        failing = [
+            name for name, why in fallback.left_out.items() if not why.startswith("over_budget")
+        ]
+        logger.info(
+            "fallback ready",
+            extra={
+                "version": fallback.version,
+                "bytes": len(fallback.bundle.code),
+                "modules": len(fallback.names),
+                "left_out": reason_counts(fallback.left_out),
+                "not_built": failing[:LOG_NAMES] + (["..."] if len(failing) > LOG_NAMES else []),
+                "details": f"GET /fallback.json?v={fallback.version}",
+            },
+        )
+
+    def _in_background(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("fallback background work failed", extra={"error": repr(task.exception())})
+
+    async def _recompress(self, build: FallbackBuild, quick: Fallback) -> None:
+        """Brotli 11 (about 30 x slower than 5): a fallback is built once, served often."""
+        best = await asyncio.to_thread(build.fallback, BROTLI_QUALITY_MAX)
+        if self._loaded.get(build.version) is quick:
+            self._loaded[build.version] = best
+
+    async def _write(self, build: FallbackBuild) -> None:
+        await asyncio.to_thread(write_fallback, self.built_dir / build.version, self.options, build)
+
+    async def close(self) -> None:
+        """Stops builds under way; lets the writes (and recompression) of built ones finish,
+        so the next start finds them on disk."""
+        await self.flight.close()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def describe_fallback(summary: Mapping[str, Any]) -> str:
+    """One line for an operator: size, modules, and what was left out and why."""
+    left = ", ".join(f"{n} {reason}" for reason, n in sorted(summary["left_out_counts"].items()))
+    return (
+        f"fallback of {summary['version']}: {summary['bytes']} bytes, {summary['modules']} "
+        f"module names; left out: {left or 'nothing'}"
+    )

@@ -125,6 +125,13 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
     "bundler_cache_bytes": ("gauge", "Bytes in the cache, by tier.", "tier"),
     "bundler_cache_corrupt_entries": ("counter", "Disk entries that failed their checksum.", ""),
     "bundler_fallbacks_loaded": ("gauge", "Versions whose static fallback is loaded.", ""),
+    "bundler_fallback_bytes": ("gauge", "Size of each loaded fallback (minified).", "version"),
+    "bundler_fallback_modules": (
+        "gauge",
+        "Module names of each loaded fallback: included, or left out and why "
+        "(does_not_build, imports_failing, over_budget, unknown).",
+        "version,state",
+    ),
     "bundler_ready": ("gauge", "1 when /readyz answers 200.", ""),
     "bundler_draining": ("gauge", "1 after SIGTERM, while draining.", ""),
     "bundler_event_loop_lag_max_seconds": ("gauge", "Largest loop lag in the last minute.", ""),
@@ -143,13 +150,15 @@ class ServiceCollector(Collector):
             if value is None:
                 continue
             family: CounterMetricFamily | GaugeMetricFamily
+            labels = label.split(",") if label else None
             if kind == "counter":
-                family = CounterMetricFamily(name, help_text, labels=[label] if label else None)
+                family = CounterMetricFamily(name, help_text, labels=labels)
             else:
-                family = GaugeMetricFamily(name, help_text, labels=[label] if label else None)
+                family = GaugeMetricFamily(name, help_text, labels=labels)
             if isinstance(value, dict):
                 for label_value, v in sorted(value.items()):
-                    family.add_metric([label_value], v)
+                    # Several labels: the key is their values joined by "|".
+                    family.add_metric(label_value.split("|"), v)
             else:
                 family.add_metric([], value)
             yield family

@@ -1,8 +1,10 @@
 """The request path without HTTP.
 
-spec -> memory cache -> the version's fallback (pull + build once, ahead of all)
-     -> shed? -> SingleFlight(key) build, waited for up to the fallback budget
-     -> the tailored bundle, or the fallback while the build fills the cache
+spec -> memory cache -> disk cache -> shed? -> SingleFlight(key) build, waited for up
+to the fallback budget -> the tailored bundle, or the version's fallback while the
+build fills the cache. Nobody waits on a fallback build: a version whose fallback is
+not ready yet starts it (once, ahead of all tailored builds) and the request takes
+whichever comes first after its budget, its own bundle or the fallback.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cachetools import TTLCache
 
@@ -21,7 +24,8 @@ from bundler.cache import Bundle, MemoryCache
 from bundler.combos import PopularCombos
 from bundler.disk import DiskCache
 from bundler.errors import BuildFailed, BundlerError, ConfigError, Overloaded, UnknownModule
-from bundler.fallback import FallbackStore
+from bundler.fallback import Fallback, FallbackStore
+from bundler.fallback_plan import reason_counts
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.settings import Settings
@@ -143,14 +147,19 @@ class BundleService:
         delay_s = STARTUP_RETRY_MIN_S
         while True:
             try:
-                if await self.fallbacks.get(self.default_version) is not None:
+                if await self.fallbacks.get(self.default_version, retry=True) is not None:
                     break
-                problem = "its fallback could not be built"
+                failure = self.fallbacks.failure(self.default_version)
+                problem = failure.message if failure else "its fallback could not be built"
             except BundlerError as exc:
                 problem = exc.message
             logger.error(
                 "default version not servable yet; not ready",
-                extra={"version": self.default_version, "error": problem, "retry_in_s": delay_s},
+                extra={
+                    "version": self.default_version,
+                    "error": problem.splitlines()[0][:500],
+                    "retry_in_s": delay_s,
+                },
             )
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, STARTUP_RETRY_MAX_S)
@@ -203,29 +212,59 @@ class BundleService:
         if failure is not None:
             raise failure
         budget_ms = self.settings.fallback_budget_ms
-        # Needs the version's source anyway; built once, ahead of every tailored build.
-        fallback = await self.fallbacks.get(spec.version) if budget_ms != -1 else None
-        # Waiting for the fallback may have taken a while (a pull): the build may be done.
-        bundle = self.cache.get(spec.key)
-        if bundle is not None:
-            return Answer(bundle, Mode.HIT)
-        usable = fallback if fallback is not None and fallback.covers(spec.modules) else None
         joining = spec.key in self.flight
-        if not joining and (self._queue_full() or self._lagging()):
-            if usable is not None:
-                return Answer(usable.bundle, Mode.SHED)
-            raise Overloaded("the service is saturated and has no fallback for this request; retry")
-        if usable is None:
+        if budget_ms == -1:  # never the fallback: every miss waits for its own bundle
+            if not joining and (self._queue_full() or self._lagging()):
+                raise Overloaded("the service is saturated; retry")
             return Answer(await self.flight.do(spec.key, lambda: self._build(spec)), Mode.BUILT)
-        if budget_ms == 0:
-            self.flight.ensure(spec.key, lambda: self._build(spec))
-            return Answer(usable.bundle, Mode.FALLBACK)
-        waiter = asyncio.ensure_future(self.flight.do(spec.key, lambda: self._build(spec)))
-        done, _ = await asyncio.wait({waiter}, timeout=budget_ms / 1000)
-        if waiter in done:
-            return Answer(waiter.result(), Mode.BUILT)  # a build error is raised, not hidden
-        waiter.cancel()  # only our wait: the build goes on and fills the cache
-        return Answer(usable.bundle, Mode.FALLBACK)
+        # Built once, ahead of every tailored build; nobody waits for it here.
+        self.fallbacks.ensure(spec.version)
+        if not joining and (self._queue_full() or self._lagging()):
+            # Shed: no build is queued. The fallback, as soon as it exists, if it covers.
+            fallback = await self._fallback(spec.version)
+            if fallback is not None and fallback.covers(spec.modules):
+                return Answer(fallback.bundle, Mode.SHED)
+            raise Overloaded("the service is saturated and has no fallback for this request; retry")
+        self.flight.ensure(spec.key, lambda: self._build(spec))  # admitted now, in this iteration
+        build = asyncio.ensure_future(self.flight.do(spec.key, lambda: self._build(spec)))
+        try:
+            return await self._race(spec, build, budget_ms / 1000)
+        finally:
+            if not build.done():
+                build.cancel()  # only our wait: the build goes on and fills the cache
+
+    async def _race(
+        self, spec: BundleSpec, build: asyncio.Future[Bundle], budget_s: float
+    ) -> Answer:
+        """The tailored bundle if it is ready within the budget; after it, whichever
+        comes first: the fallback (if it covers the request) or the tailored bundle."""
+        fallback = self.fallbacks.loaded(spec.version)
+        if fallback is None or budget_s > 0:
+            await asyncio.wait({build}, timeout=budget_s)
+        if build.done():
+            return Answer(build.result(), Mode.BUILT)  # a build error is raised, not hidden
+        fallback = self.fallbacks.loaded(spec.version)
+        if fallback is None and self.fallbacks.failure(spec.version) is None:
+            pending = asyncio.ensure_future(self._fallback(spec.version))
+            try:
+                either: set[asyncio.Future[Any]] = {build, pending}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                pending.cancel()
+            if build.done():
+                return Answer(build.result(), Mode.BUILT)
+            fallback = self.fallbacks.loaded(spec.version)
+        if fallback is not None and fallback.covers(spec.modules):
+            return Answer(fallback.bundle, Mode.FALLBACK)
+        return Answer(await build, Mode.BUILT)
+
+    async def _fallback(self, version: str) -> Fallback | None:
+        """The version's fallback once it exists; None if it cannot be had (the
+        request's own build reports why, e.g. an unknown version)."""
+        try:
+            return await self.fallbacks.get(version)
+        except BundlerError:
+            return None
 
     async def _build(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
         try:
@@ -277,9 +316,17 @@ class BundleService:
         await asyncio.gather(*self._disk_writes, return_exceptions=True)
         await asyncio.to_thread(self.disk.close)
         await self.flight.close()
-        await self.fallbacks.flight.close()
+        await self.fallbacks.close()
         await self.builder.kill_all()
         await self.source.close()
+
+    def _fallback_module_counts(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for fallback in self.fallbacks.all_loaded():
+            counts[f"{fallback.version}|included"] = len(fallback.names)
+            for reason, n in reason_counts(fallback.left_out).items():
+                counts[f"{fallback.version}|{reason}"] = n
+        return counts
 
     def metric_values(self) -> dict[str, float | dict[str, float]]:
         return {
@@ -294,6 +341,10 @@ class BundleService:
             "bundler_cache_bytes": {"memory": self.cache.bytes, "disk": self.disk.bytes},
             "bundler_cache_corrupt_entries": self.disk.corrupt,
             "bundler_fallbacks_loaded": len(self.fallbacks),
+            "bundler_fallback_bytes": {
+                f.version: len(f.bundle.code) for f in self.fallbacks.all_loaded()
+            },
+            "bundler_fallback_modules": self._fallback_module_counts(),
             "bundler_ready": float(self.ready),
             "bundler_draining": float(self.draining),
             "bundler_event_loop_lag_max_seconds": self.lag.max_s,

@@ -143,6 +143,17 @@ class Settings:
         "used only for the exact source it was built from, others are built on first use.",
         default_factory=default_fallback_dir,
     )
+    fallback_max_bytes: int = _opt(
+        "Size bound of a version's fallback (minified bytes): the most wanted modules that fit "
+        "(the --fallback-modules list, then the most requested, then the package's entry "
+        "points, then the rest); the least wanted are left out first.",
+        default=256 * 1024,
+    )
+    fallback_modules: str = _opt(
+        "File of modules every fallback holds first (one name per line; names after a "
+        "[VERSION] line are for that version only).",
+        default="",
+    )
     fallback_budget_ms: int = _opt(
         "How long a cache miss waits for its tailored build before it gets the fallback; "
         "0: the fallback at once; -1: never the fallback, always wait.",
@@ -199,6 +210,7 @@ class Settings:
             "extract_max_members",
             "extract_max_file_bytes",
             "extract_max_total_bytes",
+            "fallback_max_bytes",
         ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import aiohttp
 from tqdm import tqdm
@@ -25,6 +25,8 @@ from tqdm import tqdm
 from bundler.builder import Builder, check_esbuild
 from bundler.disk import DiskCache
 from bundler.errors import BundlerError
+from bundler.fallback import FallbackStore, describe_fallback, offline_plan
+from bundler.fallback_plan import OperatorList
 from bundler.service import BundleService, build_bundle
 from bundler.settings import Settings
 from bundler.slots import Priority
@@ -39,6 +41,7 @@ BUSY_RETRIES = 5
 
 class Target(Protocol):
     async def warm_one(self, modules: list[str]) -> str: ...  # "built" | "cached"; raises
+    async def fallback(self) -> dict[str, Any]: ...  # the version's fallback, built if need be
 
 
 class WarmFailed(Exception):
@@ -93,6 +96,14 @@ class ServerTarget:
         self.version = version
         self.headers = {"X-Warm-Token": token} if token else {}
 
+    async def fallback(self) -> dict[str, Any]:
+        url = self.url.removesuffix("/warm") + "/fallback.json"
+        async with self.session.get(url, params={"v": self.version}) as resp:
+            if resp.status != 200:
+                raise WarmFailed(f"HTTP {resp.status}: {(await resp.text()).strip()}")
+            summary: dict[str, Any] = await resp.json()
+        return summary
+
     async def warm_one(self, modules: list[str]) -> str:
         payload = {"version": self.version, "modules": modules}
         for attempt in range(BUSY_RETRIES + 1):
@@ -126,13 +137,34 @@ class OfflineTarget:
         self.disk = DiskCache(data_dir / "cache", settings.disk_cache_max_bytes)
         self.options = BundleService.options_from(settings)
 
+        self.fallbacks = FallbackStore(
+            settings.static_fallback_dir,
+            data_dir,
+            self.builder,
+            self.source,
+            self.options,
+            max_versions=1,
+            max_bytes=settings.fallback_max_bytes,
+            operator=OperatorList.load(settings.fallback_modules),
+            popular=lambda: offline_plan(settings, version).popular,
+        )
+
     async def start(self) -> None:
         await self.source.start()
         await self.disk.start()
 
     async def close(self) -> None:
+        await self.fallbacks.close()  # waits for its write into the data dir
         await self.source.close()
         await asyncio.to_thread(self.disk.close)
+
+    async def fallback(self) -> dict[str, Any]:
+        """Built into <data-dir>/fallback/, where the service finds it at its start."""
+        fallback = await self.fallbacks.get(self.version)
+        if fallback is None:
+            failure = self.fallbacks.failure(self.version)
+            raise WarmFailed(failure.message if failure else "the fallback could not be built")
+        return fallback.summary()
 
     async def warm_one(self, modules: list[str]) -> str:
         spec, _ = parse_query(
@@ -176,6 +208,19 @@ async def warm(
     await asyncio.gather(*(one(c) for c in combos))
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def warm_fallback(target: Target, out: TextIO = sys.stderr) -> str | None:
+    """The version's fallback first, so a release never meets a cold one; the problem if
+    it could not be had."""
+    try:
+        summary = await target.fallback()
+    except (BundlerError, WarmFailed, aiohttp.ClientError, TimeoutError) as exc:
+        reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        print(f"fallback: FAILED: {reason.splitlines()[0][:MAX_REASON_CHARS]}", file=out)
+        return reason
+    print(describe_fallback(summary), file=out)
+    return None
 
 
 async def run_with_progress(
