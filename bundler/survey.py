@@ -84,7 +84,7 @@ async def run_survey(
             break
         run = await builder.survey(survey_job(version, active, options), root, sorted(failing))
         if run.ok:
-            return _survey(run, active, failing, unresolved, candidates)
+            return _survey(run, root, active, failing, unresolved, candidates)
         progress = False
         for location, message in parse_errors(run.stderr):
             reason = sanitize(message, root, workdir_hint)[:MAX_REASON_CHARS]
@@ -111,6 +111,7 @@ async def run_survey(
 
 def _survey(
     run: SurveyRun,
+    root: Path,
     names: list[str],
     failing: dict[str, str],
     unresolved: dict[str, str],
@@ -139,8 +140,15 @@ def _survey(
             if not record.get("external"):
                 deps.append(path)
                 continue
-            target = os.path.normpath(os.path.join(os.path.dirname(key), path))
-            if target in failing:
+            # esbuild writes an external path relative to the output file's directory
+            # (the scratch dir, where the entry is too).
+            out_dir = os.path.join(root, os.path.dirname(run.entry_key))
+            targets = (
+                os.path.relpath(os.path.normpath(os.path.join(out_dir, path)), root),
+                os.path.normpath(os.path.join(os.path.dirname(key), path)),
+            )
+            target = next((t for t in targets if t in failing), None)
+            if target is not None:
                 deps.append(target)
             elif key != run.entry_key:
                 failing.setdefault(key, f"imports {path}, which does not build")

@@ -328,3 +328,81 @@ async def test_warm_and_map_requests_are_bounded_by_the_queue_too(
     assert resp.status == 503 and resp.headers["Retry-After"] == "5"
     assert "queue is full" in await resp.text()
     assert [r.status for r in await asyncio.gather(*busy)] == [200, 200]
+
+
+SPLIT = """#!/bin/sh
+# The real esbuild, started late: fallback runs (their entry says mode "fallback") wait
+# {fallback_delay} s, tailored ones {tailored_delay} s.
+for arg in "$@"; do case "$arg" in *entry.js) entry="$arg";; esac; done
+if grep -q 'mode: "fallback"' "$entry"; then sleep {fallback_delay}; else sleep {tailored_delay}; fi
+exec "{real}" "$@"
+"""
+
+
+def split_esbuild(tmp_path: Path, real: str, fallback_delay: float, tailored_delay: float) -> str:
+    path = tmp_path / "esbuild-split"
+    path.write_text(
+        SPLIT.format(fallback_delay=fallback_delay, tailored_delay=tailored_delay, real=real)
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def two_versions(tmp_path: Path) -> Path:
+    """1.1.0 (its static fallback applies) and a new 3.0.0 whose fallback must be built."""
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
+    shutil.copytree(EXAMPLES / "1.1.0", source / "3.0.0")
+    return source
+
+
+async def test_a_miss_does_not_wait_for_a_slow_fallback(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], esbuild: str, tmp_path: Path
+) -> None:
+    """Its own bundle is ready first: the request takes it, the fallback still building."""
+    app = create_app(
+        make_settings(
+            source=str(two_versions(tmp_path)),
+            esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=3, tailored_delay=0),
+            fallback_budget_ms=100,
+        )
+    )
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    started = time.monotonic()
+    resp = await client.get("/bundle.js?modules=components/hero&v=3.0.0")
+    waited = time.monotonic() - started
+    assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "tailored"
+    assert app[SERVICE].fallbacks.loaded("3.0.0") is None  # still being built
+    assert waited < 2, waited  # the seed waited for the fallback first: over 3 s here
+
+
+async def test_a_miss_takes_the_fallback_as_soon_as_it_exists(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], esbuild: str, tmp_path: Path
+) -> None:
+    """Its own bundle is slow: past the budget, the fallback the moment it is built."""
+    app = create_app(
+        make_settings(
+            source=str(two_versions(tmp_path)),
+            esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=0.3, tailored_delay=4),
+            fallback_budget_ms=100,
+            build_queue_max=-1,
+        )
+    )
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    started = time.monotonic()
+    resp = await client.get("/bundle.js?modules=components/card&v=3.0.0")
+    waited = time.monotonic() - started
+    assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "fallback"
+    assert 0.5 < waited < 3, waited  # two fallback runs (survey, build), not the 4 s build
+    # A module the fallback does not have waits for its own bundle.
+    resp = await client.get("/bundle.js?modules=components/nope&v=3.0.0")
+    assert resp.status == 404
+    # The quickly compressed fallback is replaced by its brotli-11 form behind the scenes.
+    for _ in range(100):
+        fallback = app[SERVICE].fallbacks.loaded("3.0.0")
+        if fallback is not None and fallback.bundle.br_quality == 11:
+            break
+        await asyncio.sleep(0.02)
+    assert fallback is not None and fallback.bundle.br_quality == 11
