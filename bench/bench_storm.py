@@ -1,8 +1,11 @@
 """The release-storm benchmark: a new version's cold burst, tuned service vs the naive one.
 
-Corpus: lodash-es from npm (`npm pack`), served as version tarballs by a local
-HTTP server (python -m http.server, its own process). The service (its own
-process) is warm on 4.17.20; then 4.17.21 is "released": requests for it arrive
+Corpora, real npm packages of two shapes (`npm pack`, cached in bench/.cache/),
+served as version tarballs by a local HTTP server (python -m http.server, its
+own process): lodash-es (650 small ES modules) and date-fns (5,300 files: ES
+modules, CommonJS copies, declaration files, 90 locales, and a test helper that
+imports a file the package does not ship). The service (its own process) is
+warm on the older release; then the newer one is "released": requests for it arrive
 open-loop at --rate per second for --duration seconds, drawn by Zipf popularity
 from --combos distinct combinations of 3-12 modules, module order shuffled.
 A separate probe process polls /readyz and /healthz every 100 ms with a 1 s
@@ -10,7 +13,7 @@ timeout, as kubelet would. The same storm then hits a naive configuration
 (waiters woken in one iteration, no fallback budget, unbounded queue, no lag
 shedding). One table compares the two.
 
-Run: make bench-storm   (about two minutes; not part of the test suite)
+Run: make bench-storm   (about five minutes; not part of the test suite)
 """
 
 from __future__ import annotations
@@ -37,13 +40,40 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
-WARM, RELEASE = "4.17.20", "4.17.21"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    package: str
+    warm: str
+    release: str
+    pattern: str  # module files a page asks for (a regex over paths in the tarball)
+    exclude: tuple[str, ...] = ()
+    # Modules a page adds at most one of, a third of the time, by Zipf popularity (a locale).
+    optional: str = ""
+
+
+CORPORA = {
+    "lodash-es": Corpus(
+        "lodash-es", "4.17.20", "4.17.21", r"[a-zA-Z][a-zA-Z0-9]*\.js", ("lodash", "lodash.default")
+    ),
+    "date-fns": Corpus(
+        "date-fns",
+        "4.0.0",
+        "4.1.0",
+        r"[a-z][a-zA-Z0-9]*\.js",
+        ("index", "fp", "locale", "constants", "types"),
+        optional=r"locale/[a-z][a-zA-Z0-9-]*\.js",
+    ),
+}
 NAIVE_FLAGS = [
     "--flight-release", "all-at-once",
     "--fallback-budget-ms", "-1",
     "--build-queue-max", "-1",
     "--shed-lag-ms", "0",
 ]  # fmt: skip
+# What browsers send; the bytes counted are the compressed bytes on the wire.
+ACCEPT_ENCODING = "gzip, deflate, br"
 PROBE_INTERVAL_S = 0.1
 PROBE_TIMEOUT_S = 1.0
 # After the storm, how long outstanding requests may still finish before they count as failed.
@@ -56,34 +86,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ensure_corpus() -> None:
+def ensure_corpus(corpus: Corpus) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
-    for version in (WARM, RELEASE):
-        if not (CACHE / f"lodash-es-{version}.tgz").exists():
+    for version in (corpus.warm, corpus.release):
+        if not (CACHE / f"{corpus.package}-{version}.tgz").exists():
             subprocess.run(
-                ["npm", "pack", f"lodash-es@{version}", "--pack-destination", str(CACHE)],
+                ["npm", "pack", f"{corpus.package}@{version}", "--pack-destination", str(CACHE)],
                 check=True,
                 capture_output=True,
             )
 
 
-def public_modules() -> list[str]:
-    with tarfile.open(CACHE / f"lodash-es-{RELEASE}.tgz") as tar:
+def public_modules(corpus: Corpus, pattern: str = "") -> list[str]:
+    with tarfile.open(CACHE / f"{corpus.package}-{corpus.release}.tgz") as tar:
         names = [m.name.removeprefix("package/") for m in tar.getmembers()]
     return sorted(
         n[:-3]
         for n in names
-        if re.fullmatch(r"[a-zA-Z][a-zA-Z0-9]*\.js", n)
-        and n not in ("lodash.js", "lodash.default.js")
+        if re.fullmatch(pattern or corpus.pattern, n) and n[:-3] not in corpus.exclude
     )
 
 
-def make_combos(modules: list[str], count: int, seed: int) -> list[list[str]]:
+def make_combos(corpus: Corpus, count: int, seed: int) -> list[list[str]]:
     rng = random.Random(seed)
+    modules = public_modules(corpus)
+    optional = public_modules(corpus, corpus.optional) if corpus.optional else []
+    rng.shuffle(optional)  # their popularity rank
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(len(optional))]
     seen: set[tuple[str, ...]] = set()
     combos = []
     while len(combos) < count:
-        combo = tuple(sorted(rng.sample(modules, rng.randint(3, 12))))
+        picked = rng.sample(modules, rng.randint(3, 12))
+        if optional and rng.random() < 1 / 3:
+            picked += rng.choices(optional, weights=weights)
+        combo = tuple(sorted(picked))
         if combo not in seen:
             seen.add(combo)
             combos.append(list(combo))
@@ -119,7 +155,13 @@ async def probe_role(url: str, out: Path, duration_s: float) -> None:
 
 
 async def load_role(
-    url: str, out: Path, combos_file: Path, rate: float, duration_s: float, seed: int
+    url: str,
+    out: Path,
+    combos_file: Path,
+    rate: float,
+    duration_s: float,
+    seed: int,
+    version: str,
 ) -> None:
     combos = json.loads(combos_file.read_text())
     rng = random.Random(seed)
@@ -144,8 +186,8 @@ async def load_role(
             started = time.perf_counter()
             try:
                 async with session.get(
-                    f"{url}/bundle.js?modules={','.join(modules)}&v={RELEASE}",
-                    headers={"Accept-Encoding": "gzip"},
+                    f"{url}/bundle.js?modules={','.join(modules)}&v={version}",
+                    headers={"Accept-Encoding": ACCEPT_ENCODING},
                     auto_decompress=False,
                 ) as resp:
                     record["ttfb"] = time.perf_counter() - started
@@ -219,7 +261,13 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) 
     raise RuntimeError("the service did not become ready")
 
 
-def warm_up(url: str, combos: list[list[str]], count: int) -> None:
+def warm_up(url: str, combos: list[list[str]], count: int, version: str) -> None:
+    """The old version's traffic: ``count`` requests by the same Zipf popularity as the
+    storm (so the versionless popularity sketch has seen what pages ask for)."""
+    rng = random.Random(1)
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(len(combos))]
+    picks = [combos[i] for i in rng.choices(range(len(combos)), weights=weights, k=count)]
+
     async def run() -> None:
         async with aiohttp.ClientSession() as session:
             sem = asyncio.Semaphore(4)
@@ -227,11 +275,11 @@ def warm_up(url: str, combos: list[list[str]], count: int) -> None:
             async def one(mods: list[str]) -> None:
                 async with (
                     sem,
-                    session.get(f"{url}/bundle.js?modules={','.join(mods)}&v={WARM}") as r,
+                    session.get(f"{url}/bundle.js?modules={','.join(mods)}&v={version}") as r,
                 ):
                     await r.read()
 
-            await asyncio.gather(*(one(c) for c in combos[:count]))
+            await asyncio.gather(*(one(c) for c in picks))
 
     asyncio.run(run())
 
@@ -241,13 +289,28 @@ class Result:
     probe: list[dict[str, Any]]
     load: list[dict[str, Any]]
     builds: float
+    fallback: dict[str, Any]
     lag_max_s: float
     lag_p99_s: float
     peak_rss_kib: int
 
 
+def fallback_info(url: str, version: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"{url}/fallback.json?v={version}", timeout=60) as resp:
+            info: dict[str, Any] = json.loads(resp.read())
+    except OSError:
+        return {}
+    return info
+
+
 def run_storm(
-    label: str, flags: list[str], artifact_url: str, combos_file: Path, args: argparse.Namespace
+    label: str,
+    flags: list[str],
+    artifact_url: str,
+    combos_file: Path,
+    args: argparse.Namespace,
+    corpus: Corpus,
 ) -> Result:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -258,14 +321,14 @@ def run_storm(
             [
                 sys.executable, "-m", "bundler", "serve", "--port", str(port),
                 "--data-dir", str(work_dir / "data"),
-                "--source", artifact_url + "/lodash-es-{version}.tgz",
-                "--default-version", WARM, "--log-level", "WARNING", *flags,
+                "--source", artifact_url + f"/{corpus.package}-{{version}}.tgz",
+                "--default-version", corpus.warm, "--log-level", "WARNING", *flags,
             ],
             cwd=ROOT, stderr=log, env={**os.environ, **({"PYTHONASYNCIODEBUG": "1"} if args.debug else {})},
         )  # fmt: skip
         try:
             wait_ready(url, server)
-            warm_up(url, json.loads(combos_file.read_text()), args.warm)
+            warm_up(url, json.loads(combos_file.read_text()), args.warm, corpus.warm)
             builds_before = metric(url, "bundler_builds_total")
             lag_before = lag_buckets(url)
             me = [sys.executable, __file__]
@@ -291,7 +354,7 @@ def run_storm(
             load = subprocess.Popen([
                 *me, "--role", "load", "--url", url, "--out", str(load_out), "--combos-file", str(combos_file),
                 "--rate", str(args.rate), "--duration", str(args.duration), "--seed", str(args.seed),
-                "--load-niceness", str(args.load_niceness),
+                "--load-niceness", str(args.load_niceness), "--version", corpus.release,
             ])  # fmt: skip
             spy = None
             if args.profile:
@@ -318,6 +381,9 @@ def run_storm(
             if spy:
                 spy.wait()
             builds = metric(url, "bundler_builds_total") - builds_before
+            fallback = (
+                fallback_info(url, corpus.release) if "--fallback-budget-ms" not in flags else {}
+            )
             lag_max = metric(url, "bundler_event_loop_lag_max_seconds")
             lag_p99 = lag_quantile(lag_before, lag_buckets(url), 0.99)
             status = Path(f"/proc/{server.pid}/status").read_text()
@@ -329,6 +395,7 @@ def run_storm(
                 json.loads(probe_out.read_text()),
                 json.loads(load_out.read_text()),
                 builds,
+                fallback,
                 lag_max,
                 lag_p99,
                 rss,
@@ -376,7 +443,18 @@ def summarize(result: Result, duration_s: float) -> dict[str, str]:
     )
     row["5xx / no answer"] = f"{five} / {lost}"
     row["tailored share, last third"] = f"{tailored_last:.1%}"
-    row["bytes served (gzip)"] = f"{sum(r['bytes'] for r in load) / 1e6:.1f} MB"
+    fallback = result.fallback
+    row["fallback bytes / modules"] = (
+        f"{fallback['bytes'] / 1024:.0f} KiB / {fallback['modules']}" if fallback else "-"
+    )
+    answered = [r for r in done if r["status"] == 200]
+    tailored = [r["bytes"] for r in answered if r["mode"] == "tailored"]
+    mean_all = sum(r["bytes"] for r in answered) / max(1, len(answered))
+    mean_tailored = sum(tailored) / max(1, len(tailored))
+    row["mean bytes/request (wire)"] = f"{mean_all / 1024:.1f} KiB"
+    row["mean tailored bundle (wire)"] = f"{mean_tailored / 1024:.1f} KiB"
+    row["bytes/request vs tailored"] = f"{mean_all / max(1.0, mean_tailored):.2f} x"
+    row["bytes served (wire)"] = f"{sum(r['bytes'] for r in load) / 1e6:.1f} MB"
     row["loop lag p99 (bucket) / max ms"] = (
         f"<= {result.lag_p99_s * 1000:g} / {result.lag_max_s * 1000:.0f}"
     )
@@ -397,10 +475,19 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--combos", type=int, default=2000)
     parser.add_argument(
-        "--warm", type=int, default=200, help="combinations of the old version built first"
+        "--warm", type=int, default=600, help="requests for the old version, made first"
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--only", choices=("tuned", "naive"))
+    parser.add_argument(
+        "--packages",
+        default=",".join(CORPORA),
+        help=f"comma-separated corpora to run, of: {', '.join(CORPORA)}",
+    )
+    parser.add_argument("--version", help=argparse.SUPPRESS)  # the load role's release
+    parser.add_argument(
+        "--serve-flags", default="", help="extra `bundler serve` flags for the tuned run"
+    )
     parser.add_argument("--load-niceness", type=int, default=10)
     parser.add_argument(
         "--profile", type=Path, help="py-spy raw profile of the service (needs: pip install py-spy)"
@@ -418,12 +505,21 @@ def main() -> None:
         # CPU the service would have in production, so they yield it (nice), like esbuild.
         os.nice(args.load_niceness)
         asyncio.run(
-            load_role(args.url, args.out, args.combos_file, args.rate, args.duration, args.seed)
+            load_role(
+                args.url,
+                args.out,
+                args.combos_file,
+                args.rate,
+                args.duration,
+                args.seed,
+                args.version,
+            )
         )
         return
 
-    ensure_corpus()
-    combos = make_combos(public_modules(), args.combos, args.seed)
+    corpora = [CORPORA[name] for name in args.packages.split(",")]
+    for corpus in corpora:
+        ensure_corpus(corpus)
     artifact_port = free_port()
     artifacts = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(artifact_port), "--bind", "127.0.0.1", "--directory", str(CACHE)],
@@ -431,30 +527,42 @@ def main() -> None:
     )  # fmt: skip
     time.sleep(0.5)
     artifact_url = f"http://127.0.0.1:{artifact_port}"
-    configs = {"tuned": [], "naive": NAIVE_FLAGS}
+    configs = {"tuned": args.serve_flags.split(), "naive": NAIVE_FLAGS}
     if args.only:
         configs = {args.only: configs[args.only]}
-    rows: dict[str, dict[str, str]] = {}
+    tables: dict[str, dict[str, dict[str, str]]] = {}
     try:
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as combos_file:
-            json.dump(combos, combos_file)
-            combos_file.flush()
-            for label, flags in configs.items():
-                rows[label] = summarize(
-                    run_storm(label, flags, artifact_url, Path(combos_file.name), args),
-                    args.duration,
-                )
+        for corpus in corpora:
+            combos = make_combos(corpus, args.combos, args.seed)
+            rows = tables[corpus.package] = {}
+            with tempfile.NamedTemporaryFile("w", suffix=".json") as combos_file:
+                json.dump(combos, combos_file)
+                combos_file.flush()
+                for label, flags in configs.items():
+                    rows[label] = summarize(
+                        run_storm(label, flags, artifact_url, Path(combos_file.name), args, corpus),
+                        args.duration,
+                    )
     finally:
         artifacts.terminate()
         artifacts.wait()
-    print(
-        f"\nRelease storm: lodash-es {WARM} warm -> {RELEASE} cold, {args.rate:g} req/s for {args.duration:g} s, "
-        f"{args.combos} combinations (Zipf s=1.1, 3-12 modules), {os.cpu_count()} CPUs"
-    )
-    labels = list(rows)
-    print(f"{'':32}" + "".join(f"{label:>30}" for label in labels))
-    for key in rows[labels[0]]:
-        print(f"{key:32}" + "".join(f"{rows[label][key]:>30}" for label in labels))
+    for corpus in corpora:
+        rows = tables[corpus.package]
+        print(
+            f"\nRelease storm: {corpus.package} {corpus.warm} warm -> {corpus.release} cold, "
+            f"{args.rate:g} req/s for {args.duration:g} s, {args.combos} combinations "
+            f"(Zipf s=1.1, 3-12 modules of {len(public_modules(corpus))}"
+            + (
+                f", a third with one of {len(public_modules(corpus, corpus.optional))} locales"
+                if corpus.optional
+                else ""
+            )
+            + f"), {os.cpu_count()} CPUs"
+        )
+        labels = list(rows)
+        print(f"{'':32}" + "".join(f"{label:>30}" for label in labels))
+        for key in rows[labels[0]]:
+            print(f"{key:32}" + "".join(f"{rows[label][key]:>30}" for label in labels))
 
 
 if __name__ == "__main__":

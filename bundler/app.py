@@ -23,6 +23,7 @@ from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histog
 from bundler.negotiate import choose_encoding
 from bundler.service import BundleService
 from bundler.settings import Settings
+from bundler.slots import Priority
 from bundler.sources import open_source
 from bundler.spec import validate_version
 
@@ -260,7 +261,8 @@ def create_app(settings: Settings) -> web.Application:
     durations = build_histogram(registry)
 
     def observe(job: BuildJob, seconds: float, result: str) -> None:
-        durations.labels(kind=job.priority.name.lower()).observe(seconds)
+        kind = "tailored" if job.priority == Priority.UNCOVERED else job.priority.name.lower()
+        durations.labels(kind=kind).observe(seconds)
 
     builder.on_finish = observe
     options = BundleService.options_from(settings)

@@ -75,20 +75,22 @@ class BuildJob:
 
 
 @dataclass(frozen=True)
+class BuildOutput:
+    code: bytes
+    sourcemap: bytes | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
 class SurveyRun:
     """One survey build (bundler.survey): no output kept, only what esbuild reported."""
 
     ok: bool
     metafile: dict[str, Any] | None
     entry_key: str  # the entry file as the metafile names it
-    stderr: str  # machine paths removed
-
-
-@dataclass(frozen=True)
-class BuildOutput:
-    code: bytes
-    sourcemap: bytes | None
-    duration_s: float
+    stderr: str
+    # The bundle itself, when the job asked for a source map and nothing came from outside.
+    output: BuildOutput | None = None
 
 
 def check_esbuild(path: str) -> str:
@@ -176,14 +178,22 @@ class Builder:
             if returncode != 0 and (returncode < 0 or "[ERROR]" not in stderr):
                 raise self._error(returncode, stderr, job, source_root, workdir)
             metafile = None
+            output = None
             if returncode == 0:
                 raw = await asyncio.to_thread((workdir / METAFILE_NAME).read_bytes)
                 metafile = json.loads(raw)
+                if job.map_url and not externals:
+                    read = await asyncio.to_thread(
+                        _read_output, workdir / OUTPUT_NAME, entry, source_root, job.map_url
+                    )
+                    if not read.outside:
+                        output = BuildOutput(read.code, read.sourcemap, 0.0)
             return SurveyRun(
                 ok=returncode == 0,
                 metafile=metafile,
                 entry_key=_relative(entry, source_root),
                 stderr=stderr,
+                output=output,
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)

@@ -256,7 +256,11 @@ async def build_fallback(
     factor = SURVEY_SOURCE_FACTOR
     for _ in range(MAX_SURVEYS):
         count = survey_prefix(ranked, candidates, factor * plan.max_bytes)
-        survey = await run_survey(builder, root, version, ranked[:count], options, candidates)
+        # Everything is surveyed: the survey's bundle may turn out to be the fallback itself.
+        whole = map_url(version) if count == len(ranked) else None
+        survey = await run_survey(
+            builder, root, version, ranked[:count], options, candidates, whole
+        )
         selection = select(ranked, survey, plan.max_bytes)
         if count == len(ranked) or selection.estimated_bytes >= BUDGET_FILLED * plan.max_bytes:
             break
@@ -271,8 +275,15 @@ async def build_fallback(
             f"version {version} has no module that builds within the fallback budget "
             f"({first[0]}: {first[1]})"
         )
-    registrations = [(name, name) for name in selection.names]
-    output = await builder.build(fallback_job(version, registrations, options), root)
+    output = survey.output
+    if output is None or tuple(selection.names) != tuple(sorted(survey.names)):
+        registrations = [(name, name) for name in selection.names]
+        output = await builder.build(fallback_job(version, registrations, options), root)
+    if len(output.code) > plan.max_bytes:  # the estimate was short: aim lower, once
+        target = plan.max_bytes * plan.max_bytes // len(output.code)
+        selection = select(ranked, survey, target)
+        registrations = [(name, name) for name in selection.names]
+        output = await builder.build(fallback_job(version, registrations, options), root)
     assert output.sourcemap is not None
     return FallbackBuild(
         version=version,

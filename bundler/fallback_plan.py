@@ -330,6 +330,8 @@ class Survey:
     bytes_per_name: float  # the entry's registration cost of one name
     failing: dict[str, str]  # input that does not build -> why (one line)
     unresolved: dict[str, str]  # name esbuild could not resolve -> why
+    names: tuple[str, ...] = ()  # what the survey registered
+    output: Any = None  # its bundle (a BuildOutput), when it can serve as the fallback itself
 
 
 @dataclass(frozen=True)

@@ -220,13 +220,20 @@ class BundleService:
         # Built once, ahead of every tailored build; nobody waits for it here.
         self.fallbacks.ensure(spec.version)
         if not joining and (self._queue_full() or self._lagging()):
-            # Shed: no build is queued. The fallback, as soon as it exists, if it covers.
+            # Shed: the fallback (as soon as it exists) if it covers, and no build queued.
             fallback = await self._fallback(spec.version)
             if fallback is not None and fallback.covers(spec.modules):
                 return Answer(fallback.bundle, Mode.SHED)
-            raise Overloaded("the service is saturated and has no fallback for this request; retry")
-        self.flight.ensure(spec.key, lambda: self._build(spec))  # admitted now, in this iteration
-        build = asyncio.ensure_future(self.flight.do(spec.key, lambda: self._build(spec)))
+            # Nothing else can answer this page: its build, ahead of those that have one.
+            bundle = await self.flight.do(spec.key, lambda: self._build(spec, Priority.UNCOVERED))
+            return Answer(bundle, Mode.BUILT)
+        fallback = self.fallbacks.loaded(spec.version)
+        priority = (
+            Priority.UNCOVERED
+            if fallback is not None and not fallback.covers(spec.modules)
+            else Priority.TAILORED
+        )
+        build = asyncio.ensure_future(self.flight.do(spec.key, lambda: self._build(spec, priority)))
         try:
             return await self._race(spec, build, budget_ms / 1000)
         finally:

@@ -3,7 +3,8 @@
 A plain semaphore wakes waiters in arrival order; here a released slot goes to
 the most urgent waiter (lowest priority number), FIFO within one priority. The
 static fallback of a new version is thus built ahead of every queued tailored
-build, and a warm-up never delays a page.
+build, a page the fallback cannot serve ahead of one it can, and a warm-up never
+delays a page.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from contextlib import asynccontextmanager
 
 class Priority(enum.IntEnum):
     FALLBACK = 0
-    TAILORED = 1
-    WARM = 2
+    UNCOVERED = 1  # a tailored build whose requests the fallback cannot answer
+    TAILORED = 2
+    WARM = 3
 
 
 class PrioritySlots:

@@ -51,7 +51,9 @@ def parse_errors(stderr: str) -> list[tuple[str | None, str]]:
     return errors
 
 
-def survey_job(version: str, names: Sequence[str], options: BuildOptions) -> BuildJob:
+def survey_job(
+    version: str, names: Sequence[str], options: BuildOptions, map_url: str | None
+) -> BuildJob:
     return BuildJob(
         version=version,
         registrations=tuple((n, n) for n in names),
@@ -60,6 +62,7 @@ def survey_job(version: str, names: Sequence[str], options: BuildOptions) -> Bui
         label=f"fallback survey {version}",
         priority=Priority.FALLBACK,
         mode="fallback",
+        map_url=map_url,
     )
 
 
@@ -74,15 +77,19 @@ async def run_survey(
     names: Sequence[str],
     options: BuildOptions,
     candidates: Candidates,
+    map_url: str | None = None,
 ) -> Survey:
+    """``map_url``: make the bundle with its source map too, so that a survey whose
+    every name builds and fits can be the fallback itself (a small package)."""
     failing: dict[str, str] = {}
     unresolved: dict[str, str] = {}
-    active = list(names)
+    active = sorted(names)  # the fallback's own (canonical) order
     workdir_hint = builder.scratch_dir
     for _ in range(MAX_ROUNDS):
         if not active:
             break
-        run = await builder.survey(survey_job(version, active, options), root, sorted(failing))
+        job = survey_job(version, active, options, map_url)
+        run = await builder.survey(job, root, sorted(failing))
         if run.ok:
             return _survey(run, root, active, failing, unresolved, candidates)
         progress = False
@@ -153,11 +160,14 @@ def _survey(
             elif key != run.entry_key:
                 failing.setdefault(key, f"imports {path}, which does not build")
         imports[key] = deps
-    output: dict[str, Any] = next(iter(run.metafile.get("outputs", {}).values()), {})
+    outputs = run.metafile.get("outputs", {})
+    output: dict[str, Any] = next((v for k, v in outputs.items() if not k.endswith(".map")), {})
     sizes = {k: int(v.get("bytesInOutput", 0)) for k, v in output.get("inputs", {}).items()}
     entry_bytes = sizes.pop(run.entry_key, 0)
     base = max(0, int(output.get("bytes", 0)) - entry_bytes - sum(sizes.values()))
     return Survey(
+        names=tuple(names),
+        output=run.output,
         resolved=resolved,
         imports=imports,
         bytes_in_output=sizes,
