@@ -233,6 +233,8 @@ class BundleService:
             if fallback is not None and not fallback.covers(spec.modules)
             else Priority.TAILORED
         )
+        # Started now: cancelling our wait below must never cancel the build itself.
+        self.flight.ensure(spec.key, lambda: self._build(spec, priority))
         build = asyncio.ensure_future(self.flight.do(spec.key, lambda: self._build(spec, priority)))
         try:
             return await self._race(spec, build, budget_ms / 1000)
