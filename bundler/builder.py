@@ -18,10 +18,10 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bundler.entry import Registration, entry_source, names_for_specifier
 from bundler.errors import BuildCrashed, BuildFailed, BuildTimeout, ConfigError, UnknownModule
@@ -29,6 +29,8 @@ from bundler.slots import Priority, PrioritySlots
 from bundler.spec import BuildOptions, BundleSpec
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 UNRESOLVED = re.compile(r'Could not resolve "([^"]+)"')
 SOURCE_MAP_COMMENT = re.compile(rb"//# sourceMappingURL=\S+\s*$")
@@ -137,34 +139,30 @@ class Builder:
         return self.slots.queued
 
     async def build(self, job: BuildJob, source_root: Path) -> BuildOutput:
-        async with self.slots.slot(job.priority):
-            started = time.perf_counter()
-            result = "ok"
-            try:
-                return await self._build(job, source_root)
-            except BaseException as exc:
-                result = RESULTS.get(type(exc), "error")
-                raise
-            finally:
-                self.results[result] += 1
-                if self.on_finish is not None:
-                    self.on_finish(job, time.perf_counter() - started, result)
+        return await self._in_slot(job, self._build(job, source_root))
 
     async def survey(self, job: BuildJob, source_root: Path, externals: Sequence[str]) -> SurveyRun:
         """Bundle ``job`` only to learn its module graph and sizes (esbuild's metafile),
         every error reported; ``externals`` (paths under the root) are left unbundled."""
-        async with self.slots.slot(job.priority):
-            started = time.perf_counter()
-            result = "ok"
-            try:
-                return await self._survey(job, source_root, externals)
-            except BaseException as exc:
-                result = RESULTS.get(type(exc), "error")
-                raise
-            finally:
-                self.results[result] += 1
-                if self.on_finish is not None:
-                    self.on_finish(job, time.perf_counter() - started, result)
+        return await self._in_slot(job, self._survey(job, source_root, externals))
+
+    async def _in_slot(self, job: BuildJob, run: Coroutine[Any, Any, T]) -> T:
+        """Runs one esbuild job in a pool slot, counted by how it ended."""
+        try:
+            async with self.slots.slot(job.priority):
+                started = time.perf_counter()
+                result = "ok"
+                try:
+                    return await run
+                except BaseException as exc:
+                    result = RESULTS.get(type(exc), "error")
+                    raise
+                finally:
+                    self.results[result] += 1
+                    if self.on_finish is not None:
+                        self.on_finish(job, time.perf_counter() - started, result)
+        finally:
+            run.close()  # never started (cancelled while queued): no "never awaited" warning
 
     async def _survey(
         self, job: BuildJob, source_root: Path, externals: Sequence[str]

@@ -104,6 +104,12 @@ class Plan:
     popular: tuple[str, ...] = ()
     operator_digest: str = ""
 
+    @classmethod
+    def make(
+        cls, version: str, max_bytes: int, operator: OperatorList, popular: Sequence[str]
+    ) -> Plan:
+        return cls(max_bytes, operator.names(version), tuple(popular), operator.digest(version))
+
 
 def fallback_job(
     version: str, registrations: Sequence[Registration], options: BuildOptions
@@ -246,7 +252,8 @@ async def build_fallback(
     """Choose and build the fallback of the version whose source is at ``root`` (held in use).
 
     A survey build measures the most wanted candidates (bundler.survey); the
-    selection within the budget is then built once more, with its source map.
+    selection within the budget is then built once more, with its source map, unless
+    the survey took every candidate and all of it fits: its bundle is the fallback.
     """
     candidates = await asyncio.to_thread(list_candidates, root)
     package = await asyncio.to_thread(read_package_json, root)
@@ -265,12 +272,8 @@ async def build_fallback(
         if count == len(ranked) or selection.estimated_bytes >= BUDGET_FILLED * plan.max_bytes:
             break
         factor *= 4
-    left_out = dict(selection.left_out)
-    for name in plan.operator:
-        if name not in candidates.files:
-            left_out[name] = f"{UNKNOWN}: no JavaScript module of this version has this name"
     if not selection.names:
-        first = next(iter(left_out.items()), ("", "nothing to build"))
+        first = next(iter(selection.left_out.items()), ("", "nothing to build"))
         raise BuildFailed(
             f"version {version} has no module that builds within the fallback budget "
             f"({first[0]}: {first[1]})"
@@ -280,10 +283,15 @@ async def build_fallback(
         registrations = [(name, name) for name in selection.names]
         output = await builder.build(fallback_job(version, registrations, options), root)
     if len(output.code) > plan.max_bytes:  # the estimate was short: aim lower, once
-        target = plan.max_bytes * plan.max_bytes // len(output.code)
-        selection = select(ranked, survey, target)
-        registrations = [(name, name) for name in selection.names]
-        output = await builder.build(fallback_job(version, registrations, options), root)
+        trimmed = select(ranked, survey, plan.max_bytes * plan.max_bytes // len(output.code))
+        if trimmed.names:
+            selection = trimmed
+            registrations = [(name, name) for name in selection.names]
+            output = await builder.build(fallback_job(version, registrations, options), root)
+    left_out = dict(selection.left_out)
+    for name in plan.operator:
+        if name not in candidates.files:
+            left_out[name] = f"{UNKNOWN}: no JavaScript module of this version has this name"
     assert output.sourcemap is not None
     return FallbackBuild(
         version=version,
@@ -297,18 +305,17 @@ async def build_fallback(
     )
 
 
-def offline_plan(settings: Settings, version: str) -> Plan:
-    """The plan of a fallback built outside the service (build-fallback, warm): the same
-    list and budget, and the popularity the data dir's sketch holds, if any."""
+def saved_popularity(settings: Settings) -> list[str]:
+    """Outside the service (build-fallback, warm): what the data dir's sketch holds, if any."""
     combos = PopularCombos(Path(settings.data_dir) / COMBOS_FILE, settings.combos_top_k)
     combos.load()
+    return combos.popular_modules()
+
+
+def offline_plan(settings: Settings, version: str) -> Plan:
+    """The plan of a fallback built outside the service: the same list and budget."""
     operator = OperatorList.load(settings.fallback_modules)
-    return Plan(
-        max_bytes=settings.fallback_max_bytes,
-        operator=operator.names(version),
-        popular=tuple(combos.popular_modules()),
-        operator_digest=operator.digest(version),
-    )
+    return Plan.make(version, settings.fallback_max_bytes, operator, saved_popularity(settings))
 
 
 class FallbackStore:
@@ -359,12 +366,7 @@ class FallbackStore:
 
     def plan(self, version: str) -> Plan:
         """Read on the loop: the popularity sketch is not safe to read from a thread."""
-        return Plan(
-            max_bytes=self.max_bytes,
-            operator=self.operator.names(version),
-            popular=tuple(self.popular()),
-            operator_digest=self.operator.digest(version),
-        )
+        return Plan.make(version, self.max_bytes, self.operator, self.popular())
 
     def ensure(self, version: str) -> None:
         """Start loading or building the version's fallback unless it is under way; no wait."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -233,9 +234,10 @@ class BundleService:
             if fallback is not None and not fallback.covers(spec.modules)
             else Priority.TAILORED
         )
+        build_fn = functools.partial(self._build, spec, priority)
         # Started now: cancelling our wait below must never cancel the build itself.
-        self.flight.ensure(spec.key, lambda: self._build(spec, priority))
-        build = asyncio.ensure_future(self.flight.do(spec.key, lambda: self._build(spec, priority)))
+        self.flight.ensure(spec.key, build_fn)
+        build = asyncio.ensure_future(self.flight.do(spec.key, build_fn))
         try:
             return await self._race(spec, build, budget_ms / 1000)
         finally:

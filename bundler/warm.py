@@ -25,7 +25,7 @@ from tqdm import tqdm
 from bundler.builder import Builder, check_esbuild
 from bundler.disk import DiskCache
 from bundler.errors import BundlerError
-from bundler.fallback import FallbackStore, describe_fallback, offline_plan
+from bundler.fallback import FallbackStore, describe_fallback, saved_popularity
 from bundler.fallback_plan import OperatorList
 from bundler.service import BundleService, build_bundle
 from bundler.settings import Settings
@@ -137,6 +137,7 @@ class OfflineTarget:
         self.disk = DiskCache(data_dir / "cache", settings.disk_cache_max_bytes)
         self.options = BundleService.options_from(settings)
 
+        popular = saved_popularity(settings)
         self.fallbacks = FallbackStore(
             settings.static_fallback_dir,
             data_dir,
@@ -146,7 +147,7 @@ class OfflineTarget:
             max_versions=1,
             max_bytes=settings.fallback_max_bytes,
             operator=OperatorList.load(settings.fallback_modules),
-            popular=lambda: offline_plan(settings, version).popular,
+            popular=lambda: popular,
         )
 
     async def start(self) -> None:

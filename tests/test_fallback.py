@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import filecmp
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -349,27 +351,32 @@ def split_esbuild(tmp_path: Path, real: str, fallback_delay: float, tailored_del
     return str(path)
 
 
-def two_versions(tmp_path: Path) -> Path:
-    """1.1.0 (its static fallback applies) and a new 3.0.0 whose fallback must be built."""
+async def new_version_app(
+    aiohttp_client: Any, settings: Settings, tmp_path: Path
+) -> tuple[web.Application, TestClient]:
+    """Ready on 1.1.0 (its static fallback applies), with a new 3.0.0 whose fallback
+    must be built, as in a release."""
     source = tmp_path / "src"
     shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
     shutil.copytree(EXAMPLES / "1.1.0", source / "3.0.0")
-    return source
+    app = create_app(dataclasses.replace(settings, source=str(source)))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    return app, client
 
 
 async def test_a_miss_does_not_wait_for_a_slow_fallback(
     aiohttp_client: Any, make_settings: Callable[..., Settings], esbuild: str, tmp_path: Path
 ) -> None:
     """Its own bundle is ready first: the request takes it, the fallback still building."""
-    app = create_app(
+    app, client = await new_version_app(
+        aiohttp_client,
         make_settings(
-            source=str(two_versions(tmp_path)),
             esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=3, tailored_delay=0),
             fallback_budget_ms=100,
-        )
+        ),
+        tmp_path,
     )
-    client = await aiohttp_client(app)
-    await wait_ready(client)
     started = time.monotonic()
     resp = await client.get("/bundle.js?modules=components/hero&v=3.0.0")
     waited = time.monotonic() - started
@@ -382,16 +389,15 @@ async def test_a_miss_takes_the_fallback_as_soon_as_it_exists(
     aiohttp_client: Any, make_settings: Callable[..., Settings], esbuild: str, tmp_path: Path
 ) -> None:
     """Its own bundle is slow: past the budget, the fallback the moment it is built."""
-    app = create_app(
+    app, client = await new_version_app(
+        aiohttp_client,
         make_settings(
-            source=str(two_versions(tmp_path)),
             esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=0.3, tailored_delay=4),
             fallback_budget_ms=100,
             build_queue_max=-1,
-        )
+        ),
+        tmp_path,
     )
-    client = await aiohttp_client(app)
-    await wait_ready(client)
     started = time.monotonic()
     resp = await client.get("/bundle.js?modules=components/card&v=3.0.0")
     waited = time.monotonic() - started
