@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bundler.builder import Builder, BuildJob  # noqa: E402
 from bundler.cpus import available_cpus  # noqa: E402
 from bundler.entry import entry_source  # noqa: E402
+from bundler.resolve import resolve_modules  # noqa: E402
 from bundler.settings import Settings  # noqa: E402
 from bundler.spec import BuildOptions, BundleSpec  # noqa: E402
 
@@ -146,7 +147,7 @@ def esbuild_by_hand(runs: int) -> list[float]:
     times = []
     with tempfile.TemporaryDirectory() as work:
         entry = Path(work) / "entry.js"
-        job = BuildJob.tailored(spec)
+        job = BuildJob.tailored(spec, resolve_modules(source_root, VERSION, spec.modules))
         entry.write_text(
             entry_source(
                 job.registrations,

@@ -64,10 +64,16 @@ class BuildJob:
     mode: str = "tailored"  # or "fallback": recorded in the bundle for loaders
 
     @classmethod
-    def tailored(cls, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> BuildJob:
+    def tailored(
+        cls,
+        spec: BundleSpec,
+        registrations: tuple[Registration, ...],
+        priority: Priority = Priority.TAILORED,
+    ) -> BuildJob:
+        """``registrations``: the spec's names with the files they resolve to (bundler.resolve)."""
         return cls(
             version=spec.version,
-            registrations=tuple((m, m) for m in spec.modules),
+            registrations=registrations,
             options=spec.options,
             key=spec.key,
             label=spec.query,

@@ -31,15 +31,11 @@ from typing import Any
 
 from bundler.entry import Registration
 from bundler.errors import BadRequest, ConfigError
+from bundler.resolve import DECLARATION_SUFFIXES, MODULE_EXTENSIONS, RESOLVE_EXTENSIONS
 from bundler.spec import validate_module, validate_version
 
 logger = logging.getLogger(__name__)
 
-# esbuild's default resolve order: the first existing file wins for an extensionless name.
-RESOLVE_EXTENSIONS = (".tsx", ".ts", ".jsx", ".js")
-OTHER_EXTENSIONS = (".mjs", ".cjs", ".mts", ".cts")
-# TypeScript declaration files hold types only: never a browser module.
-DECLARATION_SUFFIXES = (".d.ts", ".d.mts", ".d.cts", ".d.tsx")
 # Conditions of an `exports` map that esbuild takes for an import in a browser build.
 BROWSER_CONDITIONS = ("browser", "import", "module", "default")
 # The survey build looks at candidates whose source files add up to this many times
@@ -174,7 +170,7 @@ def list_candidates(root: Path) -> Candidates:
         rel_dir = "" if rel_dir == "." else rel_dir
         for filename in filenames:
             stem, ext = os.path.splitext(filename)
-            if filename.startswith(".") or ext not in RESOLVE_EXTENSIONS + OTHER_EXTENSIONS:
+            if filename.startswith(".") or ext not in MODULE_EXTENSIONS:
                 continue
             path = f"{rel_dir}/{filename}" if rel_dir else filename
             if filename.endswith(DECLARATION_SUFFIXES):

@@ -29,6 +29,7 @@ from bundler.fallback import Fallback, FallbackStore
 from bundler.fallback_plan import reason_counts
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
+from bundler.resolve import resolve_modules
 from bundler.settings import Settings
 from bundler.slots import Priority
 from bundler.sources import SourceStore
@@ -66,7 +67,8 @@ async def build_bundle(
 ) -> Bundle:
     """Build one tailored bundle with its source map and compressed forms."""
     async with source.use(spec.version) as root:
-        output = await builder.build(BuildJob.tailored(spec, priority), root)
+        registrations = resolve_modules(root, spec.version, spec.modules)
+        output = await builder.build(BuildJob.tailored(spec, registrations, priority), root)
     return await asyncio.to_thread(Bundle.create, spec.key, output.code, output.sourcemap)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +107,79 @@ async def test_odd_accept_encoding_and_etag_headers_are_harmless(client: TestCli
     ):
         resp = await client.get("/bundle.js?modules=components/hero", headers=headers)
         assert resp.status == 200, headers
+
+
+def _odd_version(root: Path) -> Path:
+    """A version holding one module and every kind of file a name must not reach."""
+    version = root / "1.0.0"
+    (version / "lib").mkdir(parents=True)
+    (version / "lib" / "ok.js").write_text("export const ok = 1;\n")
+    (version / "lib" / "widget.ts").write_text("export const widget: number = 2;\n")
+    (version / "lib" / "panel").mkdir()
+    (version / "lib" / "panel" / "index.js").write_text("export const panel = 3;\n")
+    (version / "notes.txt").write_text("internal notes\n")
+    (version / "package.json").write_text('{"name": "odd", "private_field": "secret"}\n')
+    (version / "style.css").write_text(".a { color: red }\n")
+    (version / "types.d.ts").write_text("export type T = string;\n")
+    (version / "data.json").write_text('{"a": 1}\n')
+    outside = root / "outside.js"
+    outside.write_text("export const leaked = 'outside the version';\n")
+    (version / "lib" / "escape.js").symlink_to(outside)
+    return version
+
+
+# Names that are files of the version but not JavaScript or TypeScript modules of it.
+NOT_MODULES = [
+    "notes.txt",
+    "package.json",
+    "style.css",
+    "types.d.ts",
+    "types.d",
+    "types",
+    "data.json",
+    "data",
+    "lib/OK",  # wrong case
+    "LIB/ok.js",
+    "lib/escape",  # a symlink out of the version
+    "lib/escape.js",
+]
+
+
+@pytest.mark.parametrize("name", NOT_MODULES)
+async def test_a_module_name_is_a_script_module_of_the_version(
+    tmp_path: Path, aiohttp_client: Any, make_settings: Callable[..., Settings], name: str
+) -> None:
+    _odd_version(tmp_path / "versions")
+    client = await aiohttp_client(
+        create_app(make_settings(source=str(tmp_path / "versions"), default_version="1.0.0"))
+    )
+    resp = await client.get(f"/bundle.js?modules=lib/ok,{name}")
+    text = await resp.text()
+    assert resp.status == 404, text
+    assert f"unknown module in version 1.0.0: {name}" in text
+    for secret in ("internal notes", "secret", "outside the version", str(tmp_path)):
+        assert secret not in text
+    for good in ("lib/ok", "lib/ok.js", "lib/widget", "lib/widget.ts", "lib/panel"):
+        assert (await client.get(f"/bundle.js?modules={good}")).status == 200, good
+
+
+def test_control_esbuild_alone_bundles_whatever_file_a_name_reaches(
+    tmp_path: Path, esbuild: str
+) -> None:
+    """Without the check, esbuild resolves these names itself and bundles them: the
+    text file, package.json's every field and the file behind the symlink."""
+    version = _odd_version(tmp_path / "versions")
+    for name, leak in (
+        ("notes.txt", "internal notes"),
+        ("package.json", "secret"),
+        ("lib/escape", "outside the version"),
+    ):
+        entry = tmp_path / "entry.js"
+        entry.write_text(
+            f"import * as m from {json.dumps(str(version / name))}; globalThis.m = m;\n"
+        )
+        out = subprocess.run(
+            [esbuild, str(entry), "--bundle", "--loader:.txt=text"],
+            capture_output=True, text=True, check=True, cwd=version,
+        )  # fmt: skip
+        assert leak in out.stdout, name
