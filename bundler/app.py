@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from bundler.builder import Builder, BuildJob, check_esbuild
+from bundler.builder import Builder, BuildJob
 from bundler.cache import Bundle, MemoryCache
 from bundler.combos import COMBOS_FILE, PopularCombos
 from bundler.disk import DiskCache
@@ -246,17 +246,9 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """Builds the service; raises ConfigError (one line) when a setting cannot work."""
-    esbuild = check_esbuild(settings.esbuild)
+    builder = Builder.from_settings(settings)
     source = open_source(settings)
     data_dir = Path(settings.data_dir).resolve()
-    builder = Builder(
-        esbuild,
-        data_dir / "tmp",
-        pool_size=settings.pool_size,
-        threads_per_build=settings.threads_per_build,
-        timeout_s=settings.build_timeout_s,
-        niceness=settings.build_niceness,
-    )
     registry = CollectorRegistry()
     durations = build_histogram(registry)
 

@@ -3,6 +3,15 @@
 The event loop never bundles: it starts esbuild with asyncio (no shell), waits,
 and reads the result. No request string is ever an argument: the module list
 goes into a generated entry file in this service's own scratch directory.
+
+Tailored builds of one version that wait for a slot together go to esbuild
+together: the first to get a slot takes up to ``batch_max`` of the others along,
+one esbuild run with one entry point per bundle. esbuild parses each shared file
+once and builds the entry points in parallel; each bundle is byte-for-byte what
+it would be alone. Nobody waits to form a batch: an idle pool builds at once,
+alone; batches form only from a queue that exists anyway. A batch that fails is
+not picked apart: each of its builds runs again alone, so every error is the
+one its own request would get, and files that failed stay out of batches.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -23,8 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cachetools import TTLCache
+
 from bundler.entry import Registration, entry_source, names_for_specifier
 from bundler.errors import BuildCrashed, BuildFailed, BuildTimeout, ConfigError, UnknownModule
+from bundler.settings import Settings
 from bundler.slots import Priority, PrioritySlots
 from bundler.spec import BuildOptions, BundleSpec
 
@@ -38,6 +51,9 @@ SOURCE_MAP_COMMENT = re.compile(rb"//# sourceMappingURL=\S+\s*$")
 MAX_ERROR_CHARS = 4000
 ENTRY_NAME = "entry.js"
 OUTPUT_NAME = "bundle.js"
+# A file seen in a build that failed keeps its builds out of batches this long.
+SUSPECT_TTL_S = 300.0
+MAX_SUSPECTS = 4096
 METAFILE_NAME = "meta.json"
 # How a run ended, for the bundler_builds_total{result} metric.
 RESULTS: dict[type[BaseException], str] = {
@@ -101,6 +117,27 @@ class SurveyRun:
     output: BuildOutput | None = None
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """A tailored build queued for a slot, which another's batch may take along."""
+
+    job: BuildJob
+    root: Path
+    ticket: asyncio.Future[bool]  # True: its own slot; False: taken into a batch
+    outcome: asyncio.Future[BuildOutput]
+    priority: Priority
+    order: int
+
+    @property
+    def group(self) -> tuple[str, BuildOptions, str, bool]:
+        """Builds that can share one esbuild run: same version, options and output kind."""
+        return (self.job.version, self.job.options, str(self.root), self.job.map_url is not None)
+
+
+class _RunAlone(Exception):
+    """The batch this build was in failed: it runs again on its own."""
+
+
 def check_esbuild(path: str) -> str:
     """Resolve the esbuild binary once at start; a missing one is a one-line startup error."""
     found = shutil.which(path)
@@ -122,6 +159,7 @@ class Builder:
         threads_per_build: int,
         timeout_s: float,
         niceness: int,
+        batch_max: int = 1,
     ) -> None:
         self.esbuild = esbuild
         self.scratch_dir = scratch_dir
@@ -132,9 +170,32 @@ class Builder:
         self.slots = PrioritySlots(pool_size)
         self._nice = shutil.which("nice") if niceness else None
         self._running: set[asyncio.subprocess.Process] = set()
+        self.batch_max = batch_max
         self.results: collections.Counter[str] = collections.Counter()
+        # esbuild processes started, by kind: single, batch, survey.
+        self.runs: collections.Counter[str] = collections.Counter()
+        self._waiting: dict[tuple[str, BuildOptions, str, bool], list[_Waiting]] = {}
+        self._by_key: dict[str, _Waiting] = {}
+        self._arrivals = itertools.count()
+        # (version, file) seen in a build that failed: such builds run alone for a while.
+        self._suspects: TTLCache[tuple[str, str], bool] = TTLCache(MAX_SUSPECTS, SUSPECT_TTL_S)
         # Called with (job, seconds, result) after every run; the metrics hook in here.
         self.on_finish: Callable[[BuildJob, float, str], None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Builder:
+        """The service's builder; the offline commands override the pool's shape."""
+        values: dict[str, Any] = {
+            "pool_size": settings.pool_size,
+            "threads_per_build": settings.threads_per_build,
+            "timeout_s": settings.build_timeout_s,
+            "niceness": settings.build_niceness,
+            "batch_max": settings.build_batch_max,
+        }
+        values.update(overrides)
+        return cls(
+            check_esbuild(settings.esbuild), Path(settings.data_dir).resolve() / "tmp", **values
+        )
 
     @property
     def busy(self) -> int:
@@ -145,7 +206,109 @@ class Builder:
         return self.slots.queued
 
     async def build(self, job: BuildJob, source_root: Path) -> BuildOutput:
+        if job.mode == "tailored" and not self._suspect(job):
+            try:
+                return await self._build_batched(job, source_root)
+            except _RunAlone:
+                pass
         return await self._in_slot(job, self._build(job, source_root))
+
+    def promote(self, key: str, priority: Priority) -> None:
+        """A queued build that a more urgent request now waits for moves up the queue."""
+        waiting = self._by_key.get(key)
+        if waiting is not None and priority < waiting.priority:
+            waiting.priority = priority
+            self.slots.promote(waiting.ticket, priority)
+
+    def _suspect(self, job: BuildJob) -> bool:
+        return any((job.version, path) in self._suspects for _, path in job.registrations)
+
+    def _remember_failure(self, job: BuildJob) -> None:
+        for _, path in job.registrations:
+            self._suspects[(job.version, path)] = True
+
+    async def _build_batched(self, job: BuildJob, source_root: Path) -> BuildOutput:
+        loop = asyncio.get_running_loop()
+        me = _Waiting(
+            job,
+            source_root,
+            self.slots.enqueue(job.priority),
+            loop.create_future(),
+            job.priority,
+            next(self._arrivals),
+        )
+        self._waiting.setdefault(me.group, []).append(me)
+        self._by_key.setdefault(job.key, me)
+        try:
+            granted = await me.ticket
+        except asyncio.CancelledError:
+            self._forget(me)
+            self.slots.abandon(me.ticket)
+            raise
+        if not granted:
+            return await me.outcome  # another's batch took it along (and forgot it)
+        self._forget(me)
+        try:
+            await self._run_batch([me, *self._take_along(me)])
+        finally:
+            self.slots.release()
+        return me.outcome.result()
+
+    def _forget(self, waiting: _Waiting) -> None:
+        queue = self._waiting.get(waiting.group)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(waiting)
+            if not queue:
+                del self._waiting[waiting.group]
+        if self._by_key.get(waiting.job.key) is waiting:
+            del self._by_key[waiting.job.key]
+
+    def _take_along(self, leader: _Waiting) -> list[_Waiting]:
+        """Up to batch_max - 1 queued builds that can share the leader's run, most urgent first."""
+        queue = sorted(self._waiting.get(leader.group, ()), key=lambda w: (w.priority, w.order))
+        taken: list[_Waiting] = []
+        for waiting in queue:
+            if len(taken) + 1 >= self.batch_max:
+                break
+            if self.slots.claim(waiting.ticket):
+                taken.append(waiting)
+        for waiting in taken:
+            self._forget(waiting)
+        return taken
+
+    async def _run_batch(self, batch: list[_Waiting]) -> None:
+        """One esbuild run for every build of ``batch``; each outcome is settled."""
+        jobs = [w.job for w in batch]
+        root = batch[0].root
+        started = time.perf_counter()
+        try:
+            outputs = await self._build_many(jobs, root)
+        except (BuildFailed, UnknownModule, BuildCrashed, BuildTimeout) as exc:
+            for waiting in batch:
+                if len(batch) == 1:
+                    self._count(waiting.job, time.perf_counter() - started, exc)
+                    if not isinstance(exc, (BuildCrashed, BuildTimeout)):
+                        self._remember_failure(waiting.job)
+                _settle(waiting.outcome, exc if len(batch) == 1 else _RunAlone())
+            return
+        except BaseException as exc:
+            for waiting in batch:
+                self._count(waiting.job, time.perf_counter() - started, exc)
+                if not waiting.outcome.done():
+                    waiting.outcome.cancel()
+            raise
+        for waiting, output in zip(batch, outputs, strict=True):
+            self._count(waiting.job, time.perf_counter() - started, output)
+            _settle(waiting.outcome, output)
+
+    def _count(self, job: BuildJob, seconds: float, outcome: object) -> None:
+        result = "ok"
+        if isinstance(outcome, BaseException):
+            result = RESULTS.get(type(outcome), "error")
+        self.results[result] += 1
+        if self.on_finish is not None:
+            self.on_finish(job, seconds, result)
 
     async def survey(self, job: BuildJob, source_root: Path, externals: Sequence[str]) -> SurveyRun:
         """Bundle ``job`` only to learn its module graph and sizes (esbuild's metafile),
@@ -157,16 +320,14 @@ class Builder:
         try:
             async with self.slots.slot(job.priority):
                 started = time.perf_counter()
-                result = "ok"
+                outcome: object = None
                 try:
                     return await run
                 except BaseException as exc:
-                    result = RESULTS.get(type(exc), "error")
+                    outcome = exc
                     raise
                 finally:
-                    self.results[result] += 1
-                    if self.on_finish is not None:
-                        self.on_finish(job, time.perf_counter() - started, result)
+                    self._count(job, time.perf_counter() - started, outcome)
         finally:
             run.close()  # never started (cancelled while queued): no "never awaited" warning
 
@@ -177,6 +338,7 @@ class Builder:
         try:
             entry = workdir / ENTRY_NAME
             cmd = self.command(entry, workdir / OUTPUT_NAME, job)
+            self.runs["survey"] += 1
             cmd += ["--log-limit=0", *(f"--external:./{path}" for path in externals)]
             returncode, stderr = await self._run(cmd, source_root)
             if returncode != 0 and (returncode < 0 or "[ERROR]" not in stderr):
@@ -204,12 +366,36 @@ class Builder:
 
     def command(self, entry: Path, outfile: Path, job: BuildJob) -> list[str]:
         """The exact esbuild command line of a build (the benchmark runs it by hand too)."""
-        cmd = [
-            self.esbuild,
-            str(entry),
-            "--bundle",
-            f"--outfile={outfile}",
-            f"--metafile={outfile.with_name(METAFILE_NAME)}",
+        return self._niced(
+            [
+                self.esbuild,
+                str(entry),
+                "--bundle",
+                f"--outfile={outfile}",
+                f"--metafile={outfile.with_name(METAFILE_NAME)}",
+                *self._flags(job),
+            ]
+        )
+
+    def command_many(self, workdir: Path, count: int, job: BuildJob) -> list[str]:
+        """One run for ``count`` bundles: entry ``I/entry.js`` is written to ``I/bundle.js``,
+        the layout of a single build, so a bundle and its map come out the same either way."""
+        stem = OUTPUT_NAME.removesuffix(".js")
+        entries = [f"{i}/{stem}={workdir / str(i) / ENTRY_NAME}" for i in range(count)]
+        return self._niced(
+            [
+                self.esbuild,
+                *entries,
+                "--bundle",
+                f"--outdir={workdir}",
+                f"--metafile={workdir / METAFILE_NAME}",
+                *self._flags(job),
+            ]
+        )
+
+    @staticmethod
+    def _flags(job: BuildJob) -> list[str]:
+        flags = [
             "--format=iife",
             "--platform=browser",
             f"--target={job.options.target}",
@@ -218,53 +404,94 @@ class Builder:
             "--color=false",
         ]
         if job.options.minify:
-            cmd.append("--minify")
+            flags.append("--minify")
         if job.map_url:
-            cmd.append("--sourcemap")
-        if self._nice:
-            cmd = [self._nice, "-n", str(self.niceness), *cmd]
-        return cmd
+            flags.append("--sourcemap")
+        return flags
+
+    def _niced(self, cmd: list[str]) -> list[str]:
+        return [self._nice, "-n", str(self.niceness), *cmd] if self._nice else cmd
 
     def _prepare(self, job: BuildJob, source_root: Path) -> Path:
         """The scratch dir and entry file (file system work: run in a thread)."""
-        self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch_dir))
-        entry = workdir / ENTRY_NAME
-        entry.write_text(
-            entry_source(
-                job.registrations,
-                source_root,
-                job.options.registry_name,
-                version=job.version,
-                mode=job.mode,
-            )
-        )
+        workdir = self._scratch()
+        (workdir / ENTRY_NAME).write_text(self._entry(job, source_root))
         return workdir
 
+    def _prepare_many(self, jobs: Sequence[BuildJob], source_root: Path) -> Path:
+        workdir = self._scratch()
+        for i, job in enumerate(jobs):
+            (workdir / str(i)).mkdir()
+            (workdir / str(i) / ENTRY_NAME).write_text(self._entry(job, source_root))
+        return workdir
+
+    def _scratch(self) -> Path:
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch_dir))
+
+    @staticmethod
+    def _entry(job: BuildJob, source_root: Path) -> str:
+        return entry_source(
+            job.registrations,
+            source_root,
+            job.options.registry_name,
+            version=job.version,
+            mode=job.mode,
+        )
+
     async def _build(self, job: BuildJob, source_root: Path) -> BuildOutput:
-        workdir = await asyncio.to_thread(self._prepare, job, source_root)
         try:
-            entry = workdir / ENTRY_NAME
-            outfile = workdir / OUTPUT_NAME
+            [output] = await self._build_many([job], source_root)
+        except (BuildFailed, UnknownModule):
+            self._remember_failure(job)
+            raise
+        if isinstance(output, BuildFailed):
+            raise output
+        return output
+
+    async def _build_many(
+        self, jobs: Sequence[BuildJob], source_root: Path
+    ) -> list[BuildOutput | BuildFailed]:
+        """One esbuild run for ``jobs`` (same version and options). A failed run raises;
+        for several jobs the error says nothing about any one of them."""
+        workdir = await asyncio.to_thread(self._prepare_many, jobs, source_root)
+        try:
             started = time.perf_counter()
-            returncode, stderr = await self._run(self.command(entry, outfile, job), source_root)
+            self.runs["batch" if len(jobs) > 1 else "single"] += 1
+            returncode, stderr = await self._run(
+                self.command_many(workdir, len(jobs), jobs[0]), source_root
+            )
             duration = time.perf_counter() - started
             if returncode != 0:
-                raise self._error(returncode, stderr, job, source_root, workdir)
-            output = await asyncio.to_thread(_read_output, outfile, entry, source_root, job.map_url)
-            if output.outside:
-                raise BuildFailed(
-                    f"version {job.version} is not self-contained: the bundle would include "
-                    f"{', '.join(output.outside[:5])} from outside the version's source; "
-                    "bare imports must resolve from node_modules inside the version"
-                )
-            logger.info(
-                "built bundle",
-                extra={"key": job.key, "bundle": job.label, "duration_ms": round(duration * 1000)},
-            )
-            return BuildOutput(code=output.code, sourcemap=output.sourcemap, duration_s=duration)
+                if len(jobs) == 1:
+                    raise self._error(returncode, stderr, jobs[0], source_root, workdir / "0")
+                logger.info("batch build failed; its builds run alone", extra={"builds": len(jobs)})
+                raise BuildFailed("a batch failed")
+            reads = await asyncio.to_thread(_read_outputs, workdir, jobs, source_root)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
+        results: list[BuildOutput | BuildFailed] = []
+        for job, read in zip(jobs, reads, strict=True):
+            if read.outside:
+                results.append(
+                    BuildFailed(
+                        f"version {job.version} is not self-contained: the bundle would include "
+                        f"{', '.join(read.outside[:5])} from outside the version's source; "
+                        "bare imports must resolve from node_modules inside the version"
+                    )
+                )
+                continue
+            logger.info(
+                "built bundle",
+                extra={
+                    "key": job.key,
+                    "bundle": job.label,
+                    "duration_ms": round(duration * 1000),
+                    "batch": len(jobs),
+                },
+            )
+            results.append(BuildOutput(read.code, read.sourcemap, duration))
+        return results
 
     async def _run(self, cmd: list[str], cwd: Path) -> tuple[int, str]:
         env = {
@@ -345,19 +572,29 @@ class _Output:
     outside: list[str]
 
 
-def _read_output(outfile: Path, entry: Path, source_root: Path, map_url: str | None) -> _Output:
+def _read_output(
+    outfile: Path,
+    entry: Path,
+    source_root: Path,
+    map_url: str | None,
+    meta: dict[str, Any] | None = None,
+) -> _Output:
     """The bundle, its map, and the inputs esbuild took from outside the source root.
 
     esbuild resolves bare imports by walking up parent directories; a version must
     not pick up whatever node_modules happens to sit above the data directory.
+    ``meta``: the run's metafile when it wrote several bundles (each has its inputs).
     """
-    meta = json.loads(outfile.with_name(METAFILE_NAME).read_bytes())
+    if meta is None:
+        inputs = json.loads(outfile.with_name(METAFILE_NAME).read_bytes()).get("inputs", {})
+    else:
+        inputs = meta["outputs"][_relative(outfile, source_root)]["inputs"]
     entry_key = os.path.relpath(entry, source_root)
     outside = [
         "node_modules/" + name.rsplit("node_modules/", 1)[1]
         if "node_modules/" in name
         else Path(name).name
-        for name in meta.get("inputs", {})
+        for name in inputs
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
     code = outfile.read_bytes()
@@ -369,6 +606,30 @@ def _read_output(outfile: Path, entry: Path, source_root: Path, map_url: str | N
             + f"\n//# sourceMappingURL={map_url}\n".encode()
         )
     return _Output(code, map_bytes, outside)
+
+
+def _read_outputs(workdir: Path, jobs: Sequence[BuildJob], source_root: Path) -> list[_Output]:
+    """Every bundle of one run (the layout of Builder.command_many)."""
+    meta = json.loads((workdir / METAFILE_NAME).read_bytes())
+    return [
+        _read_output(
+            workdir / str(i) / OUTPUT_NAME,
+            workdir / str(i) / ENTRY_NAME,
+            source_root,
+            job.map_url,
+            meta,
+        )
+        for i, job in enumerate(jobs)
+    ]
+
+
+def _settle(future: asyncio.Future[BuildOutput], outcome: BuildOutput | BaseException) -> None:
+    if future.done():
+        return  # its waiter was cancelled
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _relative_sourcemap(map_file: Path, entry: Path, source_root: Path) -> bytes:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from bundler import warm
 from bundler.app import SERVICE, create_app
-from bundler.builder import Builder, check_esbuild
+from bundler.builder import Builder
 from bundler.errors import BundlerError, ConfigError
 from bundler.fallback import (
     build_fallback,
@@ -138,12 +138,10 @@ def build_fallback_command(args: argparse.Namespace) -> int:
     if out_dir is None:
         raise ConfigError("say where to write the fallback: --out DIR or --fallback-dir DIR")
     # One esbuild with every CPU: nothing else is running.
-    builder = Builder(
-        check_esbuild(settings.esbuild),
-        Path(settings.data_dir).resolve() / "tmp",
+    builder = Builder.from_settings(
+        settings,
         pool_size=1,
         threads_per_build=settings.threads_per_build * settings.pool_size,
-        timeout_s=settings.build_timeout_s,
         niceness=0,
     )
     try:

@@ -116,7 +116,12 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "Cache lookups by result (memory_hit, disk_hit, miss).",
         "result",
     ),
-    "bundler_builds": ("counter", "esbuild runs by result.", "result"),
+    "bundler_builds": ("counter", "Bundles built, by result.", "result"),
+    "bundler_esbuild_runs": (
+        "counter",
+        "esbuild processes started: single (one bundle), batch (several), survey.",
+        "kind",
+    ),
     "bundler_source_pulls": ("counter", "Version source pulls by result.", "result"),
     "bundler_build_queue_depth": ("gauge", "Builds waiting for a pool slot.", ""),
     "bundler_build_pool_busy": ("gauge", "esbuild processes running.", ""),

@@ -237,6 +237,8 @@ class BundleService:
             else Priority.TAILORED
         )
         build_fn = functools.partial(self._build, spec, priority)
+        if joining:
+            self.builder.promote(spec.key, priority)  # a warm-up's build a page now waits for
         # Started now: cancelling our wait below must never cancel the build itself.
         self.flight.ensure(spec.key, build_fn)
         build = asyncio.ensure_future(self.flight.do(spec.key, build_fn))
@@ -346,6 +348,7 @@ class BundleService:
             "bundler_requests": dict(self.requests),
             "bundler_cache_lookups": dict(self.lookups),
             "bundler_builds": dict(self.builder.results),
+            "bundler_esbuild_runs": dict(self.builder.runs),
             "bundler_source_pulls": dict(self.source.pull_results),
             "bundler_build_queue_depth": self.builder.queued,
             "bundler_build_pool_busy": self.builder.busy,

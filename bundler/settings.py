@@ -115,6 +115,10 @@ class Settings:
     build_timeout_s: float = _opt(
         "Deadline of one esbuild run; past it, it is killed.", default=20.0
     )
+    build_batch_max: int = _opt(
+        "Most queued builds of one version that share one esbuild run (1: never batch).",
+        default=16,
+    )
     build_niceness: int = _opt("nice(1) increment for esbuild, so the server wins.", default=10)
     build_failure_ttl_s: float = _opt(
         "How long a failed build (422) is remembered instead of re-running esbuild.", default=30.0
@@ -164,7 +168,8 @@ class Settings:
     )
     build_queue_max: int = _opt(
         "Builds that may wait for a pool slot; past it a miss gets the fallback and queues "
-        "nothing (default: the pool size; -1: unbounded).",
+        "nothing (default: pool size x batch max, what the pool takes in one round; "
+        "-1: unbounded).",
         default=0,
     )
     shed_lag_ms: float = _opt(
@@ -211,6 +216,7 @@ class Settings:
             "extract_max_file_bytes",
             "extract_max_total_bytes",
             "fallback_max_bytes",
+            "build_batch_max",
         ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1")
@@ -265,7 +271,7 @@ class Settings:
         """Builds allowed to wait for a slot; None when unbounded."""
         if self.build_queue_max == -1:
             return None
-        return self.build_queue_max or self.pool_size
+        return self.build_queue_max or self.pool_size * self.build_batch_max
 
     @property
     def threads_per_build(self) -> int:

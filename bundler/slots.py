@@ -25,38 +25,65 @@ class Priority(enum.IntEnum):
 
 
 class PrioritySlots:
+    """``size`` slots. A ticket (a future) is queued by priority and resolves True when
+    its slot is granted, or False when a batch took its work along (``claim``)."""
+
     def __init__(self, size: int) -> None:
         self.size = size
         self.in_use = 0
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
         self._order = itertools.count()
 
     @property
     def queued(self) -> int:
-        return sum(1 for _, _, f in self._waiters if not f.done())
+        return len({id(f) for _, _, f in self._waiters if not f.done()})
+
+    def enqueue(self, priority: Priority) -> asyncio.Future[bool]:
+        ticket: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self.in_use < self.size and self.queued == 0:
+            self.in_use += 1
+            ticket.set_result(True)
+        else:
+            heapq.heappush(self._waiters, (int(priority), next(self._order), ticket))
+        return ticket
+
+    def promote(self, ticket: asyncio.Future[bool], priority: Priority) -> None:
+        """A queued ticket moves up to ``priority`` (its old place is skipped when reached)."""
+        if not ticket.done():
+            heapq.heappush(self._waiters, (int(priority), next(self._order), ticket))
+
+    @staticmethod
+    def claim(ticket: asyncio.Future[bool]) -> bool:
+        """Take a queued ticket out of the queue: it will never hold a slot."""
+        if ticket.done():
+            return False
+        ticket.set_result(False)
+        return True
+
+    def abandon(self, ticket: asyncio.Future[bool]) -> None:
+        """Its holder gives up (cancelled): a slot granted meanwhile passes on."""
+        if ticket.done() and not ticket.cancelled() and ticket.result():
+            self.release()
+        else:
+            ticket.cancel()
 
     @asynccontextmanager
     async def slot(self, priority: Priority) -> AsyncIterator[None]:
-        if self.in_use < self.size and self.queued == 0:
-            self.in_use += 1
-        else:
-            waiter = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiters, (int(priority), next(self._order), waiter))
-            try:
-                await waiter  # the releaser counted us in before waking us
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._release()  # granted and cancelled in the same breath: pass it on
-                raise
+        ticket = self.enqueue(priority)
+        try:
+            await ticket  # the releaser counted us in before waking us
+        except asyncio.CancelledError:
+            self.abandon(ticket)  # granted and cancelled in the same breath: pass it on
+            raise
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         while self._waiters:
             _, _, waiter = heapq.heappop(self._waiters)
             if not waiter.done():
-                waiter.set_result(None)  # the slot passes straight to it
+                waiter.set_result(True)  # the slot passes straight to it
                 return
         self.in_use -= 1

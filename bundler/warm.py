@@ -22,7 +22,7 @@ from typing import Any, Protocol, TextIO
 import aiohttp
 from tqdm import tqdm
 
-from bundler.builder import Builder, check_esbuild
+from bundler.builder import Builder
 from bundler.disk import DiskCache
 from bundler.errors import BundlerError
 from bundler.fallback import FallbackStore, describe_fallback, saved_popularity
@@ -126,14 +126,7 @@ class OfflineTarget:
         self.version = version
         self.source = open_source(settings)
         data_dir = Path(settings.data_dir).resolve()
-        self.builder = Builder(
-            check_esbuild(settings.esbuild),
-            data_dir / "tmp",
-            pool_size=settings.pool_size,
-            threads_per_build=settings.threads_per_build,
-            timeout_s=settings.build_timeout_s,
-            niceness=settings.build_niceness,
-        )
+        self.builder = Builder.from_settings(settings)
         self.disk = DiskCache(data_dir / "cache", settings.disk_cache_max_bytes)
         self.options = BundleService.options_from(settings)
 
