@@ -174,7 +174,7 @@ class TarballSource:
         try:
             tarball = work.path / TARBALL_NAME
             await download(self._session, url, version, tarball, self.policy)
-            root = await asyncio.to_thread(work.install, tarball, self.limits)
+            root = await work.install_async(tarball, self.limits, self.policy.timeout_s)
         except BundlerError as exc:
             logger.warning(
                 "pull failed", extra={"version": version, "url": url, "error": exc.message}

@@ -218,7 +218,11 @@ async def test_readiness_waits_for_the_default_fallback_and_drops_when_draining(
     assert "fallback is not loaded" in await resp.text()
     assert (await client.get("/healthz")).status == 200
     await wait_ready(client)
-    assert (tmp_path / "data" / "fallback" / "1.1.0" / "bundle.js").exists()
+    # Written behind the first use (after the slow brotli 11): it lands soon after.
+    stored = tmp_path / "data" / "fallback" / "1.1.0" / "bundle.js"
+    async with asyncio.timeout(20):
+        while not stored.exists():
+            await asyncio.sleep(0.05)
     app[SERVICE].begin_drain()
     resp = await client.get("/readyz")
     assert resp.status == 503 and "draining" in await resp.text()
