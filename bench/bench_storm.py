@@ -225,6 +225,16 @@ def metric(url: str, name: str) -> float:
     return total
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time of a process (user + system) and of its reaped children (esbuild)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    # fields[11:15] are utime, stime, cutime, cstime (stat(5) fields 14-17)
+    own = (int(fields[11]) + int(fields[12])) / tick
+    children = (int(fields[13]) + int(fields[14])) / tick
+    return own, children
+
+
 def lag_buckets(url: str) -> dict[float, float]:
     """Cumulative counts of the loop-lag histogram, by upper bound in seconds."""
     text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
@@ -289,10 +299,12 @@ class Result:
     probe: list[dict[str, Any]]
     load: list[dict[str, Any]]
     builds: float
+    esbuild_runs: float
     fallback: dict[str, Any]
     lag_max_s: float
     lag_p99_s: float
     peak_rss_kib: int
+    cpu_s: tuple[float, float]  # during the storm: the service's own, its children's (esbuild)
 
 
 def fallback_info(url: str, version: str) -> dict[str, Any]:
@@ -330,6 +342,8 @@ def run_storm(
             wait_ready(url, server)
             warm_up(url, json.loads(combos_file.read_text()), args.warm, corpus.warm)
             builds_before = metric(url, "bundler_builds_total")
+            cpu_before = cpu_seconds(server.pid)
+            runs_before = metric(url, "bundler_esbuild_runs_total")
             lag_before = lag_buckets(url)
             me = [sys.executable, __file__]
             probe_out, load_out = work_dir / "probe.json", work_dir / "load.json"
@@ -380,7 +394,9 @@ def run_storm(
             probe.wait()
             if spy:
                 spy.wait()
+            cpu_after = cpu_seconds(server.pid)
             builds = metric(url, "bundler_builds_total") - builds_before
+            runs = metric(url, "bundler_esbuild_runs_total") - runs_before
             fallback = (
                 fallback_info(url, corpus.release) if "--fallback-budget-ms" not in flags else {}
             )
@@ -395,10 +411,12 @@ def run_storm(
                 json.loads(probe_out.read_text()),
                 json.loads(load_out.read_text()),
                 builds,
+                runs,
                 fallback,
                 lag_max,
                 lag_p99,
                 rss,
+                (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]),
             )
         finally:
             server.send_signal(signal.SIGKILL)
@@ -459,6 +477,11 @@ def summarize(result: Result, duration_s: float) -> dict[str, str]:
         f"<= {result.lag_p99_s * 1000:g} / {result.lag_max_s * 1000:.0f}"
     )
     row["builds / s"] = f"{result.builds / duration_s:.1f}"
+    row["esbuild runs / bundles per run"] = (
+        f"{result.esbuild_runs:.0f} / {result.builds / max(1.0, result.esbuild_runs):.1f}"
+    )
+    own, children = result.cpu_s
+    row["CPU s: service / esbuild"] = f"{own:.1f} / {children:.1f}"
     row["peak RSS MiB"] = f"{result.peak_rss_kib / 1024:.0f}"
     return row
 

@@ -340,7 +340,7 @@ class Builder:
             cmd = self.command(entry, workdir / OUTPUT_NAME, job)
             self.runs["survey"] += 1
             cmd += ["--log-limit=0", *(f"--external:./{path}" for path in externals)]
-            returncode, stderr = await self._run(cmd, source_root)
+            returncode, stderr = await self._run(cmd, source_root, self._threads(job))
             if returncode != 0 and (returncode < 0 or "[ERROR]" not in stderr):
                 raise self._error(returncode, stderr, job, source_root, workdir)
             metafile = None
@@ -459,7 +459,7 @@ class Builder:
             started = time.perf_counter()
             self.runs["batch" if len(jobs) > 1 else "single"] += 1
             returncode, stderr = await self._run(
-                self.command_many(workdir, len(jobs), jobs[0]), source_root
+                self.command_many(workdir, len(jobs), jobs[0]), source_root, self._threads(jobs[0])
             )
             duration = time.perf_counter() - started
             if returncode != 0:
@@ -493,11 +493,17 @@ class Builder:
             results.append(BuildOutput(read.code, read.sourcemap, duration))
         return results
 
-    async def _run(self, cmd: list[str], cwd: Path) -> tuple[int, str]:
+    def _threads(self, job: BuildJob) -> int:
+        """GOMAXPROCS of one run. Pool size x threads = the CPUs we may use, except for a
+        fallback: everything waits on it, so it may use them all (esbuild parses in parallel)."""
+        if job.priority == Priority.FALLBACK:
+            return self.threads_per_build * self.pool_size
+        return self.threads_per_build
+
+    async def _run(self, cmd: list[str], cwd: Path, threads: int) -> tuple[int, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            # Pool size x GOMAXPROCS = the CPUs we may use: the pool is the real CPU bound.
-            "GOMAXPROCS": str(self.threads_per_build),
+            "GOMAXPROCS": str(threads),
             "NO_COLOR": "1",
         }
         proc = await asyncio.create_subprocess_exec(

@@ -280,13 +280,13 @@ async def build_fallback(
         )
     output = survey.output
     if output is None or tuple(selection.names) != tuple(sorted(survey.names)):
-        registrations = [(name, name) for name in selection.names]
+        registrations = [(name, candidates.files[name]) for name in selection.names]
         output = await builder.build(fallback_job(version, registrations, options), root)
     if len(output.code) > plan.max_bytes:  # the estimate was short: aim lower, once
         trimmed = select(ranked, survey, plan.max_bytes * plan.max_bytes // len(output.code))
         if trimmed.names:
             selection = trimmed
-            registrations = [(name, name) for name in selection.names]
+            registrations = [(name, candidates.files[name]) for name in selection.names]
             output = await builder.build(fallback_job(version, registrations, options), root)
     left_out = dict(selection.left_out)
     for name in plan.operator:

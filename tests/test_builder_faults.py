@@ -12,6 +12,7 @@ from typing import Any
 
 from bundler.app import create_app
 from bundler.settings import Settings
+from tests.conftest import wait_ready
 
 HANG = """#!/bin/sh
 # A fake esbuild that hangs and leaves a grandchild behind, as a stuck build might.
@@ -109,12 +110,18 @@ async def test_esbuild_runs_niced_with_gomaxprocs_in_the_source_root(
     script = RECORD.replace("{real}", esbuild)
     fake_path, record = fake(tmp_path, script)
     settings = make_settings(
-        esbuild=fake_path, build_pool_size=3, build_threads=2, build_niceness=7
+        esbuild=fake_path, build_pool_size=3, build_threads=2, build_niceness=7, fallback_dir=""
     )
     client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)  # the default version's fallback: built, everyone waits on it
     resp = await client.get("/bundle.js?modules=components/hero&v=1.0.0")
     assert resp.status == 200
-    niceness, gomaxprocs, cwd = record.read_text().split()
+    fallback_run, tailored_run = record.read_text().splitlines()
+    niceness, gomaxprocs, cwd = tailored_run.split()
     assert int(niceness) == os.nice(0) + 7
     assert gomaxprocs == "2"
     assert Path(cwd) == Path(settings.source).resolve() / "1.0.0"
+    niceness, gomaxprocs, cwd = fallback_run.split()
+    assert int(niceness) == os.nice(0) + 7
+    assert gomaxprocs == "6"  # the whole pool's CPUs
+    assert Path(cwd) == Path(settings.source).resolve() / "1.1.0"
