@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
@@ -386,23 +387,25 @@ class FallbackStore:
 
     async def _load_or_build(self, version: str) -> Fallback | None:
         plan = self.plan(version)
+        started = time.perf_counter()
         try:
             async with self.source.use(version) as root:
                 stored = await asyncio.to_thread(self._read_stored, root, version, plan)
                 if stored is not None:
                     build = stored
                 else:
-                    # The digest (for the manifest) is taken while esbuild runs, not before.
+                    # The digest (for the manifest only) is taken while esbuild runs and
+                    # waited for by the disk write, never by the first use.
                     digest = asyncio.ensure_future(asyncio.to_thread(source_digest, root))
                     try:
-                        fresh = await build_fallback(
+                        build = await build_fallback(
                             self.builder, root, version, self.options, plan
                         )
-                    finally:
-                        source_sha256 = await digest
-                    build = dataclass_replace(fresh, source_sha256=source_sha256)
+                    except BaseException:
+                        digest.add_done_callback(_ignore_outcome)
+                        raise
                     self.builds += 1
-                    self._in_background(self._write(build))
+                    self._in_background(self._write(build, digest))
         except (BuildFailed, UnknownModule) as exc:
             self._failures[version] = exc
             logger.error(
@@ -414,7 +417,7 @@ class FallbackStore:
         self._failures.pop(version, None)
         self._loaded[version] = fallback
         self._in_background(self._recompress(build, fallback))
-        self._log_ready(fallback)
+        self._log_ready(fallback, time.perf_counter() - started, built=stored is None)
         return fallback
 
     def _read_stored(self, root: Path, version: str, plan: Plan) -> FallbackBuild | None:
@@ -431,7 +434,7 @@ class FallbackStore:
                 return build
         return None
 
-    def _log_ready(self, fallback: Fallback) -> None:
+    def _log_ready(self, fallback: Fallback, seconds: float, *, built: bool) -> None:
         failing = [
             name for name, why in fallback.left_out.items() if not why.startswith("over_budget")
         ]
@@ -444,6 +447,8 @@ class FallbackStore:
                 "left_out": reason_counts(fallback.left_out),
                 "not_built": failing[:LOG_NAMES] + (["..."] if len(failing) > LOG_NAMES else []),
                 "details": f"GET /fallback.json?v={fallback.version}",
+                "built": built,
+                "duration_ms": round(seconds * 1000),
             },
         )
 
@@ -463,7 +468,8 @@ class FallbackStore:
         if self._loaded.get(build.version) is quick:
             self._loaded[build.version] = best
 
-    async def _write(self, build: FallbackBuild) -> None:
+    async def _write(self, build: FallbackBuild, digest: asyncio.Future[str]) -> None:
+        build = dataclass_replace(build, source_sha256=await digest)
         await asyncio.to_thread(write_fallback, self.built_dir / build.version, self.options, build)
 
     async def close(self) -> None:
@@ -471,6 +477,11 @@ class FallbackStore:
         so the next start finds them on disk."""
         await self.flight.close()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 def describe_fallback(summary: Mapping[str, Any]) -> str:
