@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
-from bundler.builder import Builder, BuildJob
+from bundler.builder import Builder, BuildJob, BuildOutput
 from bundler.cache import Bundle, MemoryCache
 from bundler.combos import PopularCombos
 from bundler.disk import DiskCache
@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 # Distinct failing combinations remembered at once; a storm of one broken
 # combination costs one esbuild run per build_failure_ttl_s, not one per request.
 MAX_REMEMBERED_FAILURES = 1024
+# Combinations answered with the fallback without a build (shed), remembered to be built
+# later, at warm-up priority, when the queue has room: most recently asked first.
+MAX_DEFERRED = 1024
+# Source maps built on request (developers with devtools open), kept in memory.
+MAP_CACHE_BYTES = 32 * 1024 * 1024
 # Backoff while the default version's fallback cannot be prepared (the pod stays unready).
 STARTUP_RETRY_MIN_S = 1.0
 STARTUP_RETRY_MAX_S = 30.0
@@ -62,14 +67,21 @@ class Answer:
     mode: Mode
 
 
+async def build_output(
+    source: SourceStore, builder: Builder, spec: BundleSpec, priority: Priority, *, with_map: bool
+) -> BuildOutput:
+    async with source.use(spec.version) as root:
+        registrations = resolve_modules(root, spec.version, spec.modules)
+        job = BuildJob.tailored(spec, registrations, priority, with_map=with_map)
+        return await builder.build(job, root)
+
+
 async def build_bundle(
     source: SourceStore, builder: Builder, spec: BundleSpec, priority: Priority
 ) -> Bundle:
-    """Build one tailored bundle with its source map and compressed forms."""
-    async with source.use(spec.version) as root:
-        registrations = resolve_modules(root, spec.version, spec.modules)
-        output = await builder.build(BuildJob.tailored(spec, registrations, priority), root)
-    return await asyncio.to_thread(Bundle.create, spec.key, output.code, output.sourcemap)
+    """Build one tailored bundle (no source map: it is made on request) and its compressed forms."""
+    output = await build_output(source, builder, spec, priority, with_map=False)
+    return await asyncio.to_thread(Bundle.create, spec.key, output.code)
 
 
 class BundleService:
@@ -106,6 +118,12 @@ class BundleService:
         self._startup: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
         self._disk_writes: set[asyncio.Task[None]] = set()
+        self.maps: LRUCache[str, bytes] = LRUCache(maxsize=MAP_CACHE_BYTES, getsizeof=len)
+        self.map_flight: SingleFlight[str, bytes] = SingleFlight("source-map")
+        self.deferred: collections.OrderedDict[str, BundleSpec] = collections.OrderedDict()
+        self._deferred_running: set[str] = set()
+        self._room = asyncio.Event()  # set whenever a build finishes
+        self._drainer: asyncio.Task[None] | None = None
 
     @staticmethod
     def options_from(settings: Settings) -> BuildOptions:
@@ -179,9 +197,42 @@ class BundleService:
 
     def _queue_full(self) -> bool:
         """Tailored builds admitted (running, queued, or created but not yet queued: a
-        burst parsed in one loop iteration admits all of it before any build task runs)."""
+        burst parsed in one loop iteration admits all of it before any build task runs);
+        deferred builds run in the room left and never count against a page."""
         limit = self.settings.queue_max
-        return limit is not None and len(self.flight) >= self.builder.pool_size + limit
+        admitted = len(self.flight) - len(self._deferred_running)
+        return limit is not None and admitted >= self.builder.pool_size + limit
+
+    def _defer(self, spec: BundleSpec) -> None:
+        """A shed combination is built later, when the queue has room (not never)."""
+        self.deferred[spec.key] = spec
+        self.deferred.move_to_end(spec.key)
+        while len(self.deferred) > MAX_DEFERRED:
+            self.deferred.popitem(last=False)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain_deferred(), name="deferred-builds")
+
+    async def _drain_deferred(self) -> None:
+        """Starts deferred builds at warm-up priority while fewer than one round of the
+        pool (pool size x batch max) of them are under way: a page's build always goes
+        first, and these fill the rest of its batch."""
+        room = self.builder.pool_size * self.builder.batch_max
+        while self.deferred:
+            if len(self._deferred_running) >= room:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            key, spec = self.deferred.popitem(last=True)
+            if key in self.flight or self.cache.get(key) is not None or key in self.failures:
+                continue
+            self._deferred_running.add(key)
+            self.flight.ensure(key, functools.partial(self._build_deferred, spec))
+
+    async def _build_deferred(self, spec: BundleSpec) -> Bundle:
+        try:
+            return await self._build(spec, Priority.WARM)
+        finally:
+            self._deferred_running.discard(spec.key)
 
     def _lagging(self) -> bool:
         threshold_ms = self.settings.shed_lag_ms
@@ -226,6 +277,7 @@ class BundleService:
             # Shed: the fallback (as soon as it exists) if it covers, and no build queued.
             fallback = await self._fallback(spec.version)
             if fallback is not None and fallback.covers(spec.modules):
+                self._defer(spec)
                 return Answer(fallback.bundle, Mode.SHED)
             # Nothing else can answer this page: its build, ahead of those that have one.
             bundle = await self.flight.do(spec.key, lambda: self._build(spec, Priority.UNCOVERED))
@@ -287,6 +339,8 @@ class BundleService:
         except (BuildFailed, UnknownModule) as exc:
             self.failures[spec.key] = exc
             raise
+        finally:
+            self._room.set()
         self.cache.put(bundle)
         # The response need not wait for the fsync: the memory tier has it meanwhile.
         task = asyncio.create_task(self.disk.put(bundle), name=f"disk-write:{spec.key}")
@@ -311,6 +365,31 @@ class BundleService:
             raise Overloaded("the build queue is full; retry in a moment")
         return await self.flight.do(spec.key, lambda: self._build(spec, priority))
 
+    async def source_map(self, spec: BundleSpec) -> bytes:
+        """The tailored bundle's source map: built by a second esbuild run on first request
+        (esbuild makes the same code with or without it), then kept in memory."""
+        bundle = await self.built(spec)
+        if bundle.sourcemap is not None:  # a disk entry written before maps were lazy
+            return bundle.sourcemap
+        cached = self.maps.get(spec.key)
+        if cached is not None:
+            return cached
+        return await self.map_flight.do(spec.key, lambda: self._build_map(spec, bundle))
+
+    async def _build_map(self, spec: BundleSpec, bundle: Bundle) -> bytes:
+        output = await build_output(
+            self.source, self.builder, spec, Priority.TAILORED, with_map=True
+        )
+        assert output.sourcemap is not None
+        if output.code != bundle.code:
+            logger.warning(
+                "source map made for other code than the cached bundle (source changed?)",
+                extra={"key": spec.key, "bundle": spec.query},
+            )
+        if len(output.sourcemap) <= MAP_CACHE_BYTES // 4:
+            self.maps[spec.key] = output.sourcemap
+        return output.sourcemap
+
     async def warm(self, spec: BundleSpec) -> str:
         """Build one combination ahead of its traffic, at the lowest priority."""
         if await self._cached(spec) is not None:
@@ -324,13 +403,14 @@ class BundleService:
 
     async def close(self) -> None:
         self.draining = True
-        for task in (self._startup, self._saver):
+        for task in (self._startup, self._saver, self._drainer):
             if task is not None:
                 task.cancel()
         await asyncio.to_thread(self.combos.save, self.combos.snapshot())
         await asyncio.gather(*self._disk_writes, return_exceptions=True)
         await asyncio.to_thread(self.disk.close)
         await self.flight.close()
+        await self.map_flight.close()
         await self.fallbacks.close()
         await self.builder.kill_all()
         await self.source.close()

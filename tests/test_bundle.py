@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
-from tests.conftest import EXAMPLES, run_in_node
+from tests.conftest import EXAMPLES, run_in_node, wait_ready
 
 HERO_CARD_PRICE = "components/price-tag,components/hero,components/card"
 
@@ -243,7 +244,7 @@ async def test_probes(client: TestClient) -> None:
 async def test_memory_cache_stays_within_its_byte_bound(
     aiohttp_client: Any, make_settings: Callable[..., Settings]
 ) -> None:
-    bound = 40_000
+    bound = 10_000  # a few bundles (code + gzip + br; maps are made on request)
     app = create_app(make_settings(memory_cache_max_bytes=bound))
     client = await aiohttp_client(app)
     components = ["card", "carousel", "hero", "nav", "tabs", "rating", "footer", "accordion"]
@@ -283,3 +284,26 @@ async def test_demo_page_and_loader_are_served(client: TestClient) -> None:
     loader = await client.get("/loader.js")
     assert loader.headers["Content-Type"] == "application/javascript; charset=utf-8"
     assert "BundlerLoader" in await loader.text()
+
+
+async def test_a_source_map_is_built_on_request_for_the_served_code(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+) -> None:
+    wrapper, runs = counting_esbuild
+    client = await aiohttp_client(create_app(make_settings(esbuild=wrapper)))
+    await wait_ready(client)
+    query = "modules=components/card,components/hero&v=1.1.0"  # canonical order
+    resp = await client.get("/bundle.js?" + query)
+    code = await resp.read()
+    assert code.rstrip().endswith(b"//# sourceMappingURL=bundle.js.map?" + query.encode())
+    assert runs() == 1  # the bundle alone: no map made
+    maps = [await client.get("/bundle.js.map?" + query) for _ in range(3)]
+    assert {m.status for m in maps} == {200}
+    source_map = json.loads(await maps[0].read())
+    assert runs() == 2  # one more run, once: then from memory
+    assert "components/hero.js" in source_map["sources"]
+    assert all(not s.startswith(("/", "..")) for s in source_map["sources"])
+    # The map's generated side is the served code: its last mapped line exists there.
+    assert source_map["mappings"].count(";") < len(code.splitlines())
