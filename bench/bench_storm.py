@@ -10,8 +10,8 @@ open-loop at --rate per second for --duration seconds, drawn by Zipf popularity
 from --combos distinct combinations of 3-12 modules, module order shuffled.
 A separate probe process polls /readyz and /healthz every 100 ms with a 1 s
 timeout, as kubelet would. The same storm then hits a naive configuration
-(waiters woken in one iteration, no fallback budget, unbounded queue, no lag
-shedding). One table compares the two.
+(one esbuild run per bundle, waiters woken in one iteration, no fallback budget,
+unbounded queue, no lag shedding). One table compares the two.
 
 Run: make bench-storm   (about five minutes; not part of the test suite)
 """
@@ -67,6 +67,7 @@ CORPORA = {
     ),
 }
 NAIVE_FLAGS = [
+    "--build-batch-max", "1",
     "--flight-release", "all-at-once",
     "--fallback-budget-ms", "-1",
     "--build-queue-max", "-1",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -51,6 +53,11 @@ def error_response(
     )
 
 
+def one_line(text: str) -> str:
+    """A message as one line (framework messages carry newlines and "404: " prefixes)."""
+    return " ".join(text.split())[:500]
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Domain errors become their status and message; anything else a 500 with no traceback."""
@@ -64,8 +71,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             retry_after_s = math.ceil(max(1.0, request.app[SETTINGS].source_failure_ttl_s))
             headers["Retry-After"] = str(retry_after_s)
         return error_response(exc.status, exc.message, headers)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # The framework's own (unknown path, wrong method, body too large): one line,
+        # never cached, its headers (Allow) kept.
+        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return error_response(exc.status, one_line(exc.text or exc.reason), kept)
     except Exception:
         logger.exception("unhandled error", extra={"path": request.path_qs})
         return error_response(500, "internal error: the service logged the details")
@@ -118,11 +130,21 @@ async def handle_bundle_map(request: web.Request) -> web.Response:
     )
 
 
+def single_params(request: web.Request, allowed: set[str], usage: str) -> dict[str, str]:
+    """The query as one value per name; an unknown or repeated name is a 400 saying ``usage``."""
+    names = list(request.query.keys())
+    if set(names) - allowed or len(names) != len(set(names)):
+        raise BadRequest(f"use {usage}")
+    return dict(request.query.items())
+
+
 async def handle_combos(request: web.Request) -> web.Response:
     """The most requested module lists (versionless), for the warm-up."""
-    raw = request.query.get("top", str(DEFAULT_COMBOS))
-    if set(request.query) - {"top"} or not raw.isdigit() or not 1 <= int(raw) <= MAX_COMBOS:
-        raise BadRequest(f"use /combos?top=N with N from 1 to {MAX_COMBOS}")
+    usage = f"/combos?top=N with N from 1 to {MAX_COMBOS}"
+    raw = single_params(request, {"top"}, usage).get("top", str(DEFAULT_COMBOS))
+    # ASCII digits only: "²".isdigit() is True, and int("²") fails.
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_COMBOS:
+        raise BadRequest(f"use {usage}")
     return web.json_response(
         {"combos": request.app[SERVICE].combos.top(int(raw))},
         headers={"Cache-Control": "no-store"},
@@ -137,14 +159,17 @@ async def handle_warm(request: web.Request) -> web.Response:
     """
     service = request.app[SERVICE]
     token = service.settings.warm_token
-    if token and not hmac.compare_digest(request.headers.get("X-Warm-Token", ""), token):
+    given = request.headers.get("X-Warm-Token", "").encode("utf-8", "surrogateescape")
+    if token and not hmac.compare_digest(given, token.encode()):  # bytes: any header compares
         return error_response(403, "POST /warm needs the right X-Warm-Token header")
     try:
-        body = await request.json()
+        # The bytes, not request.json(): a bogus charset parameter must not matter, and
+        # json.loads finds UTF-8/16/32 itself. Deep nesting is a RecursionError.
+        body = json.loads(await request.read())
         version, modules = body["version"], body["modules"]
         if not isinstance(version, str) or not isinstance(modules, list):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise BadRequest(
             'send JSON like {"version": "1.1.0", "modules": ["components/hero"]}'
         ) from None
@@ -158,9 +183,8 @@ async def handle_warm(request: web.Request) -> web.Response:
 async def handle_fallback_info(request: web.Request) -> web.Response:
     """What a version's fallback holds and what it left out, and why (built if need be)."""
     service = request.app[SERVICE]
-    if set(request.query) - {"v"} or len(request.query.getall("v", [])) > 1:
-        raise BadRequest("use /fallback.json?v=VERSION")
-    version = validate_version(request.query.get("v", service.default_version))
+    query = single_params(request, {"v"}, "/fallback.json?v=VERSION")
+    version = validate_version(query.get("v", service.default_version))
     fallback = await service.fallbacks.get(version)
     if fallback is None:
         failure = service.fallbacks.failure(version)
@@ -175,9 +199,8 @@ async def handle_fallback_info(request: web.Request) -> web.Response:
 async def handle_fallback_map(request: web.Request) -> web.Response:
     """The source map of a version's fallback (the fallback's sourceMappingURL)."""
     service = request.app[SERVICE]
-    if set(request.query) - {"v"}:
-        raise BadRequest("only v= is allowed here")
-    version = validate_version(request.query.get("v", service.default_version))
+    query = single_params(request, {"v"}, "/fallback.js.map?v=VERSION")
+    version = validate_version(query.get("v", service.default_version))
     fallback = await service.fallbacks.get(version)
     if fallback is None or fallback.bundle.sourcemap is None:
         raise VersionNotFound(f"no fallback for version {version!r}")

@@ -495,7 +495,8 @@ class Builder:
                 results.append(
                     BuildFailed(
                         f"version {job.version} is not self-contained: the bundle would include "
-                        f"{', '.join(read.outside[:5])} from outside the version's source; "
+                        f"{', '.join(dict.fromkeys(read.outside[:5]))} from outside the "
+                        "version's source; "
                         "bare imports must resolve from node_modules inside the version"
                     )
                 )
@@ -565,7 +566,7 @@ class Builder:
                 extra={
                     "key": job.key,
                     "returncode": returncode,
-                    "stderr": stderr[-MAX_ERROR_CHARS:],
+                    "stderr": sanitize(stderr[-MAX_ERROR_CHARS:], source_root, workdir),
                 },
             )
             return BuildCrashed(
@@ -616,9 +617,10 @@ def _read_output(
         inputs = meta["outputs"][_relative(outfile, source_root)]["inputs"]
     entry_key = os.path.relpath(entry, source_root)
     outside = [
+        # A package it imported by name; any other file outside is not named at all.
         "node_modules/" + name.rsplit("node_modules/", 1)[1]
         if "node_modules/" in name
-        else Path(name).name
+        else "a file (an absolute path, a '..' beyond the root, or a symlink out)"
         for name in inputs
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
@@ -680,6 +682,30 @@ def _relative(path: Path, root: Path) -> str:
     return os.path.relpath(path, root)
 
 
+# A location line of esbuild's report: "    path/to/file.js:12:3:".
+LOCATION = re.compile(r"^\s+(\S[^\n]*?):\d+:\d+:$", re.MULTILINE)
+MESSAGE_START = re.compile(r"^(?=[✘▲] \[)", re.MULTILINE)
+OUTSIDE_MESSAGE = (
+    "✘ [ERROR] a module of this version imports a file outside it (an absolute path, "
+    "a '..' beyond its root, or a symlink out); only files inside the version are bundled"
+)
+
+
+def _redact_outside(report: str) -> str:
+    """A message located in a file outside the version is replaced whole: esbuild quotes
+    the line it points at, and nothing outside a version's root may reach an answer."""
+    messages = MESSAGE_START.split(report)
+    kept = []
+    for message in messages:
+        paths = LOCATION.findall(message)
+        if any(p.startswith(("../", "/")) or p == ".." for p in paths):
+            if OUTSIDE_MESSAGE not in kept:
+                kept.append(OUTSIDE_MESSAGE + "\n\n")
+        else:
+            kept.append(message)
+    return "".join(kept)
+
+
 def sanitize(report: str, source_root: Path, workdir: Path) -> str:
     """esbuild's report with no machine paths: sources relative to the version root."""
     text = report
@@ -689,7 +715,7 @@ def sanitize(report: str, source_root: Path, workdir: Path) -> str:
                 text = text.replace(form + "/", label + ("/" if label else ""))
                 text = text.replace(form, label)
     text = text.replace("<entry>/" + ENTRY_NAME, "<entry>")
-    text = text.strip()
+    text = _redact_outside(text).strip()
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + "\n[... report truncated]"
     return text

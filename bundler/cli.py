@@ -15,13 +15,16 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from http import HTTPStatus
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from bundler import warm
-from bundler.app import SERVICE, create_app
+from bundler.app import SERVICE, create_app, error_response, one_line
 from bundler.builder import Builder
 from bundler.errors import BundlerError, ConfigError
 from bundler.fallback import (
@@ -52,7 +55,7 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     if loop.get_debug():  # PYTHONASYNCIODEBUG=1: name every callback that holds the loop
         loop.slow_callback_duration = DEBUG_SLOW_CALLBACK_S
-    runner = web.AppRunner(
+    runner = QuietRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
     )
     await runner.setup()  # runs the startup half of cleanup_ctx: ConfigError surfaces here
@@ -95,6 +98,47 @@ def _tune_runtime() -> None:
     if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
         asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
+class QuietHandler(RequestHandler):
+    """A request the HTTP parser refuses gets a one-line, never-cached 400 and one log
+    line, not a multi-line body and a traceback at ERROR (clients send junk all day)."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        problem = one_line(message or HTTPStatus(status).phrase)
+        logger.warning(
+            "refused a malformed HTTP request",
+            extra={"status": status, "remote": request.remote, "problem": problem[:200]},
+        )
+        response = error_response(status, f"bad HTTP request: {problem}")
+        response.force_close()
+        return response
+
+
+class QuietServer(web.Server):
+    __slots__ = ()
+
+    def __call__(self) -> RequestHandler:
+        return QuietHandler(self, loop=self._loop, **self._kwargs)
+
+
+class QuietRunner(web.AppRunner):
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = QuietServer  # the app's own server, its handlers ours
+        return server
 
 
 def serve(args: argparse.Namespace) -> int:

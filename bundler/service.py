@@ -239,8 +239,9 @@ class BundleService:
         return threshold_ms > 0 and self.lag.smoothed_s * 1000 > threshold_ms
 
     async def answer(self, spec: BundleSpec) -> Answer:
-        self.combos.record(spec.modules)
         answer = await self._answer(spec)
+        # Only what was answered with a bundle: junk and failures never reach the warm-up.
+        self.combos.record(spec.modules)
         self.requests[answer.mode.value] += 1
         return answer
 
@@ -273,21 +274,18 @@ class BundleService:
             return Answer(await self.flight.do(spec.key, lambda: self._build(spec)), Mode.BUILT)
         # Built once, ahead of every tailored build; nobody waits for it here.
         self.fallbacks.ensure(spec.version)
-        if not joining and (self._queue_full() or self._lagging()):
-            # Shed: the fallback (as soon as it exists) if it covers, and no build queued.
-            fallback = await self._fallback(spec.version)
-            if fallback is not None and fallback.covers(spec.modules):
+        fallback = self.fallbacks.loaded(spec.version)
+        covered = fallback is not None and fallback.covers(spec.modules)
+        if not joining and fallback is not None and (self._queue_full() or self._lagging()):
+            if covered:  # shed: the fallback at once; the build later, when there is room
                 self._defer(spec)
                 return Answer(fallback.bundle, Mode.SHED)
             # Nothing else can answer this page: its build, ahead of those that have one.
             bundle = await self.flight.do(spec.key, lambda: self._build(spec, Priority.UNCOVERED))
             return Answer(bundle, Mode.BUILT)
-        fallback = self.fallbacks.loaded(spec.version)
-        priority = (
-            Priority.UNCOVERED
-            if fallback is not None and not fallback.covers(spec.modules)
-            else Priority.TAILORED
-        )
+        # No fallback yet (a release's first seconds): nothing is shed to a fallback that
+        # may take longer than the builds; each miss races its own build against it.
+        priority = Priority.UNCOVERED if fallback is not None and not covered else Priority.TAILORED
         build_fn = functools.partial(self._build, spec, priority)
         if joining:
             self.builder.promote(spec.key, priority)  # a warm-up's build a page now waits for

@@ -25,8 +25,8 @@ ENV_PREFIX = "BUNDLER_"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # In a source checkout the example components and node_modules sit beside the package.
 CHECKOUT_DIR = PACKAGE_DIR.parent
-REGISTRY_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
-ESBUILD_TARGET = re.compile(r"^[a-z]+[0-9.]*(,[a-z]+[0-9.]*)*$")
+REGISTRY_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")  # fullmatch
+ESBUILD_TARGET = re.compile(r"[a-z]+[0-9.]*(,[a-z]+[0-9.]*)*")
 
 
 def _opt(help_text: str, **kwargs: Any) -> Any:
@@ -248,9 +248,9 @@ class Settings:
             out.append("flight_release must be 'staggered' or 'all-at-once'")
         if not 0 <= self.build_niceness <= 19:
             out.append("build_niceness must be 0-19")
-        if not REGISTRY_NAME.match(self.registry_name):
+        if not REGISTRY_NAME.fullmatch(self.registry_name):
             out.append(f"registry_name must be a JavaScript identifier, got {self.registry_name!r}")
-        if not ESBUILD_TARGET.match(self.esbuild_target):
+        if not ESBUILD_TARGET.fullmatch(self.esbuild_target):
             out.append(f"esbuild_target looks wrong: {self.esbuild_target!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             out.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")

@@ -38,19 +38,23 @@ class PrioritySlots:
     def queued(self) -> int:
         return len({id(f) for _, _, f in self._waiters if not f.done()})
 
+    def _free_for(self, priority: int) -> bool:
+        """Warm-up work never takes the last free slot (of two or more): a page's build
+        arriving now starts at once instead of waiting behind a batch of warm-ups."""
+        limit = self.size - 1 if priority >= Priority.WARM and self.size > 1 else self.size
+        return self.in_use < limit
+
     def enqueue(self, priority: Priority) -> asyncio.Future[bool]:
         ticket: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        if self.in_use < self.size and self.queued == 0:
-            self.in_use += 1
-            ticket.set_result(True)
-        else:
-            heapq.heappush(self._waiters, (int(priority), next(self._order), ticket))
+        heapq.heappush(self._waiters, (int(priority), next(self._order), ticket))
+        self._dispatch()  # granted at once if it is the most urgent and a slot is free
         return ticket
 
     def promote(self, ticket: asyncio.Future[bool], priority: Priority) -> None:
         """A queued ticket moves up to ``priority`` (its old place is skipped when reached)."""
         if not ticket.done():
             heapq.heappush(self._waiters, (int(priority), next(self._order), ticket))
+            self._dispatch()
 
     @staticmethod
     def claim(ticket: asyncio.Future[bool]) -> bool:
@@ -81,9 +85,18 @@ class PrioritySlots:
             self.release()
 
     def release(self) -> None:
-        while self._waiters:
-            _, _, waiter = heapq.heappop(self._waiters)
-            if not waiter.done():
-                waiter.set_result(True)  # the slot passes straight to it
-                return
         self.in_use -= 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Free slots go to the most urgent waiters (FIFO within a priority)."""
+        while self._waiters:
+            priority, _, waiter = self._waiters[0]
+            if waiter.done():  # claimed by a batch, cancelled, or promoted (a second entry)
+                heapq.heappop(self._waiters)
+                continue
+            if not self._free_for(priority):
+                return  # no slot, or only warm-ups wait and the last slot is not theirs
+            heapq.heappop(self._waiters)
+            self.in_use += 1
+            waiter.set_result(True)  # the slot passes straight to it

@@ -19,9 +19,10 @@ from bundler.errors import BadRequest
 
 # Characters a module path may use; everything else (quotes, backslashes, spaces,
 # '=', ':', '%') is refused, so a name is safe inside a JavaScript string literal.
-MODULE_CHARS = re.compile(r"^[A-Za-z0-9_.@+/-]+$")
+# (fullmatch, never "$": "$" also matches before a trailing newline.)
+MODULE_CHARS = re.compile(r"[A-Za-z0-9_.@+/-]+")
 # A release version: starts alphanumeric, then a small safe alphabet (semver fits).
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 ALLOWED_PARAMS = frozenset({"modules", "v"})
 # Bumped whenever the bundle wrapper changes, so old cache entries are never reused.
 FORMAT_VERSION = 2
@@ -57,7 +58,7 @@ class BundleSpec:
 
 
 def validate_version(version: str) -> str:
-    if not VERSION_PATTERN.match(version) or ".." in version:
+    if not VERSION_PATTERN.fullmatch(version) or ".." in version:
         raise BadRequest(
             f"invalid version {version!r}: use letters, digits and . _ + - "
             "(at most 64 characters, starting with a letter or digit), e.g. v=1.4.2"
@@ -70,7 +71,7 @@ def validate_module(name: str, max_chars: int) -> str:
         raise BadRequest("empty module name: check for a stray comma in modules=")
     if len(name) > max_chars:
         raise BadRequest(f"module name longer than {max_chars} characters: {name[:40]!r}...")
-    if not MODULE_CHARS.match(name):
+    if not MODULE_CHARS.fullmatch(name):
         raise BadRequest(f"invalid module name {name!r}: use letters, digits and _ . @ + - / only")
     if name[0] in "/-":
         raise BadRequest(f"invalid module name {name!r}: it must not start with '/' or '-'")

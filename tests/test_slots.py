@@ -71,3 +71,29 @@ async def test_cancelled_waiter_gives_up_its_place() -> None:
     await asyncio.gather(first, last)
     assert ran == ["first", "last"]
     assert slots.in_use == 0 and slots.queued == 0
+
+
+async def test_warm_ups_leave_the_last_slot_to_pages() -> None:
+    slots = PrioritySlots(2)
+    first_warm = slots.enqueue(Priority.WARM)
+    second_warm = slots.enqueue(Priority.WARM)
+    assert first_warm.done() and first_warm.result() is True
+    assert not second_warm.done()  # one slot is free, but not for a warm-up
+    page = slots.enqueue(Priority.TAILORED)
+    assert page.done() and page.result() is True  # at once, ahead of the waiting warm-up
+    assert slots.in_use == 2
+    slots.release()  # the page's build ends: the warm-up may not take the last free slot
+    assert not second_warm.done()
+    slots.release()  # the first warm-up ends: no slot is busy, so a warm-up may take one
+    assert second_warm.done() and slots.in_use == 1
+    slots.release()
+    assert slots.in_use == 0
+
+
+async def test_a_promoted_warm_up_takes_a_free_slot_at_once() -> None:
+    slots = PrioritySlots(2)
+    slots.enqueue(Priority.WARM)
+    waiting = slots.enqueue(Priority.WARM)
+    assert not waiting.done()
+    slots.promote(waiting, Priority.UNCOVERED)  # a page now waits for this build
+    assert waiting.done() and slots.in_use == 2
