@@ -132,7 +132,7 @@ async def handle_bundle_map(request: web.Request) -> web.Response:
 
 def single_params(request: web.Request, allowed: set[str], usage: str) -> dict[str, str]:
     """The query as one value per name; an unknown or repeated name is a 400 saying ``usage``."""
-    names = list(request.query.keys())
+    names = [name for name, _ in request.query.items()]
     if set(names) - allowed or len(names) != len(set(names)):
         raise BadRequest(f"use {usage}")
     return dict(request.query.items())
