@@ -48,6 +48,47 @@ DEBUG_SLOW_CALLBACK_S = 0.01
 GIL_SWITCH_INTERVAL_S = 0.001
 
 
+class QuietHandler(RequestHandler):
+    """A request the HTTP parser refuses gets a one-line, never-cached 400 and one log
+    line, not a multi-line body and a traceback at ERROR (clients send junk all day)."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        problem = one_line(message or HTTPStatus(status).phrase)
+        logger.warning(
+            "refused a malformed HTTP request",
+            extra={"status": status, "remote": request.remote, "problem": problem[:200]},
+        )
+        response = error_response(status, f"bad HTTP request: {problem}")
+        response.force_close()
+        return response
+
+
+class QuietServer(web.Server):
+    __slots__ = ()
+
+    def __call__(self) -> RequestHandler:
+        return QuietHandler(self, loop=self._loop, **self._kwargs)
+
+
+class QuietRunner(web.AppRunner):
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = QuietServer  # the app's own server, its handlers ours
+        return server
+
+
 async def _serve(settings: Settings) -> None:
     """Runs until SIGTERM/SIGINT, then drains: /readyz 503 for drain_s while still
     serving, then the listener closes, in-flight requests finish, builds are killed."""
@@ -98,47 +139,6 @@ def _tune_runtime() -> None:
     if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
         asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-
-
-class QuietHandler(RequestHandler):
-    """A request the HTTP parser refuses gets a one-line, never-cached 400 and one log
-    line, not a multi-line body and a traceback at ERROR (clients send junk all day)."""
-
-    __slots__ = ()
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status >= 500:
-            return super().handle_error(request, status, exc, message)
-        problem = one_line(message or HTTPStatus(status).phrase)
-        logger.warning(
-            "refused a malformed HTTP request",
-            extra={"status": status, "remote": request.remote, "problem": problem[:200]},
-        )
-        response = error_response(status, f"bad HTTP request: {problem}")
-        response.force_close()
-        return response
-
-
-class QuietServer(web.Server):
-    __slots__ = ()
-
-    def __call__(self) -> RequestHandler:
-        return QuietHandler(self, loop=self._loop, **self._kwargs)
-
-
-class QuietRunner(web.AppRunner):
-    __slots__ = ()
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = QuietServer  # the app's own server, its handlers ours
-        return server
 
 
 def serve(args: argparse.Namespace) -> int:
