@@ -167,9 +167,9 @@ class Settings:
         "Cache-Control and CDN-Cache-Control max-age of a fallback response (0-30).", default=30
     )
     build_queue_max: int = _opt(
-        "Builds that may wait for a pool slot; past it a miss gets the fallback and queues "
-        "nothing (default: pool size x batch max, what the pool takes in one round; "
-        "-1: unbounded).",
+        "Builds that may wait for a pool slot; past it a miss gets the fallback and its build "
+        "is deferred to warm-up priority (default: pool size x batch max, what the pool "
+        "takes in one round; -1: unbounded).",
         default=0,
     )
     shed_lag_ms: float = _opt(
