@@ -31,7 +31,7 @@ from bundler.fallback import (
     build_fallback,
     describe_fallback,
     offline_plan,
-    source_digest,
+    version_digest,
     write_fallback,
 )
 from bundler.logs import configure_logging
@@ -165,7 +165,7 @@ async def _build_fallback(
         async with source.use(version) as root:
             build = await build_fallback(builder, root, version, options, plan)
             build = dataclasses.replace(
-                build, source_sha256=await asyncio.to_thread(source_digest, root)
+                build, source_sha256=await asyncio.to_thread(version_digest, root)
             )
     finally:
         await source.close()

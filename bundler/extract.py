@@ -22,6 +22,7 @@ import ctypes.util
 import dataclasses
 import fcntl
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -33,9 +34,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bundler.errors import SourceUnavailable
+from bundler.fallback_plan import candidates_from, read_package_json
 from bundler.fsutil import fsync_dir
 from bundler.resolve import DECLARATION_SUFFIXES
 
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 SRC = "src"
 COMPLETE = ".complete"
+FACTS = "facts.json"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 OWNER_LOCK = ".owner"
@@ -125,7 +128,8 @@ class WorkDir:
 
     def install(self, tarball: Path, limits: ExtractLimits) -> Path:
         """Extract ``tarball`` and install it as the version; returns its source root."""
-        _extract(tarball, self._content(), limits)
+        content = self._content()
+        _write_facts(content, _extract(tarball, content, limits), self.path / FACTS)
         return self._finish()
 
     async def install_async(self, tarball: Path, limits: ExtractLimits, timeout_s: float) -> Path:
@@ -144,6 +148,8 @@ class WorkDir:
         version_dir = self.path / "version"
         version_dir.mkdir()
         os.rename(_strip_single_top_folder(self.path / "content"), version_dir / SRC)
+        if (self.path / FACTS).exists():
+            os.rename(self.path / FACTS, version_dir / FACTS)
         (version_dir / COMPLETE).write_text(self.version + "\n")
         fsync_dir(version_dir)
         sources_dir = self.sources_dir
@@ -214,7 +220,8 @@ def main(argv: list[str]) -> int:
     tarball, dest, limits = argv
     _die_with_parent()
     try:
-        _extract(Path(tarball), Path(dest), ExtractLimits(**json.loads(limits)))
+        records = _extract(Path(tarball), Path(dest), ExtractLimits(**json.loads(limits)))
+        _write_facts(Path(dest), records, Path(dest).parent / FACTS)
     except SourceUnavailable as exc:
         print(json.dumps({"unsafe": isinstance(exc, UnsafeTarball), "message": exc.message}))
         return 1
@@ -246,7 +253,12 @@ def _member_path(member: tarfile.TarInfo) -> list[str] | None:
     return parts or None
 
 
-def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> None:
+# A written file: its path parts under the extraction dir, size and SHA-256.
+Record = tuple[list[str], int, bytes]
+
+
+def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> list[Record]:
+    records: list[Record] = []
     members = 0
     total = 0
     made: set[str] = set()  # directories created so far, relative
@@ -280,11 +292,70 @@ def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> None:
                 if source is None:
                     raise UnsafeTarball(f"tarball member {member.name!r} has no data")
                 target = os.path.join(root, *parts)
-                _write_file(source, target, member.size, executable=bool(member.mode & 0o100))
+                executable = bool(member.mode & 0o100)
+                records.append(
+                    (
+                        parts,
+                        member.size,
+                        _write_file(source, target, member.size, executable=executable),
+                    )
+                )
             _drain(stream)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         # zlib/gzip errors surface as OSError or EOFError; a truncated stream as TarError.
         raise SourceUnavailable(f"the source tarball is corrupt or truncated: {exc}") from None
+    return records
+
+
+def _write_facts(content: Path, records: list[Record], out: Path) -> None:
+    """What the service would otherwise learn by walking and reading the whole version
+    again, taken while every byte was in hand: its digest and its module candidates."""
+    root = _strip_single_top_folder(content)
+    strip = len(root.relative_to(content).parts)
+    files = [("/".join(parts[strip:]), size, sha) for parts, size, sha in records]
+    candidates = candidates_from(((path, size) for path, size, _ in files), read_package_json(root))
+    facts = {
+        "digest": _walk_order_digest(files),
+        "candidates": dataclasses.asdict(candidates),
+    }
+    out.write_text(json.dumps(facts))
+
+
+def _walk_order_digest(files: list[tuple[str, int, bytes]]) -> str:
+    """bundler.fallback.source_digest of these files, without reading them again: the
+    same order (os.walk with sorted names: a folder's files, then its folders)."""
+    tree: dict[str, Any] = {}
+    for path, _, sha in files:
+        *folders, name = path.split("/")
+        node = tree
+        for folder in folders:
+            node = node.setdefault(folder + "/", {})
+        node[name] = sha
+    digest = hashlib.sha256()
+
+    def visit(node: dict[str, Any], prefix: str) -> None:
+        names = sorted(k for k in node if not k.endswith("/"))
+        for name in names:
+            digest.update((prefix + name).encode() + b"\0")
+            digest.update(node[name])
+        # by the folder's name, as os.walk sorts it ("a-b" after "a", "a-b/" before "a/")
+        for folder in sorted((k for k in node if k.endswith("/")), key=lambda k: k[:-1]):
+            visit(node[folder], prefix + folder)
+
+    visit(tree, "")
+    return digest.hexdigest()
+
+
+def read_facts(root: Path) -> dict[str, Any] | None:
+    """The facts an extraction wrote for this installed version (None: a directory
+    source, or a version installed before facts were written)."""
+    if root.name != SRC:
+        return None
+    try:
+        facts: dict[str, Any] = json.loads((root.parent / FACTS).read_text())
+    except (OSError, ValueError):
+        return None
+    return facts
 
 
 @contextlib.contextmanager
@@ -346,21 +417,27 @@ def _make_dirs(root: str, parts: list[str], made: set[str]) -> None:
                 ) from None
 
 
-def _write_file(source: IO[bytes], target: str, size: int, *, executable: bool) -> None:
+def _write_file(source: IO[bytes], target: str, size: int, *, executable: bool) -> bytes:
+    """Writes the member; returns its SHA-256 (the version's digest is made from these)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
         fd = os.open(target, flags, 0o755 if executable else 0o644)
     except FileExistsError:
         raise UnsafeTarball(f"tarball has {os.path.basename(target)!r} twice") from None
     written = 0
+    digest = hashlib.sha256()
     with os.fdopen(fd, "wb") as out:
         while chunk := source.read(CHUNK_BYTES):
+            digest.update(chunk)
             written += len(chunk)
             if written > size:  # never trust the header alone
-                raise UnsafeTarball(f"tarball member {os.path.basename(target)!r} is longer than it says")
+                raise UnsafeTarball(
+                    f"tarball member {os.path.basename(target)!r} is longer than it says"
+                )
             out.write(chunk)
     if written != size:
         raise SourceUnavailable(f"tarball member {os.path.basename(target)!r} is truncated")
+    return digest.digest()
 
 
 def _strip_single_top_folder(content: Path) -> Path:

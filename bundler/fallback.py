@@ -37,9 +37,11 @@ from bundler.cache import BROTLI_QUALITY, BROTLI_QUALITY_MAX, Bundle
 from bundler.combos import COMBOS_FILE, PopularCombos
 from bundler.entry import Registration
 from bundler.errors import BuildFailed, BundlerError, UnknownModule
+from bundler.extract import read_facts
 from bundler.fallback_plan import (
     SURVEY_SOURCE_FACTOR,
     UNKNOWN,
+    Candidates,
     OperatorList,
     entry_point_paths,
     list_candidates,
@@ -145,6 +147,22 @@ def source_digest(root: Path) -> str:
             digest.update(path.relative_to(root).as_posix().encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def version_digest(root: Path) -> str:
+    """source_digest, from what the extraction recorded when it can (no second read)."""
+    facts = read_facts(root)
+    if facts is not None and isinstance(facts.get("digest"), str):
+        return str(facts["digest"])
+    return source_digest(root)
+
+
+def version_candidates(root: Path) -> Candidates:
+    """list_candidates, from what the extraction recorded when it can (no walk)."""
+    facts = read_facts(root)
+    if facts is not None and isinstance(facts.get("candidates"), dict):
+        return Candidates(**facts["candidates"])
+    return list_candidates(root)
 
 
 def identity(
@@ -256,7 +274,7 @@ async def build_fallback(
     selection within the budget is then built once more, with its source map, unless
     the survey took every candidate and all of it fits: its bundle is the fallback.
     """
-    candidates = await asyncio.to_thread(list_candidates, root)
+    candidates = await asyncio.to_thread(version_candidates, root)
     package = await asyncio.to_thread(read_package_json, root)
     ranked = rank(candidates, plan.operator, plan.popular, entry_point_paths(package))
     if not ranked:
@@ -396,7 +414,7 @@ class FallbackStore:
                 else:
                     # The digest (for the manifest only) is taken while esbuild runs and
                     # waited for by the disk write, never by the first use.
-                    digest = asyncio.ensure_future(asyncio.to_thread(source_digest, root))
+                    digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
                     try:
                         build = await build_fallback(
                             self.builder, root, version, self.options, plan
@@ -427,7 +445,7 @@ class FallbackStore:
         dirs = [d for d in dirs if (d / MANIFEST).exists()]
         if not dirs:
             return None
-        digest = source_digest(root)
+        digest = version_digest(root)
         for directory in dirs:
             build = read_fallback(directory, version, self.options, digest, plan)
             if build is not None:

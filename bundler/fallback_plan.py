@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,7 +151,30 @@ def list_candidates(root: Path) -> Candidates:
     one name, esbuild's own precedence decides (a file before a directory's index,
     .ts before .js).
     """
-    node_only = node_only_paths(read_package_json(root))
+    return candidates_from(walk_files(root), read_package_json(root))
+
+
+def walk_files(root: Path) -> Iterator[tuple[str, int]]:
+    """(path under root, size) of every file a module could be: dot files, dot folders and
+    node_modules are skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "node_modules")
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for filename in filenames:
+            if filename.startswith(".") or not filename.endswith(MODULE_EXTENSIONS):
+                continue
+            try:
+                size = os.stat(os.path.join(dirpath, filename)).st_size
+            except OSError:
+                continue
+            yield (f"{rel_dir}/{filename}" if rel_dir else filename), size
+
+
+def candidates_from(files: Iterable[tuple[str, int]], package: Mapping[str, Any]) -> Candidates:
+    """The candidates among ``files`` ((path, size), as walk_files gives them); also used
+    by the extraction process, which knows every file without walking the disk."""
+    node_only = node_only_paths(package)
     claims: dict[str, tuple[int, str]] = {}
     sizes: dict[str, int] = {}
     excluded: collections.Counter[str] = collections.Counter()
@@ -164,33 +187,28 @@ def list_candidates(root: Path) -> Candidates:
         if name not in claims or rank < claims[name][0]:
             claims[name] = (rank, path)
 
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "node_modules")
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        for filename in filenames:
-            stem, ext = os.path.splitext(filename)
-            if filename.startswith(".") or ext not in MODULE_EXTENSIONS:
-                continue
-            path = f"{rel_dir}/{filename}" if rel_dir else filename
-            if filename.endswith(DECLARATION_SUFFIXES):
-                excluded["declaration"] += 1
-                continue
-            if path in node_only or path[: -len(ext)] in node_only:
-                excluded["node_only"] += 1
-                continue
-            try:
-                sizes[path] = (Path(dirpath) / filename).stat().st_size
-            except OSError:
-                continue
-            claim(path, 0, path)
-            if ext in RESOLVE_EXTENSIONS:
-                order = RESOLVE_EXTENSIONS.index(ext)
-                claim(path[: -len(ext)], 1 + order, path)
-                if stem == "index" and rel_dir:
-                    claim(rel_dir, 10 + order, path)
-    files = {name: path for name, (_, path) in sorted(claims.items())}
-    return Candidates(files=files, sizes=sizes, excluded=dict(excluded))
+    for path, size in files:
+        rel_dir, _, filename = path.rpartition("/")
+        stem, ext = os.path.splitext(filename)
+        if filename.startswith(".") or ext not in MODULE_EXTENSIONS:
+            continue
+        if any(p.startswith(".") or p == "node_modules" for p in rel_dir.split("/") if p):
+            continue
+        if filename.endswith(DECLARATION_SUFFIXES):
+            excluded["declaration"] += 1
+            continue
+        if path in node_only or path[: -len(ext)] in node_only:
+            excluded["node_only"] += 1
+            continue
+        sizes[path] = size
+        claim(path, 0, path)
+        if ext in RESOLVE_EXTENSIONS:
+            order = RESOLVE_EXTENSIONS.index(ext)
+            claim(path[: -len(ext)], 1 + order, path)
+            if stem == "index" and rel_dir:
+                claim(rel_dir, 10 + order, path)
+    files_by_name = {name: path for name, (_, path) in sorted(claims.items())}
+    return Candidates(files=files_by_name, sizes=sizes, excluded=dict(excluded))
 
 
 def list_registrations(root: Path) -> list[Registration]:

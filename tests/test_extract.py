@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tarfile
 import threading
@@ -184,3 +185,35 @@ def test_clean_stale_removes_dead_work_but_not_live_work(sources: Path) -> None:
         assert live.path.exists() and not dead.path.exists()
     finally:
         live.remove()
+
+
+@pytest.mark.parametrize("in_child", [False, True])
+def test_the_extraction_records_the_digest_and_candidates_a_walk_would_find(
+    sources: Path, in_child: bool
+) -> None:
+    """The service reads these instead of walking and hashing the version again: they
+    must be exactly what the walk finds (a wrong digest would rebuild every fallback)."""
+    from bundler.fallback import source_digest, version_candidates, version_digest
+    from bundler.fallback_plan import list_candidates
+    from tests.packages import npm_tarball
+
+    for data, version in (
+        (make_tarball({**LIB_FILES, "types.d.ts": b"export type T = 1;\n"}), "1.0.0"),
+        (npm_tarball("date-fns", "4.1.0"), "4.1.0"),
+    ):
+        limits = extract.ExtractLimits(20_000, 20_000_000, 200_000_000)
+        if in_child:
+            tarball = sources.parent / f"child-{version}.tgz"
+            tarball.parent.mkdir(parents=True, exist_ok=True)
+            tarball.write_bytes(data)
+            work = extract.WorkDir(sources, version)
+            try:
+                root = asyncio.run(work.install_async(tarball, limits, 60))
+            finally:
+                work.remove()
+        else:
+            root = install(sources, data, version, limits)
+        assert extract.read_facts(root) is not None
+        assert version_digest(root) == source_digest(root)
+        assert version_candidates(root) == list_candidates(root)
+        assert not list(root.rglob("*.d.ts"))  # never written
