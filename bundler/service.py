@@ -321,6 +321,10 @@ class BundleService:
             fallback = self.fallbacks.loaded(spec.version)
         if fallback is not None and fallback.covers(spec.modules):
             return Answer(fallback.bundle, Mode.FALLBACK)
+        if (
+            fallback is not None
+        ):  # queued before the fallback existed: now the page has no other answer
+            self.builder.promote(spec.key, Priority.UNCOVERED)
         return Answer(await build, Mode.BUILT)
 
     async def _fallback(self, version: str) -> Fallback | None:
