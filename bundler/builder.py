@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import itertools
 import json
 import logging
@@ -28,7 +29,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +126,10 @@ class SurveyRun:
     stderr: str
     # The bundle itself, when the job asked for a source map and nothing came from outside.
     output: BuildOutput | None = None
+
+
+# Set while a task holds a slot for several runs (Builder.holding).
+_HOLDING: contextvars.ContextVar[bool] = contextvars.ContextVar("holding_slot", default=False)
 
 
 @dataclass(eq=False)
@@ -230,6 +235,16 @@ class Builder:
             waiting.priority = priority
             self.slots.promote(waiting.ticket, priority)
 
+    def queued_jobs(self, version: str) -> list[BuildJob]:
+        """Tailored builds of ``version`` waiting for a slot."""
+        return [
+            w.job
+            for (queued_version, *_), queue in self._waiting.items()
+            if queued_version == version
+            for w in queue
+            if not w.ticket.done()
+        ]
+
     def _suspect(self, job: BuildJob) -> bool:
         return any((job.version, path) in self._suspects for _, path in job.registrations)
 
@@ -325,10 +340,24 @@ class Builder:
         every error reported; ``externals`` (paths under the root) are left unbundled."""
         return await self._in_slot(job, self._survey(job, source_root, externals))
 
+    @contextlib.asynccontextmanager
+    async def holding(self, priority: Priority) -> AsyncIterator[None]:
+        """One slot for a task's several runs (a fallback's surveys and build): between
+        them no queued build may take the slot back."""
+        async with self.slots.slot(priority):
+            token = _HOLDING.set(True)
+            try:
+                yield
+            finally:
+                _HOLDING.reset(token)
+
     async def _in_slot(self, job: BuildJob, run: Coroutine[Any, Any, T]) -> T:
-        """Runs one esbuild job in a pool slot, counted by how it ended."""
+        """Runs one esbuild job in a pool slot (or the one its task holds), counted by how
+        it ended."""
         try:
-            async with self.slots.slot(job.priority):
+            async with (
+                contextlib.nullcontext() if _HOLDING.get() else self.slots.slot(job.priority)
+            ):
                 started = time.perf_counter()
                 outcome: object = None
                 try:

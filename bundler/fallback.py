@@ -370,6 +370,8 @@ class FallbackStore:
         self.flight: SingleFlight[str, Fallback | None] = SingleFlight("fallback")
         self._background: set[asyncio.Task[None]] = set()
         self.builds = 0
+        # Called the moment a fallback is loaded (the service reorders its queue then).
+        self.on_loaded: Callable[[Fallback], None] | None = None
 
     def loaded(self, version: str) -> Fallback | None:
         return self._loaded.get(version)
@@ -416,9 +418,13 @@ class FallbackStore:
                     # waited for by the disk write, never by the first use.
                     digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
                     try:
-                        build = await build_fallback(
-                            self.builder, root, version, self.options, plan
-                        )
+                        async with self.builder.holding(Priority.FALLBACK):
+                            build = await build_fallback(
+                                self.builder, root, version, self.options, plan
+                            )
+                            # Published before the slot passes on, so the queue can be
+                            # reordered for it first (on_loaded).
+                            self._publish(await asyncio.to_thread(build.fallback))
                     except BaseException:
                         digest.add_done_callback(_ignore_outcome)
                         raise
@@ -431,11 +437,18 @@ class FallbackStore:
                 extra={"version": version, "error": exc.message.splitlines()[0][:500]},
             )
             return None
-        fallback: Fallback = await asyncio.to_thread(build.fallback)
-        self._failures.pop(version, None)
-        self._loaded[version] = fallback
+        fallback = self._loaded.get(version)
+        if fallback is None or stored is not None:
+            fallback = self._publish(await asyncio.to_thread(build.fallback))
         self._in_background(self._recompress(build, fallback))
         self._log_ready(fallback, time.perf_counter() - started, built=stored is None)
+        return fallback
+
+    def _publish(self, fallback: Fallback) -> Fallback:
+        self._failures.pop(fallback.version, None)
+        self._loaded[fallback.version] = fallback
+        if self.on_loaded is not None:
+            self.on_loaded(fallback)
         return fallback
 
     def _read_stored(self, root: Path, version: str, plan: Plan) -> FallbackBuild | None:

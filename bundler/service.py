@@ -124,6 +124,7 @@ class BundleService:
         self._deferred_running: set[str] = set()
         self._room = asyncio.Event()  # set whenever a build finishes
         self._drainer: asyncio.Task[None] | None = None
+        fallbacks.on_loaded = self._promote_uncovered
 
     @staticmethod
     def options_from(settings: Settings) -> BuildOptions:
@@ -234,6 +235,14 @@ class BundleService:
         finally:
             self._deferred_running.discard(spec.key)
 
+    def _promote_uncovered(self, fallback: Fallback) -> None:
+        """Builds queued before the version's fallback existed, for pages it does not
+        cover: those pages have no other answer, so their builds go first now."""
+        for job in self.builder.queued_jobs(fallback.version):
+            names = tuple(name for name, _ in job.registrations)
+            if job.priority > Priority.UNCOVERED and not fallback.covers(names):
+                self.builder.promote(job.key, Priority.UNCOVERED)
+
     def _lagging(self) -> bool:
         threshold_ms = self.settings.shed_lag_ms
         return threshold_ms > 0 and self.lag.smoothed_s * 1000 > threshold_ms
@@ -321,10 +330,6 @@ class BundleService:
             fallback = self.fallbacks.loaded(spec.version)
         if fallback is not None and fallback.covers(spec.modules):
             return Answer(fallback.bundle, Mode.FALLBACK)
-        if (
-            fallback is not None
-        ):  # queued before the fallback existed: now the page has no other answer
-            self.builder.promote(spec.key, Priority.UNCOVERED)
         return Answer(await build, Mode.BUILT)
 
     async def _fallback(self, version: str) -> Fallback | None:

@@ -473,3 +473,52 @@ async def test_a_full_queue_still_builds_a_page_the_fallback_cannot_serve_and_fi
     assert shed == "200 fallback"
     assert await asyncio.gather(first, second, third) == ["200 tailored"] * 3
     assert done.index("footer") < done.index("nav")
+
+
+async def test_a_page_the_new_fallback_does_not_cover_moves_up_the_queue(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], esbuild: str, tmp_path: Path
+) -> None:
+    """Queued before its version's fallback existed (so at the ordinary priority), a page
+    the fallback then turns out not to cover has no other answer: its build goes first."""
+    modules = tmp_path / "fallback-modules.txt"
+    modules.write_text("components/card\n")
+    app, client = await new_version_app(
+        aiohttp_client,
+        make_settings(
+            esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=0.5, tailored_delay=0.4),
+            fallback_budget_ms=50,
+            build_pool_size=1,
+            build_batch_max=1,  # one bundle per run: the order is visible
+            fallback_modules=str(modules),
+            fallback_max_bytes=5000,  # components/card and little else
+        ),
+        tmp_path,
+    )
+    built: list[str] = []
+    observe = app[SERVICE].builder.on_finish
+
+    def record(job: Any, seconds: float, result: str) -> None:
+        built.append(job.label)
+        if observe is not None:
+            observe(job, seconds, result)
+
+    app[SERVICE].builder.on_finish = record
+    running = asyncio.create_task(client.get("/bundle.js?modules=components/nav&v=3.0.0"))
+    await asyncio.sleep(0.1)  # its build holds the one slot; the fallback queues first
+    covered = asyncio.create_task(client.get("/bundle.js?modules=components/card&v=3.0.0"))
+    await asyncio.sleep(0.05)
+    uncovered = asyncio.create_task(client.get("/bundle.js?modules=components/tabs&v=3.0.0"))
+    resps = await asyncio.gather(running, covered, uncovered)
+    fallback = app[SERVICE].fallbacks.loaded("3.0.0")
+    assert fallback is not None and fallback.covers(("components/card",))
+    assert not fallback.covers(("components/tabs",))
+    assert resps[1].headers["X-Bundle-Mode"] == "fallback"
+    assert resps[2].headers["X-Bundle-Mode"] == "tailored"
+    async with asyncio.timeout(10):
+        while len([b for b in built if "v=3.0.0" in b]) < 3:
+            await asyncio.sleep(0.05)
+    tailored = [b for b in built if "v=3.0.0" in b]
+    # Arrival order would build card before tabs; the page without another answer went first.
+    assert tailored.index("modules=components/tabs&v=3.0.0") < tailored.index(
+        "modules=components/card&v=3.0.0"
+    ), tailored
