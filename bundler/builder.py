@@ -235,6 +235,24 @@ class Builder:
             waiting.priority = priority
             self.slots.promote(waiting.ticket, priority)
 
+    def clean_scratch(self) -> int:
+        """Removes build dirs left by a process killed mid-build (kill -9, OOM). Only those
+        older than twice the build deadline: no live build, here or in a process sharing
+        the data dir, is that old."""
+        if not self.scratch_dir.is_dir():
+            return 0
+        cutoff = time.time() - 2 * self.timeout_s
+        removed = 0
+        for entry in self.scratch_dir.iterdir():
+            try:
+                stale = entry.name.startswith("build-") and entry.stat().st_mtime < cutoff
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
+
     def queued_jobs(self, version: str) -> list[BuildJob]:
         """Tailored builds of ``version`` waiting for a slot."""
         return [
@@ -310,6 +328,11 @@ class Builder:
         try:
             outputs = await self._build_many(jobs, root)
         except (BuildFailed, UnknownModule, BuildCrashed, BuildTimeout) as exc:
+            if isinstance(exc, BuildTimeout) and len(batch) > 1:
+                logger.warning(
+                    "batch build timed out; its builds run alone",
+                    extra={"builds": len(batch), "timeout_s": self.timeout_s},
+                )
             for waiting in batch:
                 if len(batch) == 1:
                     self._count(waiting.job, time.perf_counter() - started, exc)
@@ -328,6 +351,11 @@ class Builder:
             _settle(waiting.outcome, output)
 
     def _count(self, job: BuildJob, seconds: float, outcome: object) -> None:
+        if isinstance(outcome, BuildTimeout):
+            logger.warning(
+                "build timed out; esbuild was killed",
+                extra={"key": job.key, "bundle": job.label, "timeout_s": self.timeout_s},
+            )
         result = "ok"
         if isinstance(outcome, BaseException):
             result = RESULTS.get(type(outcome), "error")

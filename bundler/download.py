@@ -79,12 +79,17 @@ async def _retrying(policy: DownloadPolicy, attempt_fn: Callable[[], Awaitable[s
             return await attempt_fn()
         except _Retryable as exc:
             if attempt == policy.retries:
+                logger.warning(
+                    "download failed",
+                    extra={"error": f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)},
+                )
                 raise SourceUnavailable(
                     f"the artifact server failed {attempt + 1} times, last with {exc}"
                 ) from None
             delay = random.uniform(0, policy.backoff_s * 2**attempt)
+            detail = f"{exc}: {exc.__cause__}" if exc.__cause__ is not None else str(exc)
             logger.warning(
-                "download failed, retrying", extra={"error": str(exc), "in_s": round(delay, 3)}
+                "download failed, retrying", extra={"error": detail, "in_s": round(delay, 3)}
             )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
@@ -110,7 +115,8 @@ async def _fetch(session: aiohttp.ClientSession, url: str, dest: Path, max_bytes
                     sha.update(chunk)
                     out.write(chunk)
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        # Only the kind of failure goes to clients: the text names internal hosts.
+        raise _Retryable(type(exc).__name__) from exc
     return sha.hexdigest()
 
 
@@ -122,7 +128,8 @@ async def _fetch_published_digest(session: aiohttp.ClientSession, url: str) -> s
             _check_status(resp.status)
             text = (await resp.content.read(MAX_CHECKSUM_FILE_BYTES)).decode("ascii", "replace")
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        # Only the kind of failure goes to clients: the text names internal hosts.
+        raise _Retryable(type(exc).__name__) from exc
     digest = (text.split() or [""])[0].lower()  # "hex" or sha256sum's "hex  name"
     if not HEX_DIGEST.match(digest):
         raise SourceUnavailable("the published .sha256 file does not hold a SHA-256 digest")

@@ -146,6 +146,9 @@ class BundleService:
     async def start(self) -> None:
         """A local source's default version is checked now (a wrong one stops the start);
         its fallback is loaded, or built, in the background: /readyz waits for it."""
+        removed = await asyncio.to_thread(self.builder.clean_scratch)
+        if removed:
+            logger.info("removed stale build scratch dirs", extra={"count": removed})
         try:
             validate_version(self.default_version)
         except BundlerError as exc:
@@ -277,9 +280,8 @@ class BundleService:
             raise failure
         budget_ms = self.settings.fallback_budget_ms
         joining = spec.key in self.flight
-        if budget_ms == -1:  # never the fallback: every miss waits for its own bundle
-            if not joining and (self._queue_full() or self._lagging()):
-                raise Overloaded("the service is saturated; retry")
+        if budget_ms == -1:  # never the fallback: every miss waits for its own bundle,
+            # however long the queue (as documented: the operator chose waiting over a fallback)
             return Answer(await self.flight.do(spec.key, lambda: self._build(spec)), Mode.BUILT)
         # Built once, ahead of every tailored build; nobody waits for it here.
         self.fallbacks.ensure(spec.version)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bundler.app import create_app
 from bundler.settings import Settings
 from tests.conftest import wait_ready
@@ -52,7 +54,10 @@ async def wait_until_gone(pids: list[int], timeout_s: float = 5.0) -> list[int]:
 
 
 async def test_hanging_build_is_killed_at_the_deadline_with_its_children(
-    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     esbuild, pids_file = fake(tmp_path, HANG)
     client = await aiohttp_client(create_app(make_settings(esbuild=esbuild, build_timeout_s=0.5)))
@@ -67,6 +72,26 @@ async def test_hanging_build_is_killed_at_the_deadline_with_its_children(
     assert len(pids) == 2
     assert await wait_until_gone(pids) == []
     assert not list((tmp_path / "data" / "tmp").iterdir()), "scratch dir left behind"
+    timed_out = [r for r in caplog.records if r.getMessage().startswith("build timed out")]
+    assert len(timed_out) == 1 and timed_out[0].levelname == "WARNING"
+    assert timed_out[0].bundle == "modules=components/hero&v=1.1.0"  # type: ignore[attr-defined]
+
+
+async def test_build_dirs_left_by_a_killed_process_are_removed_at_start(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    scratch = tmp_path / "data" / "tmp"
+    old = scratch / "build-left-by-kill-9"
+    (old / "0").mkdir(parents=True)
+    (old / "0" / "entry.js").write_text("// half a build\n")
+    long_ago = time.time() - 3600
+    os.utime(old, (long_ago, long_ago))
+    young = scratch / "build-of-a-live-process"  # another process's build, under way
+    young.mkdir()
+    client = await aiohttp_client(create_app(make_settings(build_timeout_s=20)))
+    await wait_ready(client)
+    assert not old.exists()
+    assert young.exists()
 
 
 async def test_control_killing_only_the_child_pid_leaves_the_grandchild(tmp_path: Path) -> None:

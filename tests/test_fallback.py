@@ -448,6 +448,7 @@ async def test_a_full_queue_still_builds_a_page_the_fallback_cannot_serve_and_fi
             esbuild=esbuild,
             build_pool_size=1,
             build_queue_max=1,
+            build_batch_max=1,  # one bundle per run: the order is visible
             fallback_budget_ms=5000,
             fallback_modules=str(listing),
             fallback_max_bytes=3000,
@@ -522,3 +523,25 @@ async def test_a_page_the_new_fallback_does_not_cover_moves_up_the_queue(
     assert tailored.index("modules=components/tabs&v=3.0.0") < tailored.index(
         "modules=components/card&v=3.0.0"
     ), tailored
+
+
+async def test_with_no_fallback_budget_a_burst_beyond_the_queue_waits_not_503(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], slow_esbuild: Any
+) -> None:
+    """--fallback-budget-ms -1 is documented as "never the fallback, always wait": a burst
+    past the queue bound waits for its bundles (it used to get 503s)."""
+    esbuild, _ = slow_esbuild(0.2)
+    client = await aiohttp_client(
+        create_app(
+            make_settings(
+                esbuild=esbuild, build_pool_size=1, build_queue_max=1, fallback_budget_ms=-1
+            )
+        )
+    )
+    await wait_ready(client)
+    names = ["card", "nav", "footer", "tabs", "hero", "rating"]
+    responses = await asyncio.gather(
+        *(client.get(f"/bundle.js?modules=components/{n}") for n in names)
+    )
+    assert [r.status for r in responses] == [200] * len(names)
+    assert {r.headers["X-Bundle-Mode"] for r in responses} == {"tailored"}

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
 from bundler.sources import TarballSource
-from tests.conftest import run_in_node, wait_ready
+from tests.conftest import free_port, run_in_node, wait_ready
 from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
 
 MakeClient = Callable[..., Awaitable[tuple[TestClient, ArtifactServer]]]
@@ -246,3 +246,22 @@ async def test_pull_outcomes_are_counted_for_the_metrics(make_client: MakeClient
     text = await (await client.get("/metrics")).text()
     for result in ("ok", "failed", "not_found"):
         assert f'bundler_source_pulls_total{{result="{result}"}} 1.0' in text
+
+
+async def test_an_unreachable_artifact_server_is_not_named_to_clients(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 503 says what failed, not where: the artifact server is internal. The log says."""
+    client, artifacts = await make_client(source_retries=1)
+    internal = artifacts.url
+    artifacts.url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    host_port = artifacts.url.removeprefix("http://")
+    app_source = store(client)
+    app_source.url_template = artifacts.template
+    resp = await client.get("/bundle.js?modules=index&v=2.0.0")
+    text = await resp.text()
+    assert resp.status == 503, text
+    assert "the artifact server failed 2 times, last with ClientConnectorError" in text
+    assert "127.0.0.1" not in text and host_port not in text and internal not in text
+    # The operator still sees where (the log line's error field).
+    assert any(host_port in str(getattr(r, "error", "")) for r in caplog.records)
