@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -31,7 +32,18 @@ from bundler.spec import validate_version
 
 logger = logging.getLogger(__name__)
 
+
+class InFlight:
+    """Requests being handled now; the shutdown waits for them, up to its timeout."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
 SETTINGS = web.AppKey("settings", Settings)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 SERVICE = web.AppKey("service", BundleService)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
@@ -56,6 +68,19 @@ def error_response(
 def one_line(text: str) -> str:
     """A message as one line (framework messages carry newlines and "404: " prefixes)."""
     return " ".join(text.split())[:500]
+
+
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.count += 1
+    in_flight.idle.clear()
+    try:
+        return await handler(request)
+    finally:
+        in_flight.count -= 1
+        if in_flight.count == 0:
+            in_flight.idle.set()
 
 
 @web.middleware
@@ -303,7 +328,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     registry.register(ServiceCollector(service.metric_values))
 
-    app = web.Application(middlewares=[errors_middleware])
+    app = web.Application(middlewares=[in_flight_middleware, errors_middleware])
+    app[IN_FLIGHT] = InFlight()
     app[SETTINGS] = settings
     app[SERVICE] = service
     app[REGISTRY] = registry

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -24,7 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from bundler import warm
-from bundler.app import SERVICE, create_app, error_response, one_line
+from bundler.app import IN_FLIGHT, SERVICE, create_app, error_response, one_line
 from bundler.builder import Builder
 from bundler.errors import BundlerError, ConfigError
 from bundler.fallback import (
@@ -46,6 +47,8 @@ EXIT_FAILED = 1
 # In asyncio debug mode, callbacks longer than this are logged with their name.
 DEBUG_SLOW_CALLBACK_S = 0.01
 GIL_SWITCH_INTERVAL_S = 0.001
+# After the shutdown timeout: how long the 503s of aborted waits may take to be written.
+ABORT_GRACE_S = 1.0
 
 
 class QuietHandler(RequestHandler):
@@ -96,13 +99,21 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     if loop.get_debug():  # PYTHONASYNCIODEBUG=1: name every callback that holds the loop
         loop.slow_callback_duration = DEBUG_SLOW_CALLBACK_S
+    # aiohttp's own shutdown waits its timeout for handlers, then again after cancelling
+    # them: twice. The service waits for in-flight requests itself (the shutdown timeout),
+    # answers what still waits with 503, and leaves aiohttp only a moment.
     runner = QuietRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+        app, handle_signals=False, access_log=None, shutdown_timeout=ABORT_GRACE_S / 2
     )
     await runner.setup()  # runs the startup half of cleanup_ctx: ConfigError surfaces here
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken, the address is wrong
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            ) from None
         # Everything so far (modules, classes, settings) lives as long as the process: move
         # it out of the collector's sight, so a full collection does not walk it all
         # again while requests wait (measured: 30-60 ms pauses without this).
@@ -122,10 +133,31 @@ async def _serve(settings: Settings) -> None:
             loop.add_signal_handler(signum, on_signal, signum)
         await stop.wait()
         logger.info("closing the listener; finishing in-flight requests")
+        await _finish_requests(runner, app, settings.shutdown_timeout_s)
     finally:
         await runner.cleanup()
         gc.unfreeze()  # let interpreter shutdown finalize everything (native extensions too)
     logger.info("stopped")
+
+
+async def _finish_requests(runner: web.AppRunner, app: web.Application, timeout_s: float) -> None:
+    """Close the listener, let in-flight requests finish within ``timeout_s``; then answer
+    every request still waiting (for a build, a fallback, a pull) with a 503."""
+    for site in list(runner.sites):
+        await site.stop()
+    in_flight = app[IN_FLIGHT]
+    try:
+        await asyncio.wait_for(in_flight.idle.wait(), timeout_s)
+        return
+    except TimeoutError:
+        pass
+    aborted = app[SERVICE].abort_waiters()
+    logger.warning(
+        "shutdown timeout reached; answering the requests still waiting with 503",
+        extra={"requests": in_flight.count, "waiters": aborted, "timeout_s": timeout_s},
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(in_flight.idle.wait(), ABORT_GRACE_S / 2)
 
 
 def _tune_runtime() -> None:
@@ -145,12 +177,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
     _tune_runtime()
-    try:
-        asyncio.run(_serve(settings))
-    except OSError as exc:  # the port is taken, the address is wrong
-        raise ConfigError(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
-        ) from None
+    asyncio.run(_serve(settings))  # a listen error is a ConfigError; nothing else is one
     return 0
 
 

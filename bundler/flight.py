@@ -92,6 +92,18 @@ class SingleFlight(Generic[K, V]):
             for waiter in flight.waiters:  # only if this task itself was cancelled mid-release
                 waiter.cancel()
 
+    def fail_waiters(self, error: BaseException) -> int:
+        """Answer every waiter with ``error`` now (the shutdown deadline); the work goes on
+        until close(). Returns how many were waiting."""
+        failed = 0
+        for flight in self._flights.values():
+            while flight.waiters:
+                waiter = flight.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(error)
+                    failed += 1
+        return failed
+
     async def close(self) -> None:
         """Cancel every flight (at shutdown); their waiters are cancelled too."""
         tasks = [f.task for f in self._flights.values() if f.task is not None]

@@ -24,7 +24,14 @@ from bundler.builder import Builder, BuildJob, BuildOutput
 from bundler.cache import Bundle, MemoryCache
 from bundler.combos import PopularCombos
 from bundler.disk import DiskCache
-from bundler.errors import BuildFailed, BundlerError, ConfigError, Overloaded, UnknownModule
+from bundler.errors import (
+    BuildFailed,
+    BundlerError,
+    ConfigError,
+    Overloaded,
+    Unavailable,
+    UnknownModule,
+)
 from bundler.fallback import Fallback, FallbackStore
 from bundler.fallback_plan import reason_counts
 from bundler.flight import SingleFlight
@@ -406,6 +413,17 @@ class BundleService:
         await self.built(spec, Priority.WARM)
         return "built"
 
+    def abort_waiters(self) -> int:
+        """The shutdown deadline: every request still waiting for a build, a fallback or a
+        pull is answered now (503, retry elsewhere) instead of being cut off."""
+        error = Unavailable("the service is shutting down; retry")
+        flights = (self.flight, self.map_flight, self.fallbacks.flight, self.source_flight())
+        return sum(f.fail_waiters(error) for f in flights if f is not None)
+
+    def source_flight(self) -> SingleFlight[str, Any] | None:
+        flight = getattr(self.source, "flight", None)
+        return flight if isinstance(flight, SingleFlight) else None
+
     def begin_drain(self) -> None:
         self.draining = True
         logger.info("draining: /readyz answers 503 from now on")
@@ -415,7 +433,10 @@ class BundleService:
         for task in (self._startup, self._saver, self._drainer):
             if task is not None:
                 task.cancel()
-        await asyncio.to_thread(self.combos.save, self.combos.snapshot())
+        try:
+            await asyncio.to_thread(self.combos.save, self.combos.snapshot())
+        except OSError as exc:  # a full or read-only disk must not fail the shutdown
+            logger.error("could not save the popularity sketch", extra={"error": str(exc)})
         await asyncio.gather(*self._disk_writes, return_exceptions=True)
         await asyncio.to_thread(self.disk.close)
         await self.flight.close()

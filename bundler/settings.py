@@ -182,7 +182,9 @@ class Settings:
         default=5.0,
     )
     shutdown_timeout_s: float = _opt(
-        "After the listener closes: how long in-flight requests may take to finish.", default=30.0
+        "After the listener closes: how long in-flight requests may take to finish; those "
+        "still waiting then get a 503.",
+        default=30.0,
     )
     flight_release: str = _opt(
         "How waiters of a shared pull or build are woken: 'staggered' (one per loop "

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -65,3 +66,62 @@ async def test_sigterm_during_50_in_flight_requests_drops_none(
         proc.kill()
     text = log.read_text()
     assert "draining" in text and "stopped" in text
+
+
+HANGING = '#!/bin/sh\nsleep 30\nexec "{real}" "$@"\n'
+
+
+async def test_shutdown_keeps_its_timeout_and_answers_every_accepted_request(
+    tmp_path: Path, esbuild: str
+) -> None:
+    """Builds that outlast the shutdown timeout: the process still exits 0 within drain +
+    timeout (aiohttp alone waits twice the timeout and cuts the requests off), and each
+    accepted request gets an answer, a 503 to retry elsewhere; a sketch that cannot be
+    saved is logged, not fatal."""
+    hanging = tmp_path / "esbuild-hanging"
+    hanging.write_text(HANGING.format(real=esbuild))
+    hanging.chmod(0o755)
+    data = tmp_path / "data"
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "bundler", "serve", "--port", str(port),
+                "--data-dir", str(data), "--esbuild", str(hanging),
+                "--fallback-budget-ms", "-1", "--build-timeout-s", "60",
+                "--drain-s", "0.5", "--shutdown-timeout-s", "2",
+            ],
+            cwd=ROOT,
+            stderr=out,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_process_ready(session, url, timeout_s=20)
+            sketch = data / "combos.sketch"
+            sketch.unlink(missing_ok=True)
+            sketch.mkdir()  # the sketch's save now fails (a directory is in its way)
+
+            async def fetch(name: str) -> int:
+                async with session.get(f"{url}/bundle.js?modules=components/{name}") as resp:
+                    await resp.read()
+                    return resp.status
+
+            names = ["hero", "card", "nav", "tabs", "footer", "rating"]
+            requests = [asyncio.create_task(fetch(n)) for n in names]
+            await asyncio.sleep(0.5)  # accepted, each waiting on a build that hangs
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            statuses = await asyncio.gather(*requests, return_exceptions=True)
+            code = await asyncio.to_thread(proc.wait, 30)
+            took = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert statuses == [503] * len(names), statuses  # answered, none cut off
+    assert code == 0
+    assert took < 0.5 + 2 + 1.5, took  # drain + timeout + the moment for the 503s
+    text = log.read_text()
+    assert "shutdown timeout reached" in text
+    assert "could not save the popularity sketch" in text
+    assert "Traceback" not in text
