@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import errno
 import itertools
 import json
 import logging
@@ -37,7 +38,14 @@ from typing import Any, TypeVar
 from cachetools import TTLCache
 
 from bundler.entry import Registration, entry_source, names_for_specifier
-from bundler.errors import BuildCrashed, BuildFailed, BuildTimeout, ConfigError, UnknownModule
+from bundler.errors import (
+    BuildCrashed,
+    BuildFailed,
+    BuildTimeout,
+    ConfigError,
+    DiskFault,
+    UnknownModule,
+)
 from bundler.settings import Settings
 from bundler.slots import Priority, PrioritySlots
 from bundler.spec import BuildOptions, BundleSpec
@@ -52,6 +60,10 @@ SOURCE_MAP_COMMENT = re.compile(rb"//# sourceMappingURL=\S+\s*$")
 MAX_ERROR_CHARS = 4000
 ENTRY_NAME = "entry.js"
 OUTPUT_NAME = "bundle.js"
+# errno values that mean the data dir, not the request, is at fault.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT})
+# ...and how esbuild reports them when writing its output.
+DISK_MESSAGES = ("no space left on device", "read-only file system", "disk quota exceeded")
 # A file seen in a build that failed keeps its builds out of batches this long.
 SUSPECT_TTL_S = 300.0
 MAX_SUSPECTS = 4096
@@ -61,6 +73,7 @@ FALLBACK_NICE_LEAD = 5
 METAFILE_NAME = "meta.json"
 # How a run ended, for the bundler_builds_total{result} metric.
 RESULTS: dict[type[BaseException], str] = {
+    DiskFault: "disk_fault",
     BuildTimeout: "timeout",
     UnknownModule: "unknown_module",
     BuildFailed: "failed",
@@ -327,6 +340,11 @@ class Builder:
         started = time.perf_counter()
         try:
             outputs = await self._build_many(jobs, root)
+        except DiskFault as exc:
+            for waiting in batch:
+                self._count(waiting.job, time.perf_counter() - started, exc)
+                _settle(waiting.outcome, exc)
+            return
         except (BuildFailed, UnknownModule, BuildCrashed, BuildTimeout) as exc:
             if isinstance(exc, BuildTimeout) and len(batch) > 1:
                 logger.warning(
@@ -530,7 +548,12 @@ class Builder:
     ) -> list[BuildOutput | BuildFailed]:
         """One esbuild run for ``jobs`` (same version and options). A failed run raises;
         for several jobs the error says nothing about any one of them."""
-        workdir = await asyncio.to_thread(self._prepare_many, jobs, source_root)
+        try:
+            workdir = await asyncio.to_thread(self._prepare_many, jobs, source_root)
+        except OSError as exc:
+            if exc.errno in DISK_ERRNOS:
+                raise DiskFault("build scratch", exc) from None
+            raise
         try:
             started = time.perf_counter()
             self.runs["batch" if len(jobs) > 1 else "single"] += 1
@@ -538,6 +561,8 @@ class Builder:
                 self.command_many(workdir, len(jobs), jobs[0]), source_root, self._threads(jobs[0])
             )
             duration = time.perf_counter() - started
+            if returncode != 0 and any(m in stderr.lower() for m in DISK_MESSAGES):
+                raise DiskFault("esbuild output", "no space left or read-only")
             if returncode != 0:
                 if len(jobs) == 1:
                     raise self._error(returncode, stderr, jobs[0], source_root, workdir / "0")

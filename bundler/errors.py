@@ -63,3 +63,12 @@ class SourceUnavailable(Unavailable):
 
 class Overloaded(Unavailable):
     """The build queue is full and no fallback covers the request."""
+
+
+class DiskFault(Unavailable):
+    """The data dir cannot be written (full, read-only, failing): the service's fault, never
+    the request's; not remembered, and answered with the fallback where it covers."""
+
+    def __init__(self, what: str, exc: BaseException | str) -> None:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        super().__init__(f"the service cannot write its data dir ({what}: {detail}); retry")

@@ -138,6 +138,11 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "version,state",
     ),
     "bundler_ready": ("gauge", "1 when /readyz answers 200.", ""),
+    "bundler_disk_writes_failing": (
+        "gauge",
+        "1 while the disk tier's writes fail (full or read-only data dir).",
+        "",
+    ),
     "bundler_draining": ("gauge", "1 after SIGTERM, while draining.", ""),
     "bundler_event_loop_lag_max_seconds": ("gauge", "Largest loop lag in the last minute.", ""),
     "bundler_event_loop_lag_smoothed_seconds": ("gauge", "Smoothed loop lag (load shedding).", ""),

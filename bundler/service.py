@@ -28,6 +28,7 @@ from bundler.errors import (
     BuildFailed,
     BundlerError,
     ConfigError,
+    DiskFault,
     Overloaded,
     Unavailable,
     UnknownModule,
@@ -125,6 +126,7 @@ class BundleService:
         self._startup: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
         self._disk_writes: set[asyncio.Task[None]] = set()
+        self.disk_failing = False
         self.maps: LRUCache[str, bytes] = LRUCache(maxsize=MAP_CACHE_BYTES, getsizeof=len)
         self.map_flight: SingleFlight[str, bytes] = SingleFlight("source-map")
         self.deferred: collections.OrderedDict[str, BundleSpec] = collections.OrderedDict()
@@ -325,7 +327,7 @@ class BundleService:
         if fallback is None or budget_s > 0:
             await asyncio.wait({build}, timeout=budget_s)
         if build.done():
-            return Answer(build.result(), Mode.BUILT)  # a build error is raised, not hidden
+            return await self._built_or_fallback(spec, build)
         fallback = self.fallbacks.loaded(spec.version)
         if fallback is None and self.fallbacks.failure(spec.version) is None:
             pending = asyncio.ensure_future(self._fallback(spec.version))
@@ -335,11 +337,23 @@ class BundleService:
             finally:
                 pending.cancel()
             if build.done():
-                return Answer(build.result(), Mode.BUILT)
+                return await self._built_or_fallback(spec, build)
             fallback = self.fallbacks.loaded(spec.version)
         if fallback is not None and fallback.covers(spec.modules):
             return Answer(fallback.bundle, Mode.FALLBACK)
-        return Answer(await build, Mode.BUILT)
+        await asyncio.wait({build})
+        return await self._built_or_fallback(spec, build)
+
+    async def _built_or_fallback(self, spec: BundleSpec, build: asyncio.Future[Bundle]) -> Answer:
+        """The finished build; a build error is raised, not hidden, except a disk fault
+        (the service's, not the request's): then the fallback, where it covers."""
+        try:
+            return Answer(build.result(), Mode.BUILT)
+        except DiskFault:
+            fallback = await self._fallback(spec.version)
+            if fallback is not None and fallback.covers(spec.modules):
+                return Answer(fallback.bundle, Mode.FALLBACK)
+            raise
 
     async def _fallback(self, version: str) -> Fallback | None:
         """The version's fallback once it exists; None if it cannot be had (the
@@ -365,9 +379,18 @@ class BundleService:
         return bundle
 
     def _disk_write_done(self, task: asyncio.Task[None]) -> None:
+        """One log line per change of state, not one per write of a full disk."""
         self._disk_writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("disk cache write failed", extra={"error": repr(task.exception())})
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not self.disk_failing:
+            logger.error(
+                "disk cache writes fail; serving from memory", extra={"error": repr(error)}
+            )
+        elif error is None and self.disk_failing:
+            logger.info("disk cache writes work again")
+        self.disk_failing = error is not None
 
     async def built(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
         """The tailored bundle, built if need be; never the fallback (source maps, warm-up)."""
@@ -472,6 +495,7 @@ class BundleService:
             },
             "bundler_fallback_modules": self._fallback_module_counts(),
             "bundler_ready": float(self.ready),
+            "bundler_disk_writes_failing": float(self.disk_failing),
             "bundler_draining": float(self.draining),
             "bundler_event_loop_lag_max_seconds": self.lag.max_s,
             "bundler_event_loop_lag_smoothed_seconds": self.lag.smoothed_s,
