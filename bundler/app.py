@@ -258,7 +258,12 @@ async def handle_readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if service.ready:
         return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
-    reason = "draining" if service.draining else "the default version's fallback is not loaded yet"
+    if service.draining:
+        reason = "draining"
+    elif service.data_dir_problem is not None:
+        reason = service.data_dir_problem
+    else:
+        reason = "the default version's fallback is not loaded yet"
     return error_response(503, f"not ready: {reason}")
 
 

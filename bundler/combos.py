@@ -63,6 +63,14 @@ class PopularCombos:
         atomic_write(self.path, data)
 
     async def save_every(self, interval_s: float) -> None:
+        failing = False
         while True:
             await asyncio.sleep(interval_s)
-            await asyncio.to_thread(self.save, self.snapshot())
+            try:
+                await asyncio.to_thread(self.save, self.snapshot())
+            except OSError as exc:  # a full or read-only data dir: keep counting in memory
+                if not failing:
+                    logger.error("could not save the popularity sketch", extra={"error": str(exc)})
+                failing = True
+            else:
+                failing = False

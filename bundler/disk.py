@@ -192,7 +192,11 @@ class DiskCache:
     # -- the event loop's side
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.scan)
+        try:
+            await asyncio.to_thread(self.scan)
+        except OSError as exc:  # a read-only or failing data dir: start empty, say so
+            logger.error("disk cache unreadable; starting empty", extra={"error": str(exc)})
+            return
         logger.info("disk cache", extra={"entries": len(self), "bytes": self.bytes})
 
     async def get(self, key: str) -> Bundle | None:

@@ -14,6 +14,7 @@ import collections
 import enum
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,8 @@ MAX_REMEMBERED_FAILURES = 1024
 # Combinations answered with the fallback without a build (shed), remembered to be built
 # later, at warm-up priority, when the queue has room: most recently asked first.
 MAX_DEFERRED = 1024
+# How often an unwritable data dir is looked at again (readiness follows it).
+DATA_DIR_RECHECK_S = 5.0
 # Source maps built on request (developers with devtools open), kept in memory.
 MAP_CACHE_BYTES = 32 * 1024 * 1024
 # Backoff while the default version's fallback cannot be prepared (the pod stays unready).
@@ -127,6 +130,8 @@ class BundleService:
         self._saver: asyncio.Task[None] | None = None
         self._disk_writes: set[asyncio.Task[None]] = set()
         self.disk_failing = False
+        self.data_dir_problem: str | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.maps: LRUCache[str, bytes] = LRUCache(maxsize=MAP_CACHE_BYTES, getsizeof=len)
         self.map_flight: SingleFlight[str, bytes] = SingleFlight("source-map")
         self.deferred: collections.OrderedDict[str, BundleSpec] = collections.OrderedDict()
@@ -149,15 +154,48 @@ class BundleService:
 
     @property
     def ready(self) -> bool:
-        """Every bundle request can be answered now: the default fallback is loaded."""
-        return not self.draining and self.fallbacks.loaded(self.default_version) is not None
+        """Every bundle request can be answered now: the default fallback is loaded, and
+        the data dir can be written (or nothing new could be built or pulled)."""
+        return (
+            not self.draining
+            and self.data_dir_problem is None
+            and self.fallbacks.loaded(self.default_version) is not None
+        )
+
+    def _check_data_dir(self) -> None:
+        """Writes and removes a file under the data dir (in a thread)."""
+        scratch = self.builder.scratch_dir
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+            probe = scratch / f".probe-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            problem = f"the data dir cannot be written: {exc.strerror or exc}"
+            if problem != self.data_dir_problem:
+                logger.error("data dir cannot be written; not ready", extra={"error": problem})
+            self.data_dir_problem = problem
+            return
+        if self.data_dir_problem is not None:
+            logger.info("the data dir can be written again")
+        self.data_dir_problem = None
+
+    async def _watch_data_dir(self) -> None:
+        """Until the data dir can be written, look again every few seconds."""
+        while self.data_dir_problem is not None:
+            await asyncio.sleep(DATA_DIR_RECHECK_S)
+            await asyncio.to_thread(self._check_data_dir)
 
     async def start(self) -> None:
         """A local source's default version is checked now (a wrong one stops the start);
         its fallback is loaded, or built, in the background: /readyz waits for it."""
-        removed = await asyncio.to_thread(self.builder.clean_scratch)
-        if removed:
-            logger.info("removed stale build scratch dirs", extra={"count": removed})
+        await asyncio.to_thread(self._check_data_dir)
+        if self.data_dir_problem is not None:
+            self._watcher = asyncio.create_task(self._watch_data_dir(), name="watch-data-dir")
+        else:
+            removed = await asyncio.to_thread(self.builder.clean_scratch)
+            if removed:
+                logger.info("removed stale build scratch dirs", extra={"count": removed})
         try:
             validate_version(self.default_version)
         except BundlerError as exc:
@@ -453,7 +491,7 @@ class BundleService:
 
     async def close(self) -> None:
         self.draining = True
-        for task in (self._startup, self._saver, self._drainer):
+        for task in (self._startup, self._saver, self._drainer, self._watcher):
             if task is not None:
                 task.cancel()
         try:

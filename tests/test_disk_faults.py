@@ -6,6 +6,7 @@ these tests are skipped, loudly).
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,3 +89,42 @@ def test_control_esbuild_into_a_full_dir_fails_as_if_the_source_were_broken(
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode != 0 and "no space left on device" in out.stderr.lower()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    target = tmp_path / "read-only"
+    (target / "data").mkdir(parents=True)
+    steps = (
+        ["mount", "--bind", str(target), str(target)],
+        ["mount", "-o", "remount,ro,bind", str(target)],
+    )
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], check=False)
+            pytest.skip(f"!!! cannot make a read-only mount here: {result.stderr.strip()} !!!")
+    try:
+        yield target / "data"
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+async def test_a_read_only_data_dir_is_not_ready_and_says_why(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], read_only_dir: Path
+) -> None:
+    client = await aiohttp_client(
+        create_app(make_settings(data_dir=str(read_only_dir), fallback_budget_ms=2000))
+    )
+    for _ in range(50):
+        resp = await client.get("/readyz")
+        text = await resp.text()
+        if "cannot be written" in text:
+            break
+        await asyncio.sleep(0.1)
+    assert resp.status == 503, text
+    assert "data dir cannot be written" in text and "Read-only file system" in text
+    # Requests are still answered (the static fallback covers them), never a 5xx.
+    resp = await client.get("/bundle.js?modules=components/hero")
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["X-Bundle-Mode"] == "fallback"
