@@ -326,7 +326,9 @@ def create_app(settings: Settings) -> web.Application:
         source,
         builder,
         MemoryCache(settings.memory_cache_max_bytes),
-        DiskCache(data_dir / "cache", settings.disk_cache_max_bytes),
+        DiskCache(
+            data_dir / "cache", settings.disk_cache_max_bytes, settings.disk_cache_min_free_bytes
+        ),
         combos,
         fallbacks,
         LagMonitor(registry),

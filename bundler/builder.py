@@ -20,7 +20,6 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import errno
 import itertools
 import json
 import logging
@@ -39,6 +38,7 @@ from cachetools import TTLCache
 
 from bundler.entry import Registration, entry_source, names_for_specifier
 from bundler.errors import (
+    DISK_ERRNOS,
     BuildCrashed,
     BuildFailed,
     BuildTimeout,
@@ -60,8 +60,6 @@ SOURCE_MAP_COMMENT = re.compile(rb"//# sourceMappingURL=\S+\s*$")
 MAX_ERROR_CHARS = 4000
 ENTRY_NAME = "entry.js"
 OUTPUT_NAME = "bundle.js"
-# errno values that mean the data dir, not the request, is at fault.
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT})
 # ...and how esbuild reports them when writing its output.
 DISK_MESSAGES = ("no space left on device", "read-only file system", "disk quota exceeded")
 # A file seen in a build that failed keeps its builds out of batches this long.

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -98,9 +99,11 @@ def decode_entry(raw: bytes, key: str) -> Bundle:
 
 
 class DiskCache:
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, min_free_bytes: int = 0) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # Free space the tier leaves on its volume (builds, pulls and fallbacks need it too).
+        self.min_free_bytes = min_free_bytes
         self._index: collections.OrderedDict[str, int] = collections.OrderedDict()  # key -> bytes
         self._bytes = 0
         self._lock = threading.Lock()  # the index is touched from worker threads
@@ -168,13 +171,30 @@ class DiskCache:
 
     def write(self, bundle: Bundle) -> None:
         data = encode_entry(bundle)
-        if len(data) > self.max_bytes:
+        if len(data) > self.max_bytes or not self._room_for(len(data)):
             return
         atomic_write(self.path(bundle.key), data)
         with self._lock:
             self._bytes += len(data) - self._index.pop(bundle.key, 0)
             self._index[bundle.key] = len(data)
         self._evict()
+
+    def _room_for(self, size: int) -> bool:
+        """Bounded by the volume's free space as well as by max_bytes: the least recently
+        used entries go until ``size`` fits above min_free_bytes; if it cannot, no write."""
+        if not self.min_free_bytes:
+            return True
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        while free - size < self.min_free_bytes:
+            with self._lock:
+                if not self._index:
+                    return False
+                key, entry_size = self._index.popitem(last=False)
+                self._bytes -= entry_size
+            self.path(key).unlink(missing_ok=True)
+            free += entry_size
+        return True
 
     def _forget(self, key: str) -> None:
         with self._lock:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+
+# errno values that mean the service's data dir, not the request or the source, is at fault.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT})
+
 
 class ConfigError(Exception):
     """A setting is wrong: the service refuses to start, with this one-line message."""

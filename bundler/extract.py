@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from bundler.errors import SourceUnavailable
+from bundler.errors import DISK_ERRNOS, SourceUnavailable
 from bundler.fallback_plan import candidates_from, read_package_json
 from bundler.fsutil import fsync_dir
 from bundler.resolve import DECLARATION_SUFFIXES
@@ -301,7 +301,14 @@ def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> list[Record]:
                     )
                 )
             _drain(stream)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS:
+            # Remembered like any failed pull, and said as what it is.
+            raise SourceUnavailable(
+                f"the service cannot write its data dir ({exc.strerror}); retry later"
+            ) from None
+        raise SourceUnavailable(f"the source tarball is corrupt or truncated: {exc}") from None
+    except (tarfile.TarError, EOFError, ValueError) as exc:
         # zlib/gzip errors surface as OSError or EOFError; a truncated stream as TarError.
         raise SourceUnavailable(f"the source tarball is corrupt or truncated: {exc}") from None
     return records

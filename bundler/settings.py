@@ -130,6 +130,11 @@ class Settings:
         "Bytes of bundles kept on disk under the data dir (survives restarts).",
         default=1024 * 1024 * 1024,
     )
+    disk_cache_min_free_bytes: int = _opt(
+        "Free space the disk tier leaves on its volume (it evicts, then skips writes, "
+        "rather than fill it).",
+        default=256 * 1024 * 1024,
+    )
     combos_top_k: int = _opt(
         "Distinct module lists the popularity sketch tracks (memory stays bounded).", default=1024
     )
@@ -225,6 +230,7 @@ class Settings:
         for name in (
             "build_pool_size",
             "build_threads",
+            "disk_cache_min_free_bytes",
             "default_version_max_age_s",
             "source_retries",
             "source_retry_backoff_s",

@@ -28,7 +28,13 @@ from cachetools import TTLCache
 
 from bundler import extract
 from bundler.download import DownloadPolicy, download, parse_checksum_setting
-from bundler.errors import BundlerError, ConfigError, VersionNotFound
+from bundler.errors import (
+    DISK_ERRNOS,
+    BundlerError,
+    ConfigError,
+    SourceUnavailable,
+    VersionNotFound,
+)
 from bundler.flight import SingleFlight
 from bundler.settings import Settings
 from bundler.spec import validate_version
@@ -170,11 +176,20 @@ class TarballSource:
         assert self._session is not None, "start() was not awaited"
         url = self.url_template.replace("{version}", version)
         started = time.perf_counter()
-        work = await asyncio.to_thread(extract.WorkDir, self.sources_dir, version)
+        work: extract.WorkDir | None = None
         try:
-            tarball = work.path / TARBALL_NAME
-            await download(self._session, url, version, tarball, self.policy)
-            root = await work.install_async(tarball, self.limits, self.policy.timeout_s)
+            try:
+                work = await asyncio.to_thread(extract.WorkDir, self.sources_dir, version)
+                tarball = work.path / TARBALL_NAME
+                await download(self._session, url, version, tarball, self.policy)
+                root = await work.install_async(tarball, self.limits, self.policy.timeout_s)
+            except OSError as exc:
+                if exc.errno not in DISK_ERRNOS:
+                    raise
+                # A full or read-only data dir: remembered like any failed pull.
+                raise SourceUnavailable(
+                    f"the service cannot write its data dir ({exc.strerror}); retry later"
+                ) from None
         except BundlerError as exc:
             logger.warning(
                 "pull failed", extra={"version": version, "url": url, "error": exc.message}
@@ -183,7 +198,8 @@ class TarballSource:
             self.pull_results["not_found" if isinstance(exc, VersionNotFound) else "failed"] += 1
             raise
         finally:
-            await asyncio.to_thread(work.remove)
+            if work is not None:
+                await asyncio.to_thread(work.remove)
         self.pull_results["ok"] += 1
         logger.info(
             "pulled version",

@@ -127,7 +127,9 @@ class OfflineTarget:
         self.source = open_source(settings)
         data_dir = Path(settings.data_dir).resolve()
         self.builder = Builder.from_settings(settings)
-        self.disk = DiskCache(data_dir / "cache", settings.disk_cache_max_bytes)
+        self.disk = DiskCache(
+            data_dir / "cache", settings.disk_cache_max_bytes, settings.disk_cache_min_free_bytes
+        )
         self.options = BundleService.options_from(settings)
 
         popular = saved_popularity(settings)

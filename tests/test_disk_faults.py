@@ -7,6 +7,9 @@ these tests are skipped, loudly).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +18,11 @@ from typing import Any
 import pytest
 
 from bundler.app import SERVICE, create_app
+from bundler.cache import Bundle
+from bundler.disk import DiskCache
 from bundler.settings import Settings
 from tests.conftest import wait_ready
+from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
 
 
 @pytest.fixture
@@ -128,3 +134,58 @@ async def test_a_read_only_data_dir_is_not_ready_and_says_why(
     resp = await client.get("/bundle.js?modules=components/hero")
     assert resp.status == 200, await resp.text()
     assert resp.headers["X-Bundle-Mode"] == "fallback"
+
+
+def random_bundle(i: int, size: int = 200_000) -> Bundle:
+    return Bundle.create(f"{i:064x}", os.urandom(size))  # incompressible: its size on disk
+
+
+def test_the_disk_tier_leaves_its_volume_the_free_space_it_is_told(small_disk: Path) -> None:
+    disk = DiskCache(small_disk / "cache", max_bytes=1 << 30, min_free_bytes=1 << 20)
+    for i in range(40):  # 40 x ~600 KB (code, gzip, br) on a 4 MiB volume
+        disk.write(random_bundle(i))
+        assert shutil.disk_usage(small_disk).free >= (1 << 20) - 65536
+    assert 0 < len(disk) < 40
+    assert disk.read(f"{39:064x}") is not None  # the newest kept, the oldest evicted
+    assert disk.read(f"{0:064x}") is None
+
+
+def test_control_a_tier_bounded_only_by_its_setting_fills_the_volume(small_disk: Path) -> None:
+    disk = DiskCache(small_disk / "cache", max_bytes=1 << 30)
+    with pytest.raises(OSError) as caught:
+        for i in range(40):
+            disk.write(random_bundle(i))
+    assert caught.value.errno == errno.ENOSPC
+
+
+async def test_a_pull_that_cannot_be_installed_is_remembered_and_says_why(
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    small_disk: Path,
+) -> None:
+    artifacts = ArtifactServer()
+    artifacts.publish("1.0.0", make_tarball(LIB_FILES))
+    # A version bigger than what is left (random bytes do not compress).
+    artifacts.publish("2.0.0", make_tarball({**LIB_FILES, "big.js": os.urandom(3 << 20)}))
+    server = await aiohttp_server(artifacts.app())
+    artifacts.url = f"http://127.0.0.1:{server.port}"
+    client = await aiohttp_client(
+        create_app(
+            make_settings(
+                source=artifacts.template,
+                default_version="1.0.0",
+                data_dir=str(small_disk / "data"),
+                extract_max_file_bytes=8 << 20,
+            )
+        )
+    )
+    await wait_ready(client)
+    fill_to = small_disk / "filler"
+    fill_to.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - (1 << 20)))
+    for _ in range(3):
+        resp = await client.get("/bundle.js?modules=index&v=2.0.0")
+        text = await resp.text()
+        assert resp.status == 503, text
+        assert "cannot write its data dir" in text and "corrupt" not in text
+    assert artifacts.hits["2.0.0"] == 1  # remembered like any failed pull: no download storm
