@@ -73,23 +73,24 @@ async def download(
         )
 
 
+def _detail(exc: BaseException) -> str:
+    """For the log only: the failure with its cause (which names the internal host)."""
+    return f"{exc}: {exc.__cause__}" if exc.__cause__ is not None else str(exc)
+
+
 async def _retrying(policy: DownloadPolicy, attempt_fn: Callable[[], Awaitable[str]]) -> str:
     for attempt in range(policy.retries + 1):
         try:
             return await attempt_fn()
         except _Retryable as exc:
             if attempt == policy.retries:
-                logger.warning(
-                    "download failed",
-                    extra={"error": f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)},
-                )
+                logger.warning("download failed", extra={"error": _detail(exc)})
                 raise SourceUnavailable(
                     f"the artifact server failed {attempt + 1} times, last with {exc}"
                 ) from None
             delay = random.uniform(0, policy.backoff_s * 2**attempt)
-            detail = f"{exc}: {exc.__cause__}" if exc.__cause__ is not None else str(exc)
             logger.warning(
-                "download failed, retrying", extra={"error": detail, "in_s": round(delay, 3)}
+                "download failed, retrying", extra={"error": _detail(exc), "in_s": round(delay, 3)}
             )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")

@@ -408,6 +408,7 @@ class FallbackStore:
     async def _load_or_build(self, version: str) -> Fallback | None:
         plan = self.plan(version)
         started = time.perf_counter()
+        published: Fallback | None = None
         try:
             async with self.source.use(version) as root:
                 stored = await asyncio.to_thread(self._read_stored, root, version, plan)
@@ -424,7 +425,7 @@ class FallbackStore:
                             )
                             # Published before the slot passes on, so the queue can be
                             # reordered for it first (on_loaded).
-                            self._publish(await asyncio.to_thread(build.fallback))
+                            published = self._publish(await asyncio.to_thread(build.fallback))
                     except BaseException:
                         digest.add_done_callback(_ignore_outcome)
                         raise
@@ -437,9 +438,7 @@ class FallbackStore:
                 extra={"version": version, "error": exc.message.splitlines()[0][:500]},
             )
             return None
-        fallback = self._loaded.get(version)
-        if fallback is None or stored is not None:
-            fallback = self._publish(await asyncio.to_thread(build.fallback))
+        fallback = published or self._publish(await asyncio.to_thread(build.fallback))
         self._in_background(self._recompress(build, fallback))
         self._log_ready(fallback, time.perf_counter() - started, built=stored is None)
         return fallback

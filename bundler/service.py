@@ -478,12 +478,8 @@ class BundleService:
         """The shutdown deadline: every request still waiting for a build, a fallback or a
         pull is answered now (503, retry elsewhere) instead of being cut off."""
         error = Unavailable("the service is shutting down; retry")
-        flights = (self.flight, self.map_flight, self.fallbacks.flight, self.source_flight())
-        return sum(f.fail_waiters(error) for f in flights if f is not None)
-
-    def source_flight(self) -> SingleFlight[str, Any] | None:
-        flight = getattr(self.source, "flight", None)
-        return flight if isinstance(flight, SingleFlight) else None
+        flights = (self.flight, self.map_flight, self.fallbacks.flight)
+        return sum(f.fail_waiters(error) for f in flights) + self.source.fail_waiters(error)
 
     def begin_drain(self) -> None:
         self.draining = True

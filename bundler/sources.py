@@ -61,6 +61,7 @@ class SourceStore(Protocol):
     def describe(self) -> str: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
+    def fail_waiters(self, error: BaseException) -> int: ...
 
 
 class DirectorySource:
@@ -96,6 +97,9 @@ class DirectorySource:
 
     async def close(self) -> None:
         pass
+
+    def fail_waiters(self, error: BaseException) -> int:
+        return 0  # nothing is ever pulled
 
 
 class TarballSource:
@@ -146,6 +150,10 @@ class TarballSource:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
         )
+
+    def fail_waiters(self, error: BaseException) -> int:
+        """Requests waiting for a pull are answered with ``error`` (the shutdown deadline)."""
+        return self.flight.fail_waiters(error)
 
     async def close(self) -> None:
         await self.flight.close()

@@ -12,6 +12,7 @@ import asyncio
 import io
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,22 +114,33 @@ async def test_a_bundle_built_without_its_map_is_the_same_code(
         assert a.code == b.code and a.sourcemap and b.sourcemap is None
 
 
-async def test_batches_are_bounded_and_take_the_most_urgent_first(
-    esbuild: str, tmp_path: Path, date_fns: Path
-) -> None:
-    builder = make_builder(esbuild, tmp_path, batch_max=2)
+async def built_in_order(
+    builder: Builder, root: Path, jobs: list[BuildJob], while_queued: Any = None
+) -> list[str]:
+    """Labels of ``jobs`` in the order their builds finish, all queued behind a held slot
+    (``while_queued`` runs while they wait)."""
     order: list[str] = []
-    priorities = [Priority.WARM, Priority.TAILORED, Priority.WARM, Priority.UNCOVERED]
-    jobs = [job(date_fns, c, p) for c, p in zip(COMBOS, priorities, strict=False)]
 
     async def build(j: BuildJob) -> None:
-        await builder.build(j, date_fns)
+        await builder.build(j, root)
         order.append(j.label)
 
     async with builder.slots.slot(Priority.FALLBACK):
         tasks = [asyncio.ensure_future(build(j)) for j in jobs]
         await asyncio.sleep(0.05)
+        if while_queued is not None:
+            while_queued()
     await asyncio.gather(*tasks)
+    return order
+
+
+async def test_batches_are_bounded_and_take_the_most_urgent_first(
+    esbuild: str, tmp_path: Path, date_fns: Path
+) -> None:
+    builder = make_builder(esbuild, tmp_path, batch_max=2)
+    priorities = [Priority.WARM, Priority.TAILORED, Priority.WARM, Priority.UNCOVERED]
+    jobs = [job(date_fns, c, p) for c, p in zip(COMBOS, priorities, strict=False)]
+    order = await built_in_order(builder, date_fns, jobs)
     assert builder.runs == {"batch": 2}
     # UNCOVERED and TAILORED went first, together; then the two warm-ups.
     assert set(order[:2]) == {jobs[3].label, jobs[1].label}
@@ -138,18 +150,10 @@ async def test_a_page_moves_a_queued_warm_up_build_ahead(
     esbuild: str, tmp_path: Path, date_fns: Path
 ) -> None:
     builder = make_builder(esbuild, tmp_path, batch_max=1)
-    order: list[str] = []
     jobs = [job(date_fns, COMBOS[0], Priority.TAILORED), job(date_fns, COMBOS[1], Priority.WARM)]
-
-    async def build(j: BuildJob) -> None:
-        await builder.build(j, date_fns)
-        order.append(j.label)
-
-    async with builder.slots.slot(Priority.FALLBACK):
-        tasks = [asyncio.ensure_future(build(j)) for j in jobs]
-        await asyncio.sleep(0.05)
-        builder.promote(jobs[1].key, Priority.UNCOVERED)
-    await asyncio.gather(*tasks)
+    order = await built_in_order(
+        builder, date_fns, jobs, lambda: builder.promote(jobs[1].key, Priority.UNCOVERED)
+    )
     assert order == [jobs[1].label, jobs[0].label]
 
 

@@ -16,6 +16,17 @@ from tests.conftest import ROOT, free_port, wait_process_ready
 
 pytestmark = pytest.mark.slow
 
+
+def start_server(port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
+    """``bundler serve`` in its own process, stderr to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bundler", "serve", "--port", str(port), *flags],
+            cwd=ROOT,
+            stderr=out,
+        )
+
+
 SLOW = '#!/bin/sh\nsleep 1\nexec "{real}" "$@"\n'
 
 
@@ -27,17 +38,12 @@ async def test_sigterm_during_50_in_flight_requests_drops_none(
     slow.chmod(0o755)
     port = free_port()
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "bundler", "serve", "--port", str(port),
-                "--data-dir", str(tmp_path / "data"), "--esbuild", str(slow),
-                "--fallback-budget-ms", "-1", "--build-pool-size", "2",
-                "--build-queue-max", "-1", "--drain-s", "1",
-            ],
-            cwd=ROOT,
-            stderr=out,
-        )  # fmt: skip
+    proc = start_server(
+        port, log,
+        "--data-dir", str(tmp_path / "data"), "--esbuild", str(slow),
+        "--fallback-budget-ms", "-1", "--build-pool-size", "2",
+        "--build-queue-max", "-1", "--drain-s", "1",
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
@@ -84,17 +90,12 @@ async def test_shutdown_keeps_its_timeout_and_answers_every_accepted_request(
     data = tmp_path / "data"
     port = free_port()
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "bundler", "serve", "--port", str(port),
-                "--data-dir", str(data), "--esbuild", str(hanging),
-                "--fallback-budget-ms", "-1", "--build-timeout-s", "60",
-                "--drain-s", "0.5", "--shutdown-timeout-s", "2",
-            ],
-            cwd=ROOT,
-            stderr=out,
-        )  # fmt: skip
+    proc = start_server(
+        port, log,
+        "--data-dir", str(data), "--esbuild", str(hanging),
+        "--fallback-budget-ms", "-1", "--build-timeout-s", "60",
+        "--drain-s", "0.5", "--shutdown-timeout-s", "2",
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
