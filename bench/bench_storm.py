@@ -407,7 +407,7 @@ def run_storm(
             rss = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
             if args.keep:
                 for f in (probe_out, load_out):
-                    (args.keep / f"{label}-{f.name}").write_bytes(f.read_bytes())
+                    (args.keep / f"{corpus.package}-{label}-{f.name}").write_bytes(f.read_bytes())
             return Result(
                 json.loads(probe_out.read_text()),
                 json.loads(load_out.read_text()),
@@ -424,7 +424,7 @@ def run_storm(
             server.wait()
             log.close()
             if args.keep:
-                (args.keep / f"{label}-server.log").write_bytes(
+                (args.keep / f"{corpus.package}-{label}-server.log").write_bytes(
                     (work_dir / "server.log").read_bytes()
                 )
 
@@ -522,6 +522,8 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="copy the raw probe and load records here")
     args = parser.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     if args.role == "probe":
         asyncio.run(probe_role(args.url, args.out, args.duration))
         return
