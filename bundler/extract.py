@@ -31,7 +31,9 @@ import signal
 import sys
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -58,6 +60,13 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 # file create costs 20-500 us on the disks seen, so a 5,300-file package spends
 # seconds of its pull on declaration files nobody reads.
 SKIPPED_SUFFIXES = DECLARATION_SUFFIXES
+# File creates run in parallel on these threads (1.4-1.6x faster than one on the disks
+# seen), handed over in batches; at most this many bytes are read ahead of their
+# writes (or one larger batch).
+WRITER_THREADS = 4
+WRITE_BATCH_FILES = 32
+WRITE_BATCH_BYTES = 512 * 1024
+WRITES_AHEAD_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -258,13 +267,20 @@ Record = tuple[list[str], int, bytes]
 
 
 def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> list[Record]:
-    records: list[Record] = []
+    """Stream the tarball, checking every member; files are written by a few threads in
+    batches, so parsing the archive (Python) overlaps creating the files (the kernel:
+    20-500 us a create on the disks seen, most of a big package's pull)."""
     members = 0
     total = 0
     made: set[str] = set()  # directories created so far, relative
     root = str(dest)
+    writes = _Writes()
     try:
-        with _open_stream(tarball) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with (
+            writes,
+            _open_stream(tarball) as stream,
+            tarfile.open(fileobj=stream, mode="r|*") as tar,
+        ):
             for member in tar:
                 members += 1
                 if members > limits.max_members:
@@ -288,19 +304,14 @@ def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> list[Record]:
                 if parts[-1].endswith(SKIPPED_SUFFIXES):
                     continue  # counted against the limits above, never written
                 _make_dirs(root, parts[:-1], made)
-                source = tar.extractfile(member)
-                if source is None:
-                    raise UnsafeTarball(f"tarball member {member.name!r} has no data")
-                target = os.path.join(root, *parts)
-                executable = bool(member.mode & 0o100)
-                records.append(
-                    (
-                        parts,
-                        member.size,
-                        _write_file(source, target, member.size, executable=executable),
-                    )
+                writes.add(
+                    parts,
+                    _read_member(tar, member),
+                    os.path.join(root, *parts),
+                    executable=bool(member.mode & 0o100),
                 )
             _drain(stream)
+            return writes.records()
     except OSError as exc:
         if exc.errno in DISK_ERRNOS:
             # Remembered like any failed pull, and said as what it is.
@@ -311,7 +322,6 @@ def _extract(tarball: Path, dest: Path, limits: ExtractLimits) -> list[Record]:
     except (tarfile.TarError, EOFError, ValueError) as exc:
         # zlib/gzip errors surface as OSError or EOFError; a truncated stream as TarError.
         raise SourceUnavailable(f"the source tarball is corrupt or truncated: {exc}") from None
-    return records
 
 
 def _write_facts(content: Path, records: list[Record], out: Path) -> None:
@@ -323,7 +333,7 @@ def _write_facts(content: Path, records: list[Record], out: Path) -> None:
     candidates = candidates_from(((path, size) for path, size, _ in files), read_package_json(root))
     facts = {
         "digest": _walk_order_digest(files),
-        "candidates": dataclasses.asdict(candidates),
+        "candidates": vars(candidates),  # shallow: asdict deep-copies 6,000 entries
     }
     out.write_text(json.dumps(facts))
 
@@ -424,27 +434,94 @@ def _make_dirs(root: str, parts: list[str], made: set[str]) -> None:
                 ) from None
 
 
-def _write_file(source: IO[bytes], target: str, size: int, *, executable: bool) -> bytes:
-    """Writes the member; returns its SHA-256 (the version's digest is made from these)."""
+class _Writes:
+    """Member files handed to writer threads in batches (few GIL hand-offs), with at
+    most WRITES_AHEAD_BYTES read but not written yet. As a context manager: on an
+    error, the batches not started yet are dropped."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="extract")
+        self._batch: list[tuple[bytes, str, bool]] = []
+        self._batch_bytes = 0
+        self._done: list[tuple[list[tuple[list[str], int]], Future[list[bytes]]]] = []
+        self._meta: list[tuple[list[str], int]] = []
+        self._ahead = 0
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> _Writes:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
+
+    def add(self, parts: list[str], data: bytes, target: str, *, executable: bool) -> None:
+        self._batch.append((data, target, executable))
+        self._meta.append((parts, len(data)))
+        self._batch_bytes += len(data)
+        if len(self._batch) >= WRITE_BATCH_FILES or self._batch_bytes >= WRITE_BATCH_BYTES:
+            self._flush()
+
+    def records(self) -> list[Record]:
+        """Every file's record, in archive order; the first failed write raises."""
+        self._flush()
+        return [
+            (parts, size, digest)
+            for meta, future in self._done
+            for (parts, size), digest in zip(meta, future.result(), strict=True)
+        ]
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        size = self._batch_bytes
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._ahead == 0 or self._ahead + size <= WRITES_AHEAD_BYTES
+            )
+            self._ahead += size
+        future = self._pool.submit(_write_files, self._batch)
+        future.add_done_callback(lambda _: self._written(size))
+        self._done.append((self._meta, future))
+        self._batch, self._meta, self._batch_bytes = [], [], 0
+
+    def _written(self, size: int) -> None:
+        with self._changed:
+            self._ahead -= size
+            self._changed.notify()
+
+
+def _write_files(batch: list[tuple[bytes, str, bool]]) -> list[bytes]:
+    return [_write_file(data, target, executable=executable) for data, target, executable in batch]
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The member's bytes (at most max_file_bytes: checked on its header before)."""
+    source = tar.extractfile(member)
+    if source is None:
+        raise UnsafeTarball(f"tarball member {member.name!r} has no data")
+    data = source.read(member.size + 1)
+    if len(data) > member.size:  # never trust the header alone
+        raise UnsafeTarball(f"tarball member {member.name!r} is longer than it says")
+    if len(data) != member.size:
+        raise SourceUnavailable(f"tarball member {member.name!r} is truncated")
+    return data
+
+
+def _write_file(data: bytes, target: str, *, executable: bool) -> bytes:
+    """Writes one member (in a writer thread); returns its SHA-256 (the version's digest
+    is made from these)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
         fd = os.open(target, flags, 0o755 if executable else 0o644)
     except FileExistsError:
         raise UnsafeTarball(f"tarball has {os.path.basename(target)!r} twice") from None
-    written = 0
-    digest = hashlib.sha256()
-    with os.fdopen(fd, "wb") as out:
-        while chunk := source.read(CHUNK_BYTES):
-            digest.update(chunk)
-            written += len(chunk)
-            if written > size:  # never trust the header alone
-                raise UnsafeTarball(
-                    f"tarball member {os.path.basename(target)!r} is longer than it says"
-                )
-            out.write(chunk)
-    if written != size:
-        raise SourceUnavailable(f"tarball member {os.path.basename(target)!r} is truncated")
-    return digest.digest()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    return hashlib.sha256(data).digest()
 
 
 def _strip_single_top_folder(content: Path) -> Path:
