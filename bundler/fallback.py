@@ -272,7 +272,8 @@ async def build_fallback(
 
     A survey build measures the most wanted candidates (bundler.survey); the
     selection within the budget is then built once more, with its source map, unless
-    the survey took every candidate and all of it fits: its bundle is the fallback.
+    the survey was made with its map, all of it built and it fits: its bundle is the
+    fallback (usually so on a release: one esbuild run).
     """
     candidates = await asyncio.to_thread(version_candidates, root)
     package = await asyncio.to_thread(read_package_json, root)
@@ -280,12 +281,19 @@ async def build_fallback(
     if not ranked:
         raise BuildFailed(f"version {version} has no JavaScript modules")
     factor = SURVEY_SOURCE_FACTOR
-    for _ in range(MAX_SURVEYS):
+    for attempt in range(MAX_SURVEYS):
         count = survey_prefix(ranked, candidates, factor * plan.max_bytes)
-        # Everything is surveyed: the survey's bundle may turn out to be the fallback itself.
-        whole = map_url(version) if count == len(ranked) else None
+        # The first survey, or one of everything, may turn out to be the fallback itself
+        # (all of it builds and fits): then it is made with its source map.
+        may_fit = attempt == 0 or count == len(ranked)
         survey = await run_survey(
-            builder, root, version, ranked[:count], options, candidates, whole
+            builder,
+            root,
+            version,
+            ranked[:count],
+            options,
+            candidates,
+            map_url(version) if may_fit else None,
         )
         selection = select(ranked, survey, plan.max_bytes)
         if count == len(ranked) or selection.estimated_bytes >= BUDGET_FILLED * plan.max_bytes:
@@ -298,7 +306,11 @@ async def build_fallback(
             f"({first[0]}: {first[1]})"
         )
     output = survey.output
-    if output is None or tuple(selection.names) != tuple(sorted(survey.names)):
+    if (
+        output is None
+        or len(output.code) > plan.max_bytes
+        or tuple(selection.names) != tuple(sorted(survey.names))
+    ):
         registrations = [(name, candidates.files[name]) for name in selection.names]
         output = await builder.build(fallback_job(version, registrations, options), root)
     if len(output.code) > plan.max_bytes:  # the estimate was short: aim lower, once
@@ -410,7 +422,12 @@ class FallbackStore:
         started = time.perf_counter()
         published: Fallback | None = None
         try:
-            async with self.source.use(version) as root:
+            # The slot is claimed as soon as the source is there, ahead of the tailored
+            # builds that waited for the same pull (a stored fallback gives it back at once).
+            async with (
+                self.source.use(version) as root,
+                self.builder.holding(Priority.FALLBACK),
+            ):
                 stored = await asyncio.to_thread(self._read_stored, root, version, plan)
                 if stored is not None:
                     build = stored
@@ -419,13 +436,12 @@ class FallbackStore:
                     # waited for by the disk write, never by the first use.
                     digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
                     try:
-                        async with self.builder.holding(Priority.FALLBACK):
-                            build = await build_fallback(
-                                self.builder, root, version, self.options, plan
-                            )
-                            # Published before the slot passes on, so the queue can be
-                            # reordered for it first (on_loaded).
-                            published = self._publish(await asyncio.to_thread(build.fallback))
+                        build = await build_fallback(
+                            self.builder, root, version, self.options, plan
+                        )
+                        # Published before the slot passes on, so the queue can be
+                        # reordered for it first (on_loaded).
+                        published = self._publish(await asyncio.to_thread(build.fallback))
                     except BaseException:
                         digest.add_done_callback(_ignore_outcome)
                         raise
