@@ -243,8 +243,15 @@ class Builder:
         """A queued build that a more urgent request now waits for moves up the queue."""
         waiting = self._by_key.get(key)
         if waiting is not None and priority < waiting.priority:
+            self.move(key, priority)
+
+    def move(self, key: str, priority: Priority) -> None:
+        """A queued build moves to ``priority``, up or down (a page it was urgent for
+        has another answer now)."""
+        waiting = self._by_key.get(key)
+        if waiting is not None:
             waiting.priority = priority
-            self.slots.promote(waiting.ticket, priority)
+            self.slots.move(waiting.ticket, priority)
 
     def clean_scratch(self) -> int:
         """Removes build dirs left by a process killed mid-build (kill -9, OOM). Only those
@@ -264,10 +271,10 @@ class Builder:
                 removed += 1
         return removed
 
-    def queued_jobs(self, version: str) -> list[BuildJob]:
-        """Tailored builds of ``version`` waiting for a slot."""
+    def queued_jobs(self, version: str) -> list[tuple[BuildJob, Priority]]:
+        """Tailored builds of ``version`` waiting for a slot, with their priority now."""
         return [
-            w.job
+            (w.job, w.priority)
             for (queued_version, *_), queue in self._waiting.items()
             if queued_version == version
             for w in queue

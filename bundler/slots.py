@@ -32,6 +32,8 @@ class PrioritySlots:
         self.size = size
         self.in_use = 0
         self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        # A queued ticket's priority now: a heap entry of another priority is stale.
+        self._priority: dict[asyncio.Future[bool], int] = {}
         self._order = itertools.count()
 
     @property
@@ -46,13 +48,16 @@ class PrioritySlots:
 
     def enqueue(self, priority: Priority) -> asyncio.Future[bool]:
         ticket: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._priority[ticket] = int(priority)
         heapq.heappush(self._waiters, (int(priority), next(self._order), ticket))
         self._dispatch()  # granted at once if it is the most urgent and a slot is free
         return ticket
 
-    def promote(self, ticket: asyncio.Future[bool], priority: Priority) -> None:
-        """A queued ticket moves up to ``priority`` (its old place is skipped when reached)."""
-        if not ticket.done():
+    def move(self, ticket: asyncio.Future[bool], priority: Priority) -> None:
+        """A queued ticket moves to ``priority``, up or down (its old place is skipped
+        when reached)."""
+        if not ticket.done() and self._priority.get(ticket) != priority:
+            self._priority[ticket] = int(priority)
             heapq.heappush(self._waiters, (int(priority), next(self._order), ticket))
             self._dispatch()
 
@@ -92,11 +97,16 @@ class PrioritySlots:
         """Free slots go to the most urgent waiters (FIFO within a priority)."""
         while self._waiters:
             priority, _, waiter = self._waiters[0]
-            if waiter.done():  # claimed by a batch, cancelled, or promoted (a second entry)
+            if waiter.done():  # claimed by a batch, or cancelled
+                heapq.heappop(self._waiters)
+                self._priority.pop(waiter, None)
+                continue
+            if self._priority.get(waiter) != priority:  # moved: its other entry counts
                 heapq.heappop(self._waiters)
                 continue
             if not self._free_for(priority):
                 return  # no slot, or only warm-ups wait and the last slot is not theirs
             heapq.heappop(self._waiters)
+            del self._priority[waiter]
             self.in_use += 1
             waiter.set_result(True)  # the slot passes straight to it

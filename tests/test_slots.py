@@ -95,5 +95,22 @@ async def test_a_promoted_warm_up_takes_a_free_slot_at_once() -> None:
     slots.enqueue(Priority.WARM)
     waiting = slots.enqueue(Priority.WARM)
     assert not waiting.done()
-    slots.promote(waiting, Priority.UNCOVERED)  # a page now waits for this build
+    slots.move(waiting, Priority.UNCOVERED)  # a page now waits for this build
     assert waiting.done() and slots.in_use == 2
+
+
+async def test_a_ticket_moved_down_waits_behind_the_ones_now_more_urgent() -> None:
+    """A build that went first because its page had no other answer goes back among the
+    others when a fallback now covers that page (its old place must not count)."""
+    slots = PrioritySlots(1)
+    slots.enqueue(Priority.TAILORED)  # holds the only slot
+    was_urgent = slots.enqueue(Priority.UNCOVERED)
+    other = slots.enqueue(Priority.TAILORED)
+    uncovered = slots.enqueue(Priority.UNCOVERED)
+    slots.move(was_urgent, Priority.TAILORED)
+    slots.release()
+    assert uncovered.done() and not was_urgent.done() and not other.done()
+    slots.release()
+    assert other.done() and not was_urgent.done()  # FIFO within TAILORED: it moved last
+    slots.release()
+    assert was_urgent.done()
