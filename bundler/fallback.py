@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
@@ -32,17 +32,20 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
-from bundler.builder import Builder, BuildJob
+from bundler.builder import Builder, BuildJob, BuildOutput
 from bundler.cache import BROTLI_QUALITY, BROTLI_QUALITY_MAX, Bundle
 from bundler.combos import COMBOS_FILE, PopularCombos
 from bundler.entry import Registration
 from bundler.errors import BuildFailed, BundlerError, UnknownModule
 from bundler.extract import read_facts
 from bundler.fallback_plan import (
+    FIRST_SURVEY_FACTOR,
     SURVEY_SOURCE_FACTOR,
     UNKNOWN,
     Candidates,
     OperatorList,
+    Selection,
+    Survey,
     entry_point_paths,
     list_candidates,
     rank,
@@ -73,6 +76,10 @@ FAILURE_TTL_S = 30.0
 MAX_SURVEYS = 3
 # A survey whose selection fills this share of the budget is enough.
 BUDGET_FILLED = 0.9
+# A fallback's brotli 11 waits for the builds to be done, checked this often, this long
+# at most.
+IDLE_POLL_S = 0.25
+RECOMPRESS_MAX_WAIT_S = 30.0
 # Names of modules left out that one log line lists (the manifest lists them all).
 LOG_NAMES = 10
 
@@ -266,26 +273,48 @@ def read_fallback(
 
 
 async def build_fallback(
-    builder: Builder, root: Path, version: str, options: BuildOptions, plan: Plan
+    builder: Builder,
+    root: Path,
+    version: str,
+    options: BuildOptions,
+    plan: Plan,
+    early: Callable[[FallbackBuild], Awaitable[None]] | None = None,
 ) -> FallbackBuild:
     """Choose and build the fallback of the version whose source is at ``root`` (held in use).
 
     A survey build measures the most wanted candidates (bundler.survey); the
     selection within the budget is then built once more, with its source map, unless
     the survey was made with its map, all of it built and it fits: its bundle is the
-    fallback (usually so on a release: one esbuild run).
+    fallback.
+
+    ``early`` (the service, where pages wait) is first handed a quick first part: a
+    survey of the most wanted candidates only, made with its map, that usually builds
+    and fits (one esbuild run). The complete selection, which can skip costly modules
+    for cheaper ones further down (81% of a date-fns storm's requests covered against
+    56%), follows.
     """
     candidates = await asyncio.to_thread(version_candidates, root)
     package = await asyncio.to_thread(read_package_json, root)
     ranked = rank(candidates, plan.operator, plan.popular, entry_point_paths(package))
     if not ranked:
         raise BuildFailed(f"version {version} has no JavaScript modules")
+    if early is not None:
+        count = survey_prefix(ranked, candidates, FIRST_SURVEY_FACTOR * plan.max_bytes)
+        survey = await run_survey(
+            builder, root, version, ranked[:count], options, candidates, map_url(version)
+        )
+        selection = select(ranked, survey, plan.max_bytes)
+        output = _survey_as_fallback(survey, selection, plan.max_bytes)
+        if count == len(ranked) and output is not None:  # the whole package: done
+            return _fallback_build(version, output, selection, candidates, plan)
+        if output is not None:
+            await early(_fallback_build(version, output, selection, candidates, plan))
     factor = SURVEY_SOURCE_FACTOR
     for attempt in range(MAX_SURVEYS):
         count = survey_prefix(ranked, candidates, factor * plan.max_bytes)
         # The first survey, or one of everything, may turn out to be the fallback itself
         # (all of it builds and fits): then it is made with its source map.
-        may_fit = attempt == 0 or count == len(ranked)
+        may_fit = (attempt == 0 and early is None) or count == len(ranked)
         survey = await run_survey(
             builder,
             root,
@@ -305,12 +334,8 @@ async def build_fallback(
             f"version {version} has no module that builds within the fallback budget "
             f"({first[0]}: {first[1]})"
         )
-    output = survey.output
-    if (
-        output is None
-        or len(output.code) > plan.max_bytes
-        or tuple(selection.names) != tuple(sorted(survey.names))
-    ):
+    output = _survey_as_fallback(survey, selection, plan.max_bytes)
+    if output is None:
         registrations = [(name, candidates.files[name]) for name in selection.names]
         output = await builder.build(fallback_job(version, registrations, options), root)
     if len(output.code) > plan.max_bytes:  # the estimate was short: aim lower, once
@@ -319,6 +344,27 @@ async def build_fallback(
             selection = trimmed
             registrations = [(name, candidates.files[name]) for name in selection.names]
             output = await builder.build(fallback_job(version, registrations, options), root)
+    return _fallback_build(version, output, selection, candidates, plan)
+
+
+def _survey_as_fallback(survey: Survey, selection: Selection, max_bytes: int) -> BuildOutput | None:
+    """The survey's own bundle, when it can be the fallback: made with its map, every
+    name it registered selected (so nothing failed), within the budget."""
+    output: BuildOutput | None = survey.output
+    if output is None or output.sourcemap is None or len(output.code) > max_bytes:
+        return None
+    if tuple(selection.names) != tuple(sorted(survey.names)):
+        return None
+    return output
+
+
+def _fallback_build(
+    version: str,
+    output: BuildOutput,
+    selection: Selection,
+    candidates: Candidates,
+    plan: Plan,
+) -> FallbackBuild:
     left_out = dict(selection.left_out)
     for name in plan.operator:
         if name not in candidates.files:
@@ -380,7 +426,12 @@ class FallbackStore:
         self._loaded: LRUCache[str, Fallback] = LRUCache(maxsize=max_versions)
         self._failures: TTLCache[str, BundlerError] = TTLCache(maxsize=64, ttl=FAILURE_TTL_S)
         self.flight: SingleFlight[str, Fallback | None] = SingleFlight("fallback")
+        self._improving: dict[str, asyncio.Future[None]] = {}
+        self._next_publish: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._recompressing: set[asyncio.Task[None]] = set()
+        # version -> part ("first", "all") -> seconds from its first need to its use
+        self.ready_seconds: LRUCache[str, dict[str, float]] = LRUCache(maxsize=max_versions)
         self.builds = 0
         # Called the moment a fallback is loaded (the service reorders its queue then).
         self.on_loaded: Callable[[Fallback], None] | None = None
@@ -421,6 +472,14 @@ class FallbackStore:
         plan = self.plan(version)
         started = time.perf_counter()
         published: Fallback | None = None
+        first_part: Fallback | None = None
+
+        async def early(build: FallbackBuild) -> None:
+            nonlocal first_part
+            first_part = self._publish(await asyncio.to_thread(build.fallback))
+            self._improving[version] = asyncio.get_running_loop().create_future()
+            self._log_ready(first_part, time.perf_counter() - started, built=True, first_part=True)
+
         try:
             # The slot is claimed as soon as the source is there, ahead of the tailored
             # builds that waited for the same pull (a stored fallback gives it back at once).
@@ -437,7 +496,7 @@ class FallbackStore:
                     digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
                     try:
                         build = await build_fallback(
-                            self.builder, root, version, self.options, plan
+                            self.builder, root, version, self.options, plan, early
                         )
                         # Published before the slot passes on, so the queue can be
                         # reordered for it first (on_loaded).
@@ -448,20 +507,49 @@ class FallbackStore:
                     self.builds += 1
                     self._in_background(self._write(build, digest))
         except (BuildFailed, UnknownModule) as exc:
+            if first_part is not None:  # what the pages had keeps serving; not stored
+                logger.error(
+                    "fallback left at its first part",
+                    extra={"version": version, "error": exc.message.splitlines()[0][:500]},
+                )
+                return first_part
             self._failures[version] = exc
             logger.error(
                 "no fallback for this version",
                 extra={"version": version, "error": exc.message.splitlines()[0][:500]},
             )
             return None
+        finally:
+            for waiting in (self._improving, self._next_publish):
+                future = waiting.pop(version, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
         fallback = published or self._publish(await asyncio.to_thread(build.fallback))
-        self._in_background(self._recompress(build, fallback))
+        recompress = asyncio.create_task(self._recompress(build, fallback))
+        self._recompressing.add(recompress)
+        recompress.add_done_callback(self._recompressing.discard)
         self._log_ready(fallback, time.perf_counter() - started, built=stored is None)
         return fallback
+
+    def published(self, version: str) -> asyncio.Future[None]:
+        """Done when the version next has a fallback (its first part, or all of it), or
+        its build ends without one."""
+        future = self._next_publish.get(version)
+        if future is None or future.done():
+            future = self._next_publish[version] = asyncio.get_running_loop().create_future()
+        return future
+
+    def improving(self, version: str) -> asyncio.Future[None] | None:
+        """Done when the version's fallback, served in a first part now, is complete:
+        a page its first part does not cover may find itself in the rest."""
+        return self._improving.get(version)
 
     def _publish(self, fallback: Fallback) -> Fallback:
         self._failures.pop(fallback.version, None)
         self._loaded[fallback.version] = fallback
+        waiting = self._next_publish.pop(fallback.version, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
         if self.on_loaded is not None:
             self.on_loaded(fallback)
         return fallback
@@ -480,12 +568,18 @@ class FallbackStore:
                 return build
         return None
 
-    def _log_ready(self, fallback: Fallback, seconds: float, *, built: bool) -> None:
+    def _log_ready(
+        self, fallback: Fallback, seconds: float, *, built: bool, first_part: bool = False
+    ) -> None:
+        parts = self.ready_seconds.get(fallback.version) or {}
+        parts["first" if first_part else "all"] = seconds
+        parts.setdefault("first", seconds)
+        self.ready_seconds[fallback.version] = parts
         failing = [
             name for name, why in fallback.left_out.items() if not why.startswith("over_budget")
         ]
         logger.info(
-            "fallback ready",
+            "fallback's first part ready; the rest follows" if first_part else "fallback ready",
             extra={
                 "version": fallback.version,
                 "bytes": len(fallback.bundle.code),
@@ -509,7 +603,13 @@ class FallbackStore:
             logger.error("fallback background work failed", extra={"error": repr(task.exception())})
 
     async def _recompress(self, build: FallbackBuild, quick: Fallback) -> None:
-        """Brotli 11 (about 30 x slower than 5): a fallback is built once, served often."""
+        """Brotli 11 (about 70 x slower than 5): a fallback is built once, served often.
+        Not while builds wait: 0.5 s of a CPU for date-fns's fallback, which a release's
+        backlog of tailored builds needs more (brotli 5 serves meanwhile)."""
+        waited = 0.0
+        while (self.builder.busy or self.builder.queued) and waited < RECOMPRESS_MAX_WAIT_S:
+            await asyncio.sleep(IDLE_POLL_S)
+            waited += IDLE_POLL_S
         best = await asyncio.to_thread(build.fallback, BROTLI_QUALITY_MAX)
         if self._loaded.get(build.version) is quick:
             self._loaded[build.version] = best
@@ -522,7 +622,9 @@ class FallbackStore:
         """Stops builds under way; lets the writes (and recompression) of built ones finish,
         so the next start finds them on disk."""
         await self.flight.close()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        for task in self._recompressing:  # memory only: nothing to keep
+            task.cancel()
+        await asyncio.gather(*self._background, *self._recompressing, return_exceptions=True)
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:

@@ -123,6 +123,11 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "kind",
     ),
     "bundler_source_pulls": ("counter", "Version source pulls by result.", "result"),
+    "bundler_source_pull_seconds": (
+        "counter",
+        "Time spent on pulls that succeeded (download and unpack).",
+        "",
+    ),
     "bundler_build_queue_depth": ("gauge", "Builds waiting for a pool slot.", ""),
     "bundler_build_pool_busy": ("gauge", "esbuild processes running.", ""),
     "bundler_build_pool_size": ("gauge", "Concurrent esbuild processes allowed.", ""),
@@ -131,6 +136,12 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
     "bundler_cache_corrupt_entries": ("counter", "Disk entries that failed their checksum.", ""),
     "bundler_fallbacks_loaded": ("gauge", "Versions whose static fallback is loaded.", ""),
     "bundler_fallback_bytes": ("gauge", "Size of each loaded fallback (minified).", "version"),
+    "bundler_fallback_ready_seconds": (
+        "gauge",
+        "From a loaded fallback's first need (pull included) until its first part, then "
+        "all of it, could be served.",
+        "version,part",
+    ),
     "bundler_fallback_modules": (
         "gauge",
         "Module names of each loaded fallback: included, or left out and why "

@@ -286,12 +286,16 @@ class BundleService:
             self._deferred_running.discard(spec.key)
 
     def _promote_uncovered(self, fallback: Fallback) -> None:
-        """Builds queued before the version's fallback existed, for pages it does not
-        cover: those pages have no other answer, so their builds go first now."""
-        for job in self.builder.queued_jobs(fallback.version):
-            names = tuple(name for name, _ in job.registrations)
-            if job.priority > Priority.UNCOVERED and not fallback.covers(names):
-                self.builder.promote(job.key, Priority.UNCOVERED)
+        """A new fallback for the version (or all of one whose first part was out):
+        queued builds for pages it does not cover go first, as those pages have no
+        other answer; builds that went first for that reason and are covered now go
+        back among the others."""
+        for job, priority in self.builder.queued_jobs(fallback.version):
+            covered = fallback.covers(tuple(name for name, _ in job.registrations))
+            if priority > Priority.UNCOVERED and not covered:
+                self.builder.move(job.key, Priority.UNCOVERED)
+            elif priority == Priority.UNCOVERED and covered:
+                self.builder.move(job.key, Priority.TAILORED)
 
     def _lagging(self) -> bool:
         threshold_ms = self.settings.shed_lag_ms
@@ -334,13 +338,14 @@ class BundleService:
         self.fallbacks.ensure(spec.version)
         fallback = self.fallbacks.loaded(spec.version)
         covered = fallback is not None and fallback.covers(spec.modules)
+        budget_s = budget_ms / 1000
         if not joining and fallback is not None and (self._queue_full() or self._lagging()):
             if covered:  # shed: the fallback at once; the build later, when there is room
                 self._defer(spec)
                 return Answer(fallback.bundle, Mode.SHED)
-            # Nothing else can answer this page: its build, ahead of those that have one.
-            bundle = await self.flight.do(spec.key, lambda: self._build(spec, Priority.UNCOVERED))
-            return Answer(bundle, Mode.BUILT)
+            # Nothing else can answer this page but its build, ahead of those that have
+            # one (or the rest of a fallback whose first part is out): no budget to wait.
+            budget_s = 0
         # No fallback yet (a release's first seconds): nothing is shed to a fallback that
         # may take longer than the builds; each miss races its own build against it.
         priority = Priority.UNCOVERED if fallback is not None and not covered else Priority.TAILORED
@@ -351,7 +356,7 @@ class BundleService:
         self.flight.ensure(spec.key, build_fn)
         build = asyncio.ensure_future(self.flight.do(spec.key, build_fn))
         try:
-            return await self._race(spec, build, budget_ms / 1000)
+            return await self._race(spec, build, budget_s)
         finally:
             if not build.done():
                 build.cancel()  # only our wait: the build goes on and fills the cache
@@ -370,8 +375,13 @@ class BundleService:
         if fallback is None and self.fallbacks.failure(spec.version) is None:
             pending = asyncio.ensure_future(self._fallback(spec.version))
             try:
-                either: set[asyncio.Future[Any]] = {build, pending}
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                # A large fallback's first part is published before the build ends.
+                first: set[asyncio.Future[Any]] = {
+                    build,
+                    pending,
+                    self.fallbacks.published(spec.version),
+                }
+                await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 pending.cancel()
             if build.done():
@@ -379,6 +389,13 @@ class BundleService:
             fallback = self.fallbacks.loaded(spec.version)
         if fallback is not None and fallback.covers(spec.modules):
             return Answer(fallback.bundle, Mode.FALLBACK)
+        improving = self.fallbacks.improving(spec.version)
+        if improving is not None:  # only its first part is out: the rest may cover this page
+            rest: set[asyncio.Future[Any]] = {build, improving}
+            await asyncio.wait(rest, return_when=asyncio.FIRST_COMPLETED)
+            fallback = self.fallbacks.loaded(spec.version)
+            if not build.done() and fallback is not None and fallback.covers(spec.modules):
+                return Answer(fallback.bundle, Mode.FALLBACK)
         await asyncio.wait({build})
         return await self._built_or_fallback(spec, build)
 
@@ -517,6 +534,7 @@ class BundleService:
             "bundler_builds": dict(self.builder.results),
             "bundler_esbuild_runs": dict(self.builder.runs),
             "bundler_source_pulls": dict(self.source.pull_results),
+            "bundler_source_pull_seconds": self.source.pull_seconds,
             "bundler_build_queue_depth": self.builder.queued,
             "bundler_build_pool_busy": self.builder.busy,
             "bundler_build_pool_size": self.builder.pool_size,
@@ -528,6 +546,11 @@ class BundleService:
                 f.version: len(f.bundle.code) for f in self.fallbacks.all_loaded()
             },
             "bundler_fallback_modules": self._fallback_module_counts(),
+            "bundler_fallback_ready_seconds": {
+                f"{f.version}|{part}": seconds
+                for f in self.fallbacks.all_loaded()
+                for part, seconds in self.fallbacks.ready_seconds.get(f.version, {}).items()
+            },
             "bundler_ready": float(self.ready),
             "bundler_disk_writes_failing": float(self.disk_failing),
             "bundler_draining": float(self.draining),

@@ -54,6 +54,7 @@ def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
 class SourceStore(Protocol):
     remote: bool  # pulled over the network: the default version is fetched in the background
     pull_results: collections.Counter[str]
+    pull_seconds: float  # spent on pulls that succeeded (download and unpack)
 
     def use(self, version: str) -> AbstractAsyncContextManager[Path]: ...
     def newest_version(self) -> str | None: ...
@@ -71,6 +72,7 @@ class DirectorySource:
 
     def __init__(self, root: Path) -> None:
         self.pull_results: collections.Counter[str] = collections.Counter()  # never pulls
+        self.pull_seconds = 0.0
         if not root.is_dir():
             raise ConfigError(f"source directory {str(root)!r} does not exist")
         self.root = root.resolve()
@@ -128,6 +130,7 @@ class TarballSource:
         self.in_use: collections.Counter[str] = collections.Counter()
         self.last_used: dict[str, float] = {}
         self.pull_results: collections.Counter[str] = collections.Counter()
+        self.pull_seconds = 0.0
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -209,12 +212,10 @@ class TarballSource:
             if work is not None:
                 await asyncio.to_thread(work.remove)
         self.pull_results["ok"] += 1
+        seconds = time.perf_counter() - started
+        self.pull_seconds += seconds
         logger.info(
-            "pulled version",
-            extra={
-                "version": version,
-                "duration_ms": round((time.perf_counter() - started) * 1000),
-            },
+            "pulled version", extra={"version": version, "duration_ms": round(seconds * 1000)}
         )
         await self.housekeep()
         return root
