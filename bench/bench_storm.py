@@ -115,7 +115,7 @@ def make_combos(corpus: Corpus, count: int, seed: int) -> list[list[str]]:
     rng.shuffle(optional)  # their popularity rank
     weights = [1 / (rank + 1) ** 1.1 for rank in range(len(optional))]
     seen: set[tuple[str, ...]] = set()
-    combos = []
+    combos: list[list[str]] = []
     while len(combos) < count:
         picked = rng.sample(modules, rng.randint(3, 12))
         if optional and rng.random() < 1 / 3:
@@ -226,6 +226,16 @@ def metric(url: str, name: str) -> float:
     return total
 
 
+def labelled(url: str, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of a labelled metric, or None."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU time of a process (user + system) and of its reaped children (esbuild)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -306,6 +316,8 @@ class Result:
     lag_p99_s: float
     peak_rss_kib: int
     cpu_s: tuple[float, float]  # during the storm: the service's own, its children's (esbuild)
+    pull_s: float  # the release's pull (download and unpack)
+    fallback_ready_s: tuple[float | None, float | None]  # first part, all of it
 
 
 def fallback_info(url: str, version: str) -> dict[str, Any]:
@@ -327,7 +339,7 @@ def run_storm(
 ) -> Result:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
         work_dir = Path(work)
         log = (work_dir / "server.log").open("wb")
         server = subprocess.Popen(
@@ -345,6 +357,7 @@ def run_storm(
             builds_before = metric(url, "bundler_builds_total")
             cpu_before = cpu_seconds(server.pid)
             runs_before = metric(url, "bundler_esbuild_runs_total")
+            pull_before = metric(url, "bundler_source_pull_seconds_total")
             lag_before = lag_buckets(url)
             me = [sys.executable, __file__]
             probe_out, load_out = work_dir / "probe.json", work_dir / "load.json"
@@ -402,6 +415,13 @@ def run_storm(
                 fallback_info(url, corpus.release) if "--fallback-budget-ms" not in flags else {}
             )
             lag_max = metric(url, "bundler_event_loop_lag_max_seconds")
+            pull_s = metric(url, "bundler_source_pull_seconds_total") - pull_before
+            first, whole = (
+                labelled(
+                    url, "bundler_fallback_ready_seconds", {"part": part, "version": corpus.release}
+                )
+                for part in ("first", "all")
+            )
             lag_p99 = lag_quantile(lag_before, lag_buckets(url), 0.99)
             status = Path(f"/proc/{server.pid}/status").read_text()
             rss = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
@@ -418,6 +438,8 @@ def run_storm(
                 lag_p99,
                 rss,
                 (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]),
+                pull_s,
+                (first, whole),
             )
         finally:
             server.send_signal(signal.SIGKILL)
@@ -446,7 +468,12 @@ def summarize(result: Result, duration_s: float) -> dict[str, str]:
     lost = sum(1 for r in load if r["ttfb"] is None)
     last = [r for r in done if r["t"] >= duration_s * 2 / 3]
     tailored_last = sum(1 for r in last if r["mode"] == "tailored") / max(1, len(last))
+    first, whole = result.fallback_ready_s
     row = {
+        "pull s (download, unpack)": f"{result.pull_s:.2f}",
+        "fallback usable / whole s": (
+            f"{first:.2f} / {whole:.2f}" if first is not None and whole is not None else "-"
+        ),
         "readyz p50 / p99 / max ms": f"{pct(ready, 0.5):.1f} / {pct(ready, 0.99):.1f} / {max(ready):.1f}",
         "healthz p50 / p99 / max ms": f"{pct(health, 0.5):.1f} / {pct(health, 0.99):.1f} / {max(health):.1f}",
         "probe failures": f"{failures} of {len(result.probe)}",
@@ -521,6 +548,12 @@ def main() -> None:
         "--debug", action="store_true", help="asyncio debug mode: logs slow callbacks"
     )
     parser.add_argument("--keep", type=Path, help="copy the raw probe and load records here")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="where the services' data dirs are made (default: the system's temp dir); "
+        "e.g. a tmpfs, to see what the disk costs a pull",
+    )
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
