@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 # Preference when the client rates several equally: smaller first.
 SUPPORTED = ("br", "gzip", "identity")
 IMPLICIT_IDENTITY_Q = 0.001
@@ -26,6 +28,7 @@ def parse_accept_encoding(header: str) -> dict[str, float]:
     return weights
 
 
+@functools.lru_cache(maxsize=256)  # browsers send a handful of distinct headers
 def choose_encoding(header: str | None, supported: tuple[str, ...] = SUPPORTED) -> str:
     """The best supported encoding; identity unless the client refuses it and offers nothing.
 

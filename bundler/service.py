@@ -52,6 +52,8 @@ MAX_REMEMBERED_FAILURES = 1024
 # Combinations answered with the fallback without a build (shed), remembered to be built
 # later, at warm-up priority, when the queue has room: most recently asked first.
 MAX_DEFERRED = 1024
+# Parsed queries kept (a spec and its cache key), by the query as sent.
+PARSED_QUERIES = 4096
 # How often an unwritable data dir is looked at again (readiness follows it).
 DATA_DIR_RECHECK_S = 5.0
 # Source maps built on request (developers with devtools open), kept in memory.
@@ -138,6 +140,9 @@ class BundleService:
         self._deferred_running: set[str] = set()
         self._room = asyncio.Event()  # set whenever a build finishes
         self._drainer: asyncio.Task[None] | None = None
+        self._parsed: LRUCache[tuple[Any, ...], tuple[BundleSpec, bool]] = LRUCache(
+            maxsize=PARSED_QUERIES
+        )
         fallbacks.on_loaded = self._promote_uncovered
 
     @staticmethod
@@ -238,13 +243,20 @@ class BundleService:
         logger.info("ready", extra={"default_version": self.default_version})
 
     def parse(self, pairs: Sequence[tuple[str, str]]) -> tuple[BundleSpec, bool]:
-        return parse_query(
-            pairs,
-            default_version=self.default_version,
-            options=self.options,
-            max_modules=self.settings.max_modules,
-            max_chars=self.settings.max_module_name_chars,
-        )
+        """The request's spec. A warm hit's query is usually one seen before: its spec
+        (with its cache key, JSON and SHA-256) comes from a small LRU, not made again."""
+        memo_key = (tuple(pairs), self.default_version)
+        parsed = self._parsed.get(memo_key)
+        if parsed is None:
+            parsed = parse_query(
+                pairs,
+                default_version=self.default_version,
+                options=self.options,
+                max_modules=self.settings.max_modules,
+                max_chars=self.settings.max_module_name_chars,
+            )
+            self._parsed[memo_key] = parsed
+        return parsed
 
     def _queue_full(self) -> bool:
         """Tailored builds admitted (running, queued, or created but not yet queued: a
@@ -302,7 +314,12 @@ class BundleService:
         return threshold_ms > 0 and self.lag.smoothed_s * 1000 > threshold_ms
 
     async def answer(self, spec: BundleSpec) -> Answer:
-        answer = await self._answer(spec)
+        bundle = self.cache.get(spec.key)
+        if bundle is not None:  # the warm hit, without a coroutine more than it needs
+            self.lookups["memory_hit"] += 1
+            answer = Answer(bundle, Mode.HIT)
+        else:
+            answer = await self._answer(spec)
         # Only what was answered with a bundle: junk and failures never reach the warm-up.
         self.combos.record(spec.modules)
         self.requests[answer.mode.value] += 1

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from bundler.app import SERVICE, create_app
+from bundler.errors import BadRequest
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, run_in_node, wait_ready
 
@@ -307,3 +309,19 @@ async def test_a_source_map_is_built_on_request_for_the_served_code(
     assert all(not s.startswith(("/", "..")) for s in source_map["sources"])
     # The map's generated side is the served code: its last mapped line exists there.
     assert source_map["mappings"].count(";") < len(code.splitlines())
+
+
+async def test_a_query_seen_before_reuses_its_spec_and_cache_key(client: TestClient) -> None:
+    """A warm hit does not make its cache key again (JSON and SHA-256 per request, the
+    hot path's own cost): the same query gives the very same spec. Junk is not kept."""
+    service = client.server.app[SERVICE]
+    pairs = [("modules", "components/hero,lib/html"), ("v", "1.1.0")]
+    first, pinned = service.parse(pairs)
+    again, _ = service.parse(list(pairs))
+    assert again is first and pinned
+    assert first.key == again.key
+    reordered, _ = service.parse([("modules", "lib/html,components/hero"), ("v", "1.1.0")])
+    assert reordered is not first and reordered.key == first.key  # same bundle
+    for _ in range(2):
+        with pytest.raises(BadRequest):
+            service.parse([("modules", "../etc/passwd")])
