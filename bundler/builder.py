@@ -207,6 +207,15 @@ class Builder:
         self._suspects: TTLCache[tuple[str, str], bool] = TTLCache(MAX_SUSPECTS, SUSPECT_TTL_S)
         # Called with (job, seconds, result) after every run; the metrics hook in here.
         self.on_finish: Callable[[BuildJob, float, str], None] | None = None
+        self._removals: set[asyncio.Future[None]] = set()
+
+    def _remove_later(self, workdir: Path) -> None:
+        """A run's scratch dir goes once its slot is given back and its outcome is out
+        (thousands of files' delete would otherwise be waited out in the slot; one that
+        a crash leaves behind is cleaned at the next start)."""
+        removal = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, workdir, True))
+        self._removals.add(removal)
+        removal.add_done_callback(self._removals.discard)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Builder:
@@ -452,7 +461,7 @@ class Builder:
                 output=output,
             )
         finally:
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            self._remove_later(workdir)
 
     def command(self, entry: Path, outfile: Path, job: BuildJob) -> list[str]:
         """The exact esbuild command line of a build (the benchmark runs it by hand too)."""
@@ -575,7 +584,7 @@ class Builder:
                 raise BuildFailed("a batch failed")
             reads = await asyncio.to_thread(_read_outputs, workdir, jobs, source_root)
         finally:
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            self._remove_later(workdir)
         results: list[BuildOutput | BuildFailed] = []
         for job, read in zip(jobs, reads, strict=True):
             if read.outside:
