@@ -134,6 +134,12 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
     "bundler_cache_entries": ("gauge", "Bundles in the cache, by tier.", "tier"),
     "bundler_cache_bytes": ("gauge", "Bytes in the cache, by tier.", "tier"),
     "bundler_cache_corrupt_entries": ("counter", "Disk entries that failed their checksum.", ""),
+    "bundler_disk_writes_skipped": (
+        "counter",
+        "Built bundles not written to the disk tier: 8 MiB of them already waited for the "
+        "writer (builds outpacing the disk).",
+        "",
+    ),
     "bundler_fallbacks_loaded": ("gauge", "Versions whose static fallback is loaded.", ""),
     "bundler_fallback_bytes": ("gauge", "Size of each loaded fallback (minified).", "version"),
     "bundler_fallback_ready_seconds": (

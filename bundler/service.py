@@ -558,6 +558,7 @@ class BundleService:
             "bundler_cache_entries": {"memory": len(self.cache), "disk": len(self.disk)},
             "bundler_cache_bytes": {"memory": self.cache.bytes, "disk": self.disk.bytes},
             "bundler_cache_corrupt_entries": self.disk.corrupt,
+            "bundler_disk_writes_skipped": self.disk.skipped,
             "bundler_fallbacks_loaded": len(self.fallbacks),
             "bundler_fallback_bytes": {
                 f.version: len(f.bundle.code) for f in self.fallbacks.all_loaded()
