@@ -1,8 +1,12 @@
-"""Core latency benchmark: one 5-module bundle, cold and warm, against esbuild by hand.
+"""Core benchmark, one table per part (run with `make bench`):
 
-Also compares build pool shapes on this machine's CPUs: N single-threaded
-esbuilds (GOMAXPROCS=1) against one multi-threaded esbuild, under a burst of
-distinct cold bundles. Run with `make bench`; prints one table per part.
+1. one 5-module bundle, cold and warm, against esbuild by hand;
+2. warm hits: the service's CPU per request against a bare aiohttp handler serving
+   the same bytes with the same headers (capacity = the inverse);
+3. a burst of distinct cold bundles: the service's build rate against esbuild alone
+   (the same bundles, one esbuild per bundle, as many at once as the pool), and
+   pool shapes (N single-threaded esbuilds against one multi-threaded one);
+4. memory: RSS minus the memory tier's bound while 20,000 distinct bundles are built.
 
 Every server is a real `python -m bundler serve` process on a free port with a
 fresh data dir; requests are real HTTP.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import json
 import os
 import random
 import socket
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +51,19 @@ FIVE = (
     "components/nav",
     "components/tabs",
 )
+LIB = [f"lib/{n}" for n in ("events", "format", "html", "i18n", "time", "version")]
+# A bare aiohttp server answering every GET with one body and fixed headers.
+BARE_SERVER = """
+import json, sys
+from aiohttp import web
+body = open(sys.argv[2], "rb").read()
+headers = json.loads(sys.argv[3])
+async def handle(request):
+    return web.Response(body=body, headers=headers)
+app = web.Application()
+app.router.add_get("/{tail:.*}", handle)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
 COMPONENTS = [
     "components/" + n
     for n in [
@@ -73,6 +92,12 @@ def free_port() -> int:
 
 @contextmanager
 def server(*flags: str) -> Iterator[int]:
+    with served(*flags) as (port, _):
+        yield port
+
+
+@contextmanager
+def served(*flags: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
@@ -99,16 +124,33 @@ def server(*flags: str) -> Iterator[int]:
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    get(port, "/healthz")
+                    get(port, "/readyz")  # started, its fallback loaded: idle
                     break
-                except OSError:
+                except (OSError, RuntimeError):  # not listening yet, or not ready
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise RuntimeError("server did not start") from None
                     time.sleep(0.05)
-            yield port
+            yield port, proc
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # still draining writes: the bench is done
+                proc.kill()
+                proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
 
 
 def get(port: int, path: str) -> float:
@@ -130,39 +172,65 @@ def bundle_path(modules: tuple[str, ...]) -> str:
     return f"/bundle.js?modules={','.join(modules)}&v={VERSION}"
 
 
-def esbuild_by_hand(runs: int) -> list[float]:
-    """The same command line the service runs, started by hand, same entry file."""
+def by_hand_command(work: Path, modules: tuple[str, ...]) -> tuple[list[str], Path]:
+    """The command line the service runs for ``modules`` (one bundle, without its map,
+    as tailored bundles are built), with its entry file written in ``work``."""
     settings = Settings()
-    spec = BundleSpec(VERSION, FIVE, BuildOptions(settings.esbuild_target, settings.registry_name))
+    spec = BundleSpec(
+        VERSION, modules, BuildOptions(settings.esbuild_target, settings.registry_name)
+    )
     source_root = Path(settings.source) / VERSION
     builder = Builder(
         settings.esbuild,
         Path(tempfile.gettempdir()),
         pool_size=1,
-        threads_per_build=settings.threads_per_build,
+        threads_per_build=1,
         timeout_s=60,
         niceness=0,
     )
-    env = {"PATH": os.environ["PATH"], "GOMAXPROCS": str(settings.threads_per_build)}
+    work.mkdir(parents=True, exist_ok=True)
+    entry = work / "entry.js"
+    job = BuildJob.tailored(spec, resolve_modules(source_root, VERSION, spec.modules))
+    entry.write_text(
+        entry_source(
+            job.registrations, source_root, settings.registry_name, version=VERSION, mode=job.mode
+        )
+    )
+    return builder.command(entry, work / "bundle.js", job), source_root
+
+
+def esbuild_by_hand(runs: int) -> list[float]:
+    """The same command line the service runs, started by hand, same entry file."""
+    env = {"PATH": os.environ["PATH"], "GOMAXPROCS": "1"}
     times = []
     with tempfile.TemporaryDirectory() as work:
-        entry = Path(work) / "entry.js"
-        job = BuildJob.tailored(spec, resolve_modules(source_root, VERSION, spec.modules))
-        entry.write_text(
-            entry_source(
-                job.registrations,
-                source_root,
-                settings.registry_name,
-                version=VERSION,
-                mode=job.mode,
-            )
-        )
-        cmd = builder.command(entry, Path(work) / "bundle.js", job)
+        cmd, source_root = by_hand_command(Path(work), FIVE)
         for _ in range(runs):
             started = time.perf_counter()
             subprocess.run(cmd, cwd=source_root, env=env, check=True, capture_output=True)
             times.append(time.perf_counter() - started)
     return times
+
+
+async def esbuild_alone(combos: list[tuple[str, ...]], pool: int) -> float:
+    """Wall seconds to build ``combos`` with esbuild alone: one process per bundle, at
+    most ``pool`` at once (single-threaded, as the service's pool), entries ready."""
+    env = {"PATH": os.environ["PATH"], "GOMAXPROCS": "1"}
+    with tempfile.TemporaryDirectory() as work:
+        commands = [by_hand_command(Path(work) / str(i), c) for i, c in enumerate(combos)]
+        room = asyncio.Semaphore(pool)
+
+        async def one(cmd: list[str], cwd: Path) -> None:
+            async with room:
+                proc = await asyncio.create_subprocess_exec(
+                    *cmd, cwd=cwd, env=env, stdout=asyncio.subprocess.DEVNULL
+                )
+                if await proc.wait() != 0:
+                    raise RuntimeError("esbuild failed")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(cmd, cwd) for cmd, cwd in commands))
+        return time.perf_counter() - started
 
 
 def ms(seconds: float) -> str:
@@ -172,8 +240,10 @@ def ms(seconds: float) -> str:
 def part_latency(runs: int) -> None:
     cold: list[float] = []
     warm: list[float] = []
+    other = tuple(sorted(set(COMPONENTS) - set(FIVE)))[:5]
     for _ in range(runs):
         with server() as port:
+            get(port, bundle_path(other))  # the process's first build (threads, caches)
             cold.append(get(port, bundle_path(FIVE)))
             warm.extend(get(port, bundle_path(FIVE)) for _ in range(10))
     hand = esbuild_by_hand(runs * 3)
@@ -206,6 +276,140 @@ async def burst(port: int, combos: list[tuple[str, ...]]) -> tuple[float, list[f
         return time.perf_counter() - started, list(latencies)
 
 
+async def hammer(url: str, requests: int, connections: int) -> float:
+    """``requests`` GETs of ``url`` over ``connections`` keep-alive connections, as a
+    browser asks (brotli); returns the wall seconds."""
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections),
+        headers={"Accept-Encoding": "gzip, deflate, br"},
+        auto_decompress=False,
+    ) as session:
+        left = requests
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with session.get(url) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"HTTP {resp.status}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        return time.perf_counter() - started
+
+
+def part_warm_hits(requests: int, connections: int = 8) -> None:
+    """The service's own work on a cache hit, against a bare aiohttp handler serving the
+    same bytes and headers: CPU per request, taken from each server process."""
+    rows = []
+    with served() as (port, proc), tempfile.TemporaryDirectory() as work:
+        url = f"http://127.0.0.1:{port}{bundle_path(FIVE)}"
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers={"Accept-Encoding": "br"})
+        ) as resp:
+            body = resp.read()
+            keep = ("Content-Type", "Content-Encoding", "ETag", "Vary", "Cache-Control")
+            headers = {k: resp.headers[k] for k in keep if resp.headers.get(k)}
+            headers["X-Bundle-Mode"] = resp.headers["X-Bundle-Mode"]
+        asyncio.run(hammer(url, 500, connections))  # warm-up
+        before = cpu_seconds(proc.pid)
+        wall = asyncio.run(hammer(url, requests, connections))
+        rows.append(("service (cache hit)", wall, cpu_seconds(proc.pid) - before))
+        body_file = Path(work) / "body"
+        body_file.write_bytes(body)
+        bare_port = free_port()
+        bare = subprocess.Popen(
+            [sys.executable, "-c", BARE_SERVER, str(bare_port), str(body_file), json.dumps(headers)]
+        )
+        try:
+            bare_url = f"http://127.0.0.1:{bare_port}{bundle_path(FIVE)}"
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    get(bare_port, "/")
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            asyncio.run(hammer(bare_url, 500, connections))
+            before = cpu_seconds(bare.pid)
+            wall = asyncio.run(hammer(bare_url, requests, connections))
+            rows.append(("bare aiohttp, same bytes", wall, cpu_seconds(bare.pid) - before))
+        finally:
+            bare.terminate()
+            bare.wait()
+    print(
+        f"\nWarm hits: {requests} GETs of one 5-module bundle ({len(body)} B brotli), "
+        f"{connections} keep-alive connections"
+    )
+    print(f"{'':28}{'req/s':>10}{'CPU us/req':>12}{'capacity vs bare':>18}")
+    bare_cpu = rows[1][2] / requests
+    for label, wall, cpu in rows:
+        per = cpu / requests
+        print(f"{label:28}{requests / wall:>10.0f}{per * 1e6:>12.0f}{bare_cpu / per:>17.2f}x")
+
+
+def part_build_rate(count: int, seed: int) -> None:
+    """Distinct cold bundles at once: the service (defaults) against esbuild alone."""
+    cpus = available_cpus()
+    rng = random.Random(seed)
+    combos = list({tuple(sorted(rng.sample(COMPONENTS, 5))) for _ in range(count * 3)})[:count]
+    alone = asyncio.run(esbuild_alone(combos, cpus))
+    with server("--build-pool-size", str(cpus), "--build-threads", "1") as port:
+        wall, _ = asyncio.run(burst(port, combos))
+    print(f"\nBuild rate: {len(combos)} distinct cold 5-module bundles at once, {cpus} CPUs")
+    print(f"{'':40}{'builds/s':>10}{'vs alone':>10}")
+    print(f"{f'esbuild alone ({cpus} at once, 1 each)':40}{len(combos) / alone:>10.1f}{1:>9.2f}x")
+    print(f"{'service (batched)':40}{len(combos) / wall:>10.1f}{alone / wall:>9.2f}x")
+
+
+def part_memory(builds: int, bound_mib: int, seed: int) -> None:
+    """RSS minus the memory tier's bound while ``builds`` distinct bundles are built."""
+    rng = random.Random(seed)
+    modules = COMPONENTS + LIB
+    seen: set[tuple[str, ...]] = set()
+    while len(seen) < builds:
+        seen.add(tuple(sorted(rng.sample(modules, rng.randint(3, 9)))))
+    combos = sorted(seen)
+    rng.shuffle(combos)
+    step = max(1, builds // 10)
+    samples: list[tuple[int, float]] = []
+    with served("--memory-cache-max-bytes", str(bound_mib * 1024 * 1024)) as (port, proc):
+        samples.append((0, rss_mib(proc.pid)))
+
+        async def run() -> None:
+            room = asyncio.Semaphore(64)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+
+                async def one(mods: tuple[str, ...]) -> None:
+                    url = f"http://127.0.0.1:{port}{bundle_path(mods)}"
+                    async with room, session.get(url) as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            raise RuntimeError(f"HTTP {resp.status}")
+
+                for start in range(0, builds, step):
+                    chunk = combos[start : start + step]
+                    await asyncio.gather(*(one(c) for c in chunk))
+                    samples.append((start + len(chunk), rss_mib(proc.pid)))
+
+        started = time.perf_counter()
+        asyncio.run(run())
+        wall = time.perf_counter() - started
+    print(
+        f"\nMemory: {builds} distinct bundles built ({builds / wall:.0f}/s), "
+        f"memory tier bound {bound_mib} MiB"
+    )
+    print(f"{'builds':>8}{'RSS MiB':>10}{'RSS - bound':>13}")
+    for done, rss in samples:
+        print(f"{done:>8}{rss:>10.0f}{rss - bound_mib:>13.0f}")
+    tail = [rss for done, rss in samples if done >= builds // 2]
+    print(f"second half: RSS {min(tail):.0f} to {max(tail):.0f} MiB (flat if close)")
+
+
 def part_pool_shapes(count: int, seed: int) -> None:
     cpus = available_cpus()
     rng = random.Random(seed)
@@ -231,9 +435,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="cold runs (each on a fresh server)")
     parser.add_argument("--burst", type=int, default=60, help="distinct bundles in the burst")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--hits", type=int, default=5000, help="warm-hit GETs per server")
+    parser.add_argument("--rate-builds", type=int, default=300, help="bundles in the rate burst")
+    parser.add_argument("--rss-builds", type=int, default=20000)
+    parser.add_argument("--rss-bound-mib", type=int, default=32)
+    parser.add_argument(
+        "--parts", default="latency,hits,rate,pools,memory", help="comma-separated parts to run"
+    )
     args = parser.parse_args()
-    part_latency(args.runs)
-    part_pool_shapes(args.burst, args.seed)
+    parts = args.parts.split(",")
+    if "latency" in parts:
+        part_latency(args.runs)
+    if "hits" in parts:
+        part_warm_hits(args.hits)
+    if "rate" in parts:
+        part_build_rate(args.rate_builds, args.seed)
+    if "pools" in parts:
+        part_pool_shapes(args.burst, args.seed)
+    if "memory" in parts:
+        part_memory(args.rss_builds, args.rss_bound_mib, args.seed)
 
 
 if __name__ == "__main__":
