@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from cachetools import TTLCache
 
+from bundler import css
 from bundler.entry import Registration, entry_source, names_for_specifier
 from bundler.errors import (
     DISK_ERRNOS,
@@ -504,6 +505,7 @@ class Builder:
             "--log-level=error",
             "--color=false",
         ]
+        flags += css.loader_flags()
         if job.options.minify:
             flags.append("--minify")
         if job.map_url and job.with_map:
@@ -708,9 +710,22 @@ def _read_output(
     ``meta``: the run's metafile when it wrote several bundles (each has its inputs).
     """
     if meta is None:
-        inputs = json.loads(outfile.with_name(METAFILE_NAME).read_bytes()).get("inputs", {})
+        meta = json.loads(outfile.with_name(METAFILE_NAME).read_bytes())
+        inputs = dict(meta.get("inputs", {}))
     else:
-        inputs = meta["outputs"][_relative(outfile, source_root)]["inputs"]
+        inputs = dict(meta["outputs"][_relative(outfile, source_root)]["inputs"])
+    css_file = outfile.with_name(css.CSS_NAME)
+    css_pieces: list[bytes] = []
+    if css_file.exists():  # its modules import CSS: it travels inside the bundle
+        css_output = meta.get("outputs", {}).get(_relative(css_file, source_root), {})
+        css_from = css_output.get("inputs", {})
+        inputs.update(css_from)
+        css_pieces = css.pieces(css_file.read_bytes(), css.css_inputs(css_from))
+        # What the CSS points at (inlined, so in no output's inputs) is checked like an import.
+        for name in list(css_from):
+            for record in meta.get("inputs", {}).get(name, {}).get("imports", []):
+                if not record.get("external"):
+                    inputs.setdefault(record.get("path", ""), {})
     entry_key = os.path.relpath(entry, source_root)
     outside = [
         # A package it imported by name; any other file outside is not named at all.
@@ -722,6 +737,8 @@ def _read_output(
     ]
     code = outfile.read_bytes()
     map_bytes = None
+    if css_pieces:  # after the last mapped line: the source map stays exact
+        code = SOURCE_MAP_COMMENT.sub(b"", code).rstrip() + b"\n" + css.injector(css_pieces)
     if job.map_url:
         if job.with_map:
             map_file = outfile.with_name(OUTPUT_NAME + ".map")

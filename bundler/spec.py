@@ -24,8 +24,9 @@ MODULE_CHARS = re.compile(r"[A-Za-z0-9_.@+/-]+")
 # A release version: starts alphanumeric, then a small safe alphabet (semver fits).
 VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 ALLOWED_PARAMS = frozenset({"modules", "v"})
-# Bumped whenever the bundle wrapper changes, so old cache entries are never reused.
-FORMAT_VERSION = 2
+# Bumped whenever the bundle wrapper or what a bundle holds changes (3: its modules' CSS),
+# so old cache entries are never reused.
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)

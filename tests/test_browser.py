@@ -1,4 +1,5 @@
-"""The demo page in real headless Chromium: tailored, fallback, and next to RequireJS.
+"""The demo page in real headless Chromium: tailored, fallback, and next to RequireJS;
+components that bring their CSS and images.
 
 Chromium comes from Debian (`make test` installs it when it can). Without it these
 tests are skipped with a loud reason; everything else still runs.
@@ -8,15 +9,17 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
-from bundler.app import create_app
+from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import EXAMPLES, ROOT
+from tests.test_css import ACCENT, write_styled_version
 
 pytestmark = pytest.mark.slow
 
@@ -142,4 +145,77 @@ async def test_requirejs_page_gets_its_modules_through_define(
         "['components/hero', 'components/rating'].map((n) => require.defined(n))"
     )
     assert defined == [True, True]
+    assert problems == []
+
+
+STYLED_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>styled components</title>
+<link rel="icon" href="data:,"></head>
+<body>
+<p id="bundle-note" data-mode="loading">loading</p>
+<div id="page"></div>
+<script src="{service}/bundle.js?modules=components/badge&v=2.0.0"></script>
+<script src="{service}/bundle.js?modules=components/tag&v=2.0.0"></script>
+<script>
+  var m = window.__bundlerModules;
+  document.getElementById("page").innerHTML =
+    m["components/badge"].render("new") + " " + m["components/tag"].render("sale");
+  var img = document.querySelector(".badge-dot");
+  function done() {{
+    var note = document.getElementById("bundle-note");
+    note.dataset.mode = m[Symbol.for("bundler.bundles")].map(function (b) {{ return b.mode; }}).join(",");
+    note.textContent = "badge and tag, " + note.dataset.mode;
+  }}
+  if (img.complete) done(); else img.onload = img.onerror = done;
+</script>
+</body></html>
+"""
+
+
+@pytest.mark.parametrize("answered", ["tailored", "fallback"])
+async def test_components_bring_their_css_and_images_in_the_bundle(
+    browser: Browser,
+    aiohttp_server: Any,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    answered: str,
+) -> None:
+    """A component's element has the style its CSS gives it, its image loads, and two
+    bundles sharing a module's CSS add it once: from tailored bundles, and from the
+    version's fallback (a cold cache with a zero budget)."""
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
+    write_styled_version(source / "2.0.0")
+    budget = -1 if answered == "tailored" else 0
+    app = create_app(make_settings(source=str(source), fallback_budget_ms=budget))
+    server = await aiohttp_server(app)
+    if answered == "fallback":
+        assert await app[SERVICE].fallbacks.get("2.0.0") is not None
+    service = f"http://127.0.0.1:{server.port}"
+    site = web.Application()
+    html = STYLED_PAGE.format(service=service)
+
+    async def page_handler(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    site.router.add_get("/styled.html", page_handler)
+    site_server = await aiohttp_server(site)
+    page, problems = await open_page(
+        browser, f"http://127.0.0.1:{site_server.port}/styled.html", f"styled-{answered}"
+    )
+    assert await page.locator("#bundle-note").get_attribute("data-mode") == f"{answered},{answered}"
+    style = await page.evaluate(
+        "(() => { const s = getComputedStyle(document.querySelector('.badge'));"
+        " return [s.color, s.fontSize, s.backgroundImage.slice(0, 20)]; })()"
+    )
+    assert style == [ACCENT, "18px", 'url("data:image/png;']
+    assert await page.evaluate("getComputedStyle(document.querySelector('em.tag')).color") == (
+        "rgb(0, 100, 0)"
+    )
+    assert await page.evaluate("document.querySelector('.badge-dot').naturalWidth") == 1
+    # tokens.css, badge.css (shared by both bundles: once) and tag.css.
+    keys = await page.evaluate(
+        "[...document.querySelectorAll('style[data-bundler-css]')].map(s => s.dataset.bundlerCss)"
+    )
+    assert len(keys) == 3 and len(set(keys)) == 3
     assert problems == []
