@@ -91,7 +91,23 @@ async def test_demo_page_renders_from_a_tailored_bundle(
     assert await page.locator(".rating").count() == 1
     assert await page.locator("nav li.active a").inner_text() == "Sale"
     assert "€39.20" in await page.locator(".price").inner_text()
+    await assert_components_styled(page)
     assert problems == []
+
+
+async def assert_components_styled(page: Page) -> None:
+    """The page itself has layout CSS only: these styles came with the components."""
+    hero = await page.evaluate(
+        "(() => { const s = getComputedStyle(document.querySelector('.hero'));"
+        " return [s.backgroundColor, s.paddingTop, s.backgroundImage.slice(0, 30)]; })()"
+    )
+    assert hero == ["rgb(36, 48, 94)", "32px", 'url("data:image/svg+xml,<svg x']
+    assert await page.evaluate(
+        "getComputedStyle(document.querySelector('.card')).borderRadius"
+    ) == ("12px")
+    assert await page.evaluate("getComputedStyle(document.querySelector('.rating')).color") == (
+        "rgb(230, 161, 0)"
+    )
 
 
 async def test_cold_cache_with_zero_budget_renders_from_the_fallback(
@@ -106,6 +122,7 @@ async def test_cold_cache_with_zero_budget_renders_from_the_fallback(
     # The fallback registered every module of the version, not only the page's.
     count = await page.evaluate("Object.keys(window.__bundlerModules).length")
     assert count > 20
+    await assert_components_styled(page)
     assert problems == []
 
 

@@ -1,5 +1,6 @@
 import { html } from "../lib/html.js";
 import { formatDate } from "../lib/format.js";
+import "./card.css";
 
 export const name = "card";
 

@@ -1,5 +1,6 @@
 import { html } from "../lib/html.js";
 import { t } from "../lib/i18n.js";
+import "./footer.css";
 
 export const name = "footer";
 

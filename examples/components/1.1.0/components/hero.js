@@ -1,6 +1,7 @@
 import { html } from "../lib/html.js";
 import { t } from "../lib/i18n.js";
 import { VERSION } from "../lib/version.js";
+import "./hero.css";
 
 export const name = "hero";
 

@@ -1,4 +1,5 @@
 import { html, classNames } from "../lib/html.js";
+import "./nav.css";
 
 export const name = "nav";
 

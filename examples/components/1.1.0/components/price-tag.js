@@ -1,5 +1,6 @@
 import { html, classNames } from "../lib/html.js";
 import { formatPrice, discount } from "../lib/format.js";
+import "./price-tag.css";
 
 export const name = "price-tag";
 

@@ -1,4 +1,5 @@
 import { html } from "../lib/html.js";
+import "./rating.css";
 
 export const name = "rating";
 export const MAX_STARS = 5;
