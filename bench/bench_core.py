@@ -1,6 +1,7 @@
 """Core benchmark, one table per part (run with `make bench`):
 
-1. one 5-module bundle, cold and warm, against esbuild by hand;
+1. one 5-module bundle, cold and warm, against esbuild by hand; and five components
+   that bring CSS against five that bring none;
 2. warm hits: the service's CPU per request against a bare aiohttp handler serving
    the same bytes with the same headers (capacity = the inverse);
 3. a burst of distinct cold bundles: the service's build rate against esbuild alone
@@ -64,6 +65,11 @@ app = web.Application()
 app.router.add_get("/{tail:.*}", handle)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
+# Of the 1.1.0 examples, these bring CSS (hero also an SVG) and these none.
+WITH_CSS = tuple(f"components/{n}" for n in ("card", "footer", "hero", "nav", "rating"))
+NO_CSS = tuple(
+    f"components/{n}" for n in ("accordion", "banner", "countdown", "newsletter", "tabs")
+)
 COMPONENTS = [
     "components/" + n
     for n in [
@@ -237,15 +243,46 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f}"
 
 
-def part_latency(runs: int) -> None:
+def cold_and_warm(
+    combo: tuple[str, ...], runs: int, first: tuple[str, ...]
+) -> tuple[list[float], list[float]]:
+    """``combo`` built on ``runs`` fresh, ready servers (each after one other build,
+    ``first``: the process's first build warms its threads and caches), then 10 hits."""
     cold: list[float] = []
     warm: list[float] = []
-    other = tuple(sorted(set(COMPONENTS) - set(FIVE)))[:5]
     for _ in range(runs):
         with server() as port:
-            get(port, bundle_path(other))  # the process's first build (threads, caches)
-            cold.append(get(port, bundle_path(FIVE)))
-            warm.extend(get(port, bundle_path(FIVE)) for _ in range(10))
+            get(port, bundle_path(first))
+            cold.append(get(port, bundle_path(combo)))
+            warm.extend(get(port, bundle_path(combo)) for _ in range(10))
+    return cold, warm
+
+
+def part_css(runs: int) -> None:
+    """What a bundle's CSS costs: five components that bring CSS (one an SVG) against
+    five that bring none, cold and warm."""
+    print("\nCSS: five components with CSS against five without, v=1.1.0")
+    print(f"{'':34}{'cold ms':>9}{'warm ms':>9}{'bytes':>8}{'br bytes':>10}")
+    for label, combo, first in (
+        ("five without CSS", NO_CSS, WITH_CSS),
+        ("five with CSS (hero: an SVG too)", WITH_CSS, NO_CSS),
+    ):
+        cold, warm = cold_and_warm(combo, runs, first)
+        with server() as port:
+            plain = urllib.request.urlopen(f"http://127.0.0.1:{port}{bundle_path(combo)}").read()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}{bundle_path(combo)}", headers={"Accept-Encoding": "br"}
+            )
+            compressed = urllib.request.urlopen(request).read()
+        print(
+            f"{label[:34]:34}{ms(statistics.median(cold)):>9}{ms(statistics.median(warm)):>9}"
+            f"{len(plain):>8}{len(compressed):>10}"
+        )
+
+
+def part_latency(runs: int) -> None:
+    other = tuple(sorted(set(COMPONENTS) - set(FIVE)))[:5]
+    cold, warm = cold_and_warm(FIVE, runs, other)
     hand = esbuild_by_hand(runs * 3)
     hand_median = statistics.median(hand)
     print(f"\nOne 5-module bundle ({', '.join(m.split('/')[1] for m in FIVE)}), v={VERSION}")
@@ -440,12 +477,16 @@ def main() -> None:
     parser.add_argument("--rss-builds", type=int, default=20000)
     parser.add_argument("--rss-bound-mib", type=int, default=32)
     parser.add_argument(
-        "--parts", default="latency,hits,rate,pools,memory", help="comma-separated parts to run"
+        "--parts",
+        default="latency,css,hits,rate,pools,memory",
+        help="comma-separated parts to run",
     )
     args = parser.parse_args()
     parts = args.parts.split(",")
     if "latency" in parts:
         part_latency(args.runs)
+    if "css" in parts:
+        part_css(args.runs)
     if "hits" in parts:
         part_warm_hits(args.hits)
     if "rate" in parts:
