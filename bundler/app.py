@@ -24,7 +24,7 @@ from bundler.fallback import FallbackStore
 from bundler.fallback_plan import OperatorList
 from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
 from bundler.negotiate import choose_encoding
-from bundler.service import BundleService
+from bundler.service import Answer, BundleService
 from bundler.settings import Settings
 from bundler.slots import Priority
 from bundler.sources import open_source
@@ -48,6 +48,7 @@ SERVICE = web.AppKey("service", BundleService)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 JS_CONTENT_TYPE = "application/javascript; charset=utf-8"
+CSS_CONTENT_TYPE = "text/css; charset=utf-8"
 DEFAULT_COMBOS = 100
 MAX_COMBOS = 1000
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -104,7 +105,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             in_flight.idle.set()
 
 
-def bundle_response(request: web.Request, bundle: Bundle, headers: dict[str, str]) -> web.Response:
+def bundle_response(
+    request: web.Request,
+    bundle: Bundle,
+    headers: dict[str, str],
+    content_type: str = JS_CONTENT_TYPE,
+) -> web.Response:
     encoding = choose_encoding(request.headers.get("Accept-Encoding"))
     etag = bundle.etag(encoding)
     headers = {**headers, "Vary": "Accept-Encoding", "ETag": etag}
@@ -113,14 +119,33 @@ def bundle_response(request: web.Request, bundle: Bundle, headers: dict[str, str
         return web.Response(status=304, headers=headers)
     if encoding != "identity":
         headers["Content-Encoding"] = encoding
-    headers["Content-Type"] = JS_CONTENT_TYPE
+    headers["Content-Type"] = content_type
     return web.Response(body=bundle.body(encoding), headers=headers)
 
 
 async def handle_bundle(request: web.Request) -> web.Response:
+    pairs = list(request.query.items())
+    link = css_mode(pairs)
+    answer, headers = await answer_bundle(request, [p for p in pairs if p[0] != "css"])
+    # css=link: the page links /bundle.css itself; the bundle does not add its CSS.
+    bundle = await request.app[SERVICE].variant(answer.bundle, "js") if link else answer.bundle
+    return bundle_response(request, bundle, headers)
+
+
+async def handle_bundle_css(request: web.Request) -> web.Response:
+    """The CSS of the modules /bundle.js with the same query carries (empty if none), for
+    pages that link a stylesheet (no flash of unstyled content, a strict CSP)."""
+    answer, headers = await answer_bundle(request, list(request.query.items()))
+    stylesheet = await request.app[SERVICE].variant(answer.bundle, "css")
+    return bundle_response(request, stylesheet, headers, CSS_CONTENT_TYPE)
+
+
+async def answer_bundle(
+    request: web.Request, pairs: list[tuple[str, str]]
+) -> tuple[Answer, dict[str, str]]:
     service = request.app[SERVICE]
     settings = service.settings
-    spec, pinned = service.parse(list(request.query.items()))
+    spec, pinned = service.parse(pairs)
     answer = await service.answer(spec)
     if answer.mode.tailored:
         headers = {
@@ -131,7 +156,18 @@ async def handle_bundle(request: web.Request) -> web.Response:
         # Short-lived and never immutable: the tailored bundle replaces it soon.
         short = f"public, max-age={settings.fallback_max_age_s}"
         headers = {"Cache-Control": short, "CDN-Cache-Control": short, "X-Bundle-Mode": "fallback"}
-    return bundle_response(request, answer.bundle, headers)
+    return answer, headers
+
+
+def css_mode(pairs: list[tuple[str, str]]) -> bool:
+    """``css=link`` (True) or ``css=inject``, the default (False); anything else is a 400."""
+    values = [value for name, value in pairs if name == "css"]
+    if len(values) > 1 or (values and values[0] not in ("inject", "link")):
+        raise BadRequest(
+            "css= is inject (the default: the bundle adds its modules' CSS to the page) or "
+            "link (the page links /bundle.css with the same query), once"
+        )
+    return values == ["link"]
 
 
 def tailored_cache_control(settings: Settings, pinned: bool) -> str:
@@ -338,6 +374,7 @@ def create_app(settings: Settings) -> web.Application:
     app[REGISTRY] = registry
     app.router.add_get("/bundle.js", handle_bundle)
     app.router.add_get("/bundle.js.map", handle_bundle_map)
+    app.router.add_get("/bundle.css", handle_bundle_css)
     app.router.add_get("/fallback.js.map", handle_fallback_map)
     app.router.add_get("/fallback.json", handle_fallback_info)
     app.router.add_get("/combos", handle_combos)

@@ -49,6 +49,28 @@ INJECTOR = (
 )
 
 
+def split_injected(code: bytes) -> tuple[bytes, bytes] | None:
+    """A bundle's JavaScript without its CSS injector, and its CSS as one stylesheet (the
+    pieces in order); None when the bundle has no CSS. The CSS is kept once, inside the
+    bundle: ``/bundle.css`` and ``css=link`` are derived from it."""
+    start = code.rfind(b"\n" + INJECTOR_HEAD)
+    if start < 0:
+        return None
+    line_end = code.find(b"\n", start + 1)
+    line_end = len(code) if line_end < 0 else line_end
+    line = code[start + 1 : line_end]
+    try:
+        flat = json.loads(line[line.rindex(b"})(") + 3 : line.rindex(b");")])
+    except ValueError:
+        return None
+    texts = [str(t) for t in flat[1::2]]
+    return code[:start] + code[line_end:], "\n".join(texts).encode() + b"\n"
+
+
+# The injector's first words: how a bundle's CSS line is found again.
+INJECTOR_HEAD = INJECTOR.split(",d=", 1)[0].replace("{{", "{").encode()
+
+
 def loader_flags() -> list[str]:
     return [f"--loader:{ext}=dataurl" for ext in ASSET_EXTENSIONS]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
+from bundler import css
 from bundler.builder import Builder, BuildJob, BuildOutput
 from bundler.cache import Bundle, MemoryCache
 from bundler.combos import PopularCombos
@@ -52,6 +53,8 @@ MAX_REMEMBERED_FAILURES = 1024
 # Combinations answered with the fallback without a build (shed), remembered to be built
 # later, at warm-up priority, when the queue has room: most recently asked first.
 MAX_DEFERRED = 1024
+# Bundles' CSS-less JavaScript and stylesheets (css=link, /bundle.css), at most.
+VARIANTS_MAX_BYTES = 8 * 1024 * 1024
 # Parsed queries kept (a spec and its cache key), by the query as sent.
 PARSED_QUERIES = 4096
 # How often an unwritable data dir is looked at again (readiness follows it).
@@ -97,6 +100,17 @@ async def build_bundle(
     return await asyncio.to_thread(Bundle.create, spec.key, output.code)
 
 
+def _derive(bundle: Bundle, kind: str) -> Bundle:
+    split = css.split_injected(bundle.code)
+    if split is None:  # no CSS: the JavaScript as it is, and an empty stylesheet
+        if kind == "js":
+            return bundle
+        code = b""
+    else:
+        code = split[0] if kind == "js" else split[1]
+    return Bundle.create(f"{bundle.key}:{kind}", code, etag_prefix=bundle.etag_prefix)
+
+
 class BundleService:
     def __init__(
         self,
@@ -140,6 +154,9 @@ class BundleService:
         self._deferred_running: set[str] = set()
         self._room = asyncio.Event()  # set whenever a build finishes
         self._drainer: asyncio.Task[None] | None = None
+        self._variants: LRUCache[tuple[str, str, str], Bundle] = LRUCache(
+            maxsize=VARIANTS_MAX_BYTES, getsizeof=lambda b: b.size
+        )
         self._parsed: LRUCache[tuple[Any, ...], tuple[BundleSpec, bool]] = LRUCache(
             maxsize=PARSED_QUERIES
         )
@@ -324,6 +341,17 @@ class BundleService:
         self.combos.record(spec.modules)
         self.requests[answer.mode.value] += 1
         return answer
+
+    async def variant(self, bundle: Bundle, kind: str) -> Bundle:
+        """The bundle's JavaScript without its CSS injector (``js``), or its CSS as one
+        stylesheet (``css``, empty when it has none): derived from the bundle, which keeps
+        its CSS once, on first use, compressed, and kept in a small LRU."""
+        key = (bundle.key, bundle.digest, kind)
+        made = self._variants.get(key)
+        if made is None:
+            made = await asyncio.to_thread(_derive, bundle, kind)
+            self._variants[key] = made
+        return made
 
     async def _cached(self, spec: BundleSpec) -> Bundle | None:
         """Memory, then disk (a disk hit is promoted to memory)."""

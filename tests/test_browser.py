@@ -236,3 +236,61 @@ async def test_components_bring_their_css_and_images_in_the_bundle(
     )
     assert len(keys) == 3 and len(set(keys)) == 3
     assert problems == []
+
+
+LINKED_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>linked stylesheet</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="{service}/bundle.css?modules=components/badge&v=2.0.0">
+</head>
+<body>
+<p id="bundle-note" data-mode="loading">loading</p>
+<div id="page"></div>
+<script src="{service}/bundle.js?modules=components/badge&v=2.0.0&css=link"></script>
+<script src="{service}/loader.js"></script>
+<script>
+  var m = window.__bundlerModules;
+  document.getElementById("page").innerHTML = m["components/badge"].render("new");
+  BundlerLoader.load(["components/tag"], {{ version: "2.0.0", css: "link" }}).then(function (r) {{
+    document.getElementById("page").innerHTML += " " + r.modules["components/tag"].render("sale");
+    document.getElementById("bundle-note").dataset.mode = "linked-" + r.mode;
+  }});
+</script>
+</body></html>
+"""
+
+
+async def test_a_page_may_link_the_css_and_turn_the_injection_off(
+    browser: Browser, aiohttp_server: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """<link rel=stylesheet href=/bundle.css?...> with /bundle.js?...&css=link, and the
+    loader's {css: "link"}: the styles apply, and no bundle adds a style element."""
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
+    write_styled_version(source / "2.0.0")
+    server = await aiohttp_server(create_app(make_settings(source=str(source))))
+    service = f"http://127.0.0.1:{server.port}"
+    site = web.Application()
+    html = LINKED_PAGE.format(service=service)
+
+    async def page_handler(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    site.router.add_get("/linked.html", page_handler)
+    site_server = await aiohttp_server(site)
+    page, problems = await open_page(
+        browser, f"http://127.0.0.1:{site_server.port}/linked.html", "styled-linked"
+    )
+    assert await page.locator("#bundle-note").get_attribute("data-mode") == "linked-tailored"
+    assert await page.evaluate("getComputedStyle(document.querySelector('.badge')).color") == (
+        ACCENT
+    )
+    assert await page.evaluate("getComputedStyle(document.querySelector('em.tag')).color") == (
+        "rgb(0, 100, 0)"
+    )
+    assert await page.evaluate("document.querySelectorAll('style[data-bundler-css]').length") == 0
+    sheets = await page.evaluate(
+        "[...document.querySelectorAll('link[rel=stylesheet]')].map(l => l.href.split('?')[0])"
+    )
+    assert sheets == [f"{service}/bundle.css", f"{service}/bundle.css"]
+    assert problems == []

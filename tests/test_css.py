@@ -179,3 +179,51 @@ async def test_the_fallback_carries_the_css_of_its_modules(
     assert not {"components/missing", "components/bitmap"} & fallback.names
     styles = run_in_node(tmp_path, fallback.bundle.code, STYLES, FAKE_DOCUMENT)
     assert [t.split("{")[0] for _, t in styles] == [":root", ".badge", ".tag"]
+
+
+async def test_a_page_may_link_the_css_instead(styled: TestClient) -> None:
+    """/bundle.css: the same CSS as one stylesheet, with the bundle's caching rules;
+    /bundle.js?css=link: the same bundle without the lines that add it."""
+    query = "modules=components/tag&v=2.0.0"
+    resp = await styled.get(f"/bundle.css?{query}", headers={"Accept-Encoding": "identity"})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/css; charset=utf-8"
+    assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    sheet = await resp.text()
+    assert [rule.split("{")[0] for rule in sheet.split()][:1] == [":root"]
+    assert sheet.index(":root") < sheet.index(".badge") < sheet.index(".tag")
+    etag = resp.headers["ETag"]
+    again = await styled.get(
+        f"/bundle.css?{query}", headers={"If-None-Match": etag, "Accept-Encoding": "identity"}
+    )
+    assert again.status == 304
+    br = await styled.get(f"/bundle.css?{query}", headers={"Accept-Encoding": "br"})
+    assert br.headers["Content-Encoding"] == "br" and br.headers["ETag"] != etag
+
+    injecting = await (await styled.get(f"/bundle.js?{query}")).read()
+    linked = await (await styled.get(f"/bundle.js?{query}&css=link")).read()
+    assert b"bundler.css" in injecting and b"bundler.css" not in linked
+    assert injecting.startswith(linked.split(b"\n//# sourceMappingURL")[0])
+    assert linked.endswith(injecting[injecting.rindex(b"//# sourceMappingURL") :])
+
+    plain = await styled.get("/bundle.css?modules=components/plain&v=2.0.0")
+    assert plain.status == 200 and await plain.text() == ""
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "modules=components/tag&v=2.0.0&css=none",
+        "modules=components/tag&v=2.0.0&css=link&css=link",
+    ],
+)
+async def test_the_css_parameter_is_inject_or_link_once(styled: TestClient, query: str) -> None:
+    resp = await styled.get(f"/bundle.js?{query}")
+    assert resp.status == 400
+    assert "css= is inject" in await resp.text()
+
+
+async def test_bundle_css_takes_no_css_parameter(styled: TestClient) -> None:
+    resp = await styled.get("/bundle.css?modules=components/tag&v=2.0.0&css=link")
+    assert resp.status == 400
+    assert "unknown query parameter" in await resp.text()

@@ -9,7 +9,9 @@
  *     });
  *
  * Options: version (omit for the service's default version), base (the service's URL,
- * default: where this loader was served from), registry (default "__bundlerModules").
+ * default: where this loader was served from), registry (default "__bundlerModules"),
+ * css ("inject", the default: the bundle adds its modules' CSS to the page; "link": the
+ * loader links /bundle.css with the same query instead, and waits for it too).
  * The URL is canonical (sorted, deduplicated names), so every page asking for the same
  * modules shares one CDN entry. Works with the tailored bundle and with the fallback,
  * and next to an AMD loader such as RequireJS (the bundle also define()s each module).
@@ -43,7 +45,24 @@
     };
     var query = "modules=" + canonical(modules).map(encode).join(",");
     if (options.version) query += "&v=" + encode(options.version);
-    return base + "/bundle.js?" + query;
+    if (options.stylesheet) return base + "/bundle.css?" + query;
+    return base + "/bundle.js?" + query + (options.css === "link" ? "&css=link" : "");
+  }
+
+  function linkStylesheet(href) {
+    return new Promise(function (resolve, reject) {
+      var found = document.querySelector('link[rel="stylesheet"][href="' + href + '"]');
+      if (found) {
+        resolve();
+        return;
+      }
+      var link = document.createElement("link");
+      link.rel = "stylesheet";
+      link.href = href;
+      link.onload = function () { resolve(); };
+      link.onerror = function () { reject(new Error("could not load " + href)); };
+      document.head.appendChild(link);
+    });
   }
 
   function transferred(url) {
@@ -59,7 +78,10 @@
     var names = canonical(modules);
     var url = bundleUrl(names, options);
     var registryName = options.registry || "__bundlerModules";
-    return new Promise(function (resolve, reject) {
+    var stylesheet = options.css === "link"
+      ? linkStylesheet(bundleUrl(names, Object.assign({}, options, { stylesheet: true })))
+      : Promise.resolve();
+    var script = new Promise(function (resolve, reject) {
       var tag = document.createElement("script");
       tag.src = url;
       tag.async = true;
@@ -84,6 +106,9 @@
         reject(new Error("could not load " + url));
       };
       document.head.appendChild(tag);
+    });
+    return Promise.all([script, stylesheet]).then(function (both) {
+      return both[0];
     });
   }
 
