@@ -15,11 +15,19 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from bundler import css
 from bundler.builder import Builder, BuildJob
 from bundler.cache import Bundle, MemoryCache
 from bundler.combos import COMBOS_FILE, PopularCombos
 from bundler.disk import DiskCache
-from bundler.errors import BadRequest, BuildFailed, BundlerError, Unavailable, VersionNotFound
+from bundler.errors import (
+    BadRequest,
+    BuildFailed,
+    BundlerError,
+    NotFound,
+    Unavailable,
+    VersionNotFound,
+)
 from bundler.fallback import FallbackStore
 from bundler.fallback_plan import OperatorList
 from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
@@ -157,6 +165,22 @@ async def answer_bundle(
         short = f"public, max-age={settings.fallback_max_age_s}"
         headers = {"Cache-Control": short, "CDN-Cache-Control": short, "X-Bundle-Mode": "fallback"}
     return answer, headers
+
+
+async def handle_asset(request: web.Request) -> web.Response:
+    """An image or font moved out of a bundle's CSS: its name is its content's hash."""
+    name = request.match_info["name"]
+    data = await asyncio.to_thread(request.app[SERVICE].builder.assets.get, name)
+    if data is None:
+        raise NotFound(f"no asset {name!r}: asset names come from a bundle's CSS")
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": css.ASSET_TYPES[name.rsplit(".", 1)[1]],
+            "Cache-Control": IMMUTABLE,
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 def css_mode(pairs: list[tuple[str, str]]) -> bool:
@@ -375,6 +399,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/bundle.js", handle_bundle)
     app.router.add_get("/bundle.js.map", handle_bundle_map)
     app.router.add_get("/bundle.css", handle_bundle_css)
+    app.router.add_get("/assets/{name}", handle_asset)
     app.router.add_get("/fallback.js.map", handle_fallback_map)
     app.router.add_get("/fallback.json", handle_fallback_info)
     app.router.add_get("/combos", handle_combos)

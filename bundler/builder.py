@@ -47,6 +47,7 @@ from bundler.errors import (
     DiskFault,
     UnknownModule,
 )
+from bundler.fsutil import atomic_write
 from bundler.settings import Settings
 from bundler.slots import Priority, PrioritySlots
 from bundler.spec import BuildOptions, BundleSpec
@@ -161,6 +162,34 @@ class _Waiting:
         return (self.job.version, self.job.options, str(self.root), self.job.with_map)
 
 
+class AssetStore:
+    """Images and fonts moved out of bundles' CSS, by content hash: ``<data>/assets``.
+    Written once (a name is its content), read by GET /assets/<name>."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def put(self, name: str, data: bytes) -> None:
+        """In a build's thread; a disk that cannot take it is the service's fault."""
+        path = self.directory / name
+        if path.exists():
+            return
+        try:
+            atomic_write(path, data)
+        except OSError as exc:
+            if exc.errno in DISK_ERRNOS:
+                raise DiskFault("assets", exc) from None
+            raise
+
+    def get(self, name: str) -> bytes | None:
+        if not css.ASSET_NAME.fullmatch(name):
+            return None
+        try:
+            return (self.directory / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+
 class _RunAlone(Exception):
     """The batch this build was in failed: it runs again on its own."""
 
@@ -190,6 +219,7 @@ class Builder:
     ) -> None:
         self.esbuild = esbuild
         self.scratch_dir = scratch_dir
+        self.assets = AssetStore(scratch_dir.parent / "assets")
         self.pool_size = pool_size
         self.threads_per_build = threads_per_build
         self.timeout_s = timeout_s
@@ -450,7 +480,7 @@ class Builder:
                 metafile = json.loads(raw)
                 if job.map_url and job.with_map and not externals:
                     read = await asyncio.to_thread(
-                        _read_output, workdir / OUTPUT_NAME, entry, source_root, job
+                        _read_output, workdir / OUTPUT_NAME, entry, source_root, job, self.assets
                     )
                     if not read.outside:
                         output = BuildOutput(read.code, read.sourcemap, 0.0)
@@ -584,7 +614,7 @@ class Builder:
                     raise self._error(returncode, stderr, jobs[0], source_root, workdir / "0")
                 logger.info("batch build failed; its builds run alone", extra={"builds": len(jobs)})
                 raise BuildFailed("a batch failed")
-            reads = await asyncio.to_thread(_read_outputs, workdir, jobs, source_root)
+            reads = await asyncio.to_thread(_read_outputs, workdir, jobs, source_root, self.assets)
         finally:
             self._remove_later(workdir)
         results: list[BuildOutput | BuildFailed] = []
@@ -701,6 +731,7 @@ def _read_output(
     entry: Path,
     source_root: Path,
     job: BuildJob,
+    assets: AssetStore,
     meta: dict[str, Any] | None = None,
 ) -> _Output:
     """The bundle, its map, and the inputs esbuild took from outside the source root.
@@ -720,7 +751,10 @@ def _read_output(
         css_output = meta.get("outputs", {}).get(_relative(css_file, source_root), {})
         css_from = css_output.get("inputs", {})
         inputs.update(css_from)
-        css_pieces = css.pieces(css_file.read_bytes(), css.css_inputs(css_from))
+        css_pieces = [
+            css.move_out_assets(piece, job.options.asset_inline_max_bytes, assets.put)
+            for piece in css.pieces(css_file.read_bytes(), css.css_inputs(css_from))
+        ]
         # What the CSS points at (inlined, so in no output's inputs) is checked like an import.
         for name in list(css_from):
             for record in meta.get("inputs", {}).get(name, {}).get("imports", []):
@@ -750,7 +784,9 @@ def _read_output(
     return _Output(code, map_bytes, outside)
 
 
-def _read_outputs(workdir: Path, jobs: Sequence[BuildJob], source_root: Path) -> list[_Output]:
+def _read_outputs(
+    workdir: Path, jobs: Sequence[BuildJob], source_root: Path, assets: AssetStore
+) -> list[_Output]:
     """Every bundle of one run (the layout of Builder.command_many)."""
     meta = json.loads((workdir / METAFILE_NAME).read_bytes())
     return [
@@ -759,6 +795,7 @@ def _read_outputs(workdir: Path, jobs: Sequence[BuildJob], source_root: Path) ->
             workdir / str(i) / ENTRY_NAME,
             source_root,
             job,
+            assets,
             meta,
         )
         for i, job in enumerate(jobs)

@@ -10,17 +10,25 @@ hash of its text: two bundles on one page that share a module's CSS add it once.
 A bundle whose modules import no CSS is not touched.
 
 Files the CSS (or JavaScript) refers to, on an allow-list of image and font types,
-are inlined as data: URLs, so they work wherever the bundle is served from (a CDN,
-a path prefix) with no second request. Any other type is refused by esbuild
-("No loader is configured"), which the request gets as a 422; a file outside the
-version is refused like a JavaScript import of one.
+are inlined as data: URLs (esbuild's dataurl loader). Any other type is refused by
+esbuild ("No loader is configured"), which the request gets as a 422; a file outside
+the version is refused like a JavaScript import of one. In the CSS, an image or font
+over ``--asset-inline-max-bytes`` is then moved out: stored once under its content
+hash (``<data>/assets/<hash>.<ext>``, served at ``/assets/<hash>.<ext>``, immutable)
+and named relative to the bundle, so it works behind a CDN and a path prefix: the
+injector puts the bundle's own directory in front of it in the page, ``/bundle.css``
+names it relative to itself. (A JavaScript ``import`` of a file stays a data: URL: a
+string in the code would resolve against the page, not the bundle.)
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 # Files a component's CSS or JavaScript may point at, inlined as data: URLs.
@@ -37,15 +45,34 @@ ASSET_EXTENSIONS = (
     ".ttf",
     ".otf",
 )
+# An asset moved out of the CSS, served under its content hash, by extension.
+ASSET_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "woff": "font/woff",
+    "woff2": "font/woff2",
+    "ttf": "font/ttf",
+    "otf": "font/otf",
+}
+ASSET_EXTENSION_OF = {mime: ext for ext, mime in ASSET_TYPES.items()}
+ASSET_NAME = re.compile(r"[0-9a-f]{32}\.(?:" + "|".join(ASSET_TYPES) + ")")
+# Where a moved-out asset's URL starts: the bundle's directory, filled in where it is used.
+BASE = b"BUNDLER_BASE/"
+# esbuild's data: URLs in CSS (binary types are base64; SVG text stays inline).
+DATA_URL = re.compile(rb'url\(("?)data:([a-z0-9.+/-]+);base64,([A-Za-z0-9+/=]+)\1\)')
 CSS_NAME = "bundle.css"
 KEY_CHARS = 16
 # Runs in the page: adds each piece once (a registry on the document), in order.
 INJECTOR = (
     '(function(c){{if(typeof document==="undefined")return;'
-    'var k=Symbol.for("bundler.css"),d=document[k]||(document[k]=Object.create(null));'
+    'var k=Symbol.for("bundler.css"),d=document[k]||(document[k]=Object.create(null)),'
+    'p=document.currentScript,b=p&&p.src?p.src.replace(/[?#].*$/,"").replace(/[^/]*$/,""):"";'
     "for(var i=0;i<c.length;i+=2){{if(d[c[i]])continue;d[c[i]]=1;"
     'var s=document.createElement("style");s.setAttribute("data-bundler-css",c[i]);'
-    "s.textContent=c[i+1];document.head.appendChild(s)}}}})({pieces});"
+    's.textContent=c[i+1].split("BUNDLER_BASE/").join(b);document.head.appendChild(s)}}}})({pieces});'
 )
 
 
@@ -89,6 +116,25 @@ def pieces(css: bytes, inputs: Sequence[tuple[str, int]]) -> list[bytes]:
     if not cuts or body[at:].strip():
         return [body.strip()] if body.strip() else []
     return [c for c in cuts if c.strip()]
+
+
+def move_out_assets(piece: bytes, max_inline: int, store: Callable[[str, bytes], None]) -> bytes:
+    """``piece`` with each inlined image or font over ``max_inline`` bytes stored (by
+    ``store``, under its content-hash name) and named relative to the bundle instead."""
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        ext = ASSET_EXTENSION_OF.get(match.group(2).decode())
+        try:
+            data = base64.b64decode(match.group(3), validate=True)
+        except binascii.Error:
+            return match.group(0)
+        if ext is None or len(data) <= max_inline:
+            return match.group(0)
+        name = f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}"
+        store(name, data)
+        return b"url(" + BASE + b"assets/" + name.encode() + b")"
+
+    return DATA_URL.sub(replace, piece)
 
 
 def injector(css_pieces: Sequence[bytes]) -> bytes:

@@ -30,6 +30,10 @@ class VersionNotFound(BundlerError):
     status = 404
 
 
+class NotFound(BundlerError):
+    status = 404
+
+
 class UnknownModule(BundlerError):
     status = 404
 

@@ -106,8 +106,8 @@ def _derive(bundle: Bundle, kind: str) -> Bundle:
         if kind == "js":
             return bundle
         code = b""
-    else:
-        code = split[0] if kind == "js" else split[1]
+    else:  # a stylesheet names its moved-out assets relative to itself
+        code = split[0] if kind == "js" else split[1].replace(css.BASE, b"")
     return Bundle.create(f"{bundle.key}:{kind}", code, etag_prefix=bundle.etag_prefix)
 
 
@@ -164,7 +164,11 @@ class BundleService:
 
     @staticmethod
     def options_from(settings: Settings) -> BuildOptions:
-        return BuildOptions(target=settings.esbuild_target, registry_name=settings.registry_name)
+        return BuildOptions(
+            target=settings.esbuild_target,
+            registry_name=settings.registry_name,
+            asset_inline_max_bytes=settings.asset_inline_max_bytes,
+        )
 
     def _newest_version(self) -> str:
         newest = self.source.newest_version()

@@ -104,6 +104,12 @@ class Settings:
     registry_name: str = _opt(
         "Global object under which bundles register their modules.", default="__bundlerModules"
     )
+    asset_inline_max_bytes: int = _opt(
+        "Images and fonts a component's CSS points at are inlined as data: URLs up to this "
+        "size; larger ones are served at /assets/<hash>.<ext> (immutable), named relative "
+        "to the bundle.",
+        default=8192,
+    )
     max_modules: int = _opt("Most modules one request may name.", default=50)
     max_module_name_chars: int = _opt("Longest module name accepted.", default=200)
     build_pool_size: int = _opt(
@@ -247,7 +253,13 @@ class Settings:
             out.append("fallback_budget_ms must be -1 (never), 0 (at once) or positive")
         if self.build_queue_max < -1:
             out.append("build_queue_max must be -1 (unbounded), 0 (the pool size) or positive")
-        for name in ("shed_lag_ms", "drain_s", "shutdown_timeout_s", "combos_save_interval_s"):
+        for name in (
+            "shed_lag_ms",
+            "drain_s",
+            "shutdown_timeout_s",
+            "combos_save_interval_s",
+            "asset_inline_max_bytes",
+        ):
             if getattr(self, name) < 0:
                 out.append(f"{name} must not be negative")
         if self.watchdog_stall_s <= 0:

@@ -34,6 +34,7 @@ class BuildOptions:
     target: str
     registry_name: str
     minify: bool = True
+    asset_inline_max_bytes: int = 8192
 
 
 @dataclass(frozen=True)

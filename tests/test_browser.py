@@ -7,6 +7,7 @@ tests are skipped with a loud reason; everything else still runs.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -173,10 +174,12 @@ STYLED_PAGE = """<!doctype html>
 <div id="page"></div>
 <script src="{service}/bundle.js?modules=components/badge&v=2.0.0"></script>
 <script src="{service}/bundle.js?modules=components/tag&v=2.0.0"></script>
+<script src="{service}/bundle.js?modules=components/photo&v=2.0.0"></script>
 <script>
   var m = window.__bundlerModules;
   document.getElementById("page").innerHTML =
-    m["components/badge"].render("new") + " " + m["components/tag"].render("sale");
+    m["components/badge"].render("new") + " " + m["components/tag"].render("sale") +
+    m["components/photo"].render();
   var img = document.querySelector(".badge-dot");
   function done() {{
     var note = document.getElementById("bundle-note");
@@ -220,7 +223,7 @@ async def test_components_bring_their_css_and_images_in_the_bundle(
     page, problems = await open_page(
         browser, f"http://127.0.0.1:{site_server.port}/styled.html", f"styled-{answered}"
     )
-    assert await page.locator("#bundle-note").get_attribute("data-mode") == f"{answered},{answered}"
+    assert await page.locator("#bundle-note").get_attribute("data-mode") == ",".join([answered] * 3)
     style = await page.evaluate(
         "(() => { const s = getComputedStyle(document.querySelector('.badge'));"
         " return [s.color, s.fontSize, s.backgroundImage.slice(0, 20)]; })()"
@@ -230,11 +233,17 @@ async def test_components_bring_their_css_and_images_in_the_bundle(
         "rgb(0, 100, 0)"
     )
     assert await page.evaluate("document.querySelector('.badge-dot').naturalWidth") == 1
-    # tokens.css, badge.css (shared by both bundles: once) and tag.css.
+    # tokens.css, badge.css (shared by both bundles: once), tag.css and photo.css.
     keys = await page.evaluate(
         "[...document.querySelectorAll('style[data-bundler-css]')].map(s => s.dataset.bundlerCss)"
     )
-    assert len(keys) == 3 and len(set(keys)) == 3
+    assert len(keys) == 4 and len(set(keys)) == 4
+    # The large image: served by its hash, relative to the bundle, and loaded.
+    big = (source / "2.0.0" / "components" / "big.png").read_bytes()
+    url = f"{service}/assets/{hashlib.sha256(big).hexdigest()[:32]}.png"
+    background = "getComputedStyle(document.querySelector('.photo')).backgroundImage"
+    assert await page.evaluate(background) == f'url("{url}")'
+    await page.wait_for_function(f"performance.getEntriesByName({url!r}).length === 1")
     assert problems == []
 
 

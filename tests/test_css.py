@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import shutil
 import struct
 import zlib
@@ -47,6 +49,27 @@ def one_pixel_png() -> bytes:
     )
 
 
+def noisy_png(side: int = 64, seed: int = 7) -> bytes:
+    """A PNG that does not compress below the inlining bound (about 12 KB)."""
+    rng = random.Random(seed)
+    rows = b"".join(
+        b"\x00" + bytes(rng.randrange(256) for _ in range(side * 3)) for _ in range(side)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
 def write_styled_version(root: Path) -> None:
     """Components that import CSS; the CSS imports CSS and points at an image."""
     files = {
@@ -61,6 +84,9 @@ def write_styled_version(root: Path) -> None:
         "components/tag.js": 'import "./badge.css";\nimport "./tag.css";\n'
         "export function render(text) { return '<em class=\"tag badge\">' + text + '</em>'; }\n",
         "components/plain.js": "export const plain = 1;\n",
+        "components/photo.css": ".photo { width: 64px; height: 64px; background: url(./big.png); }\n",
+        "components/photo.js": 'import "./photo.css";\n'
+        "export function render() { return '<div class=\"photo\"></div>'; }\n",
         "components/missing.css": ".m { background: url(./not-there.png); }\n",
         "components/missing.js": 'import "./missing.css";\nexport const m = 1;\n',
         "components/bitmap.css": ".b { background: url(./picture.bmp); }\n",
@@ -70,6 +96,7 @@ def write_styled_version(root: Path) -> None:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     (root / "components/dot.png").write_bytes(one_pixel_png())
+    (root / "components/big.png").write_bytes(noisy_png())
     (root / "components/picture.bmp").write_bytes(b"BM" + bytes(60))
 
 
@@ -178,7 +205,7 @@ async def test_the_fallback_carries_the_css_of_its_modules(
     assert {"components/badge", "components/tag"} <= fallback.names
     assert not {"components/missing", "components/bitmap"} & fallback.names
     styles = run_in_node(tmp_path, fallback.bundle.code, STYLES, FAKE_DOCUMENT)
-    assert [t.split("{")[0] for _, t in styles] == [":root", ".badge", ".tag"]
+    assert [t.split("{")[0] for _, t in styles] == [":root", ".badge", ".photo", ".tag"]
 
 
 async def test_a_page_may_link_the_css_instead(styled: TestClient) -> None:
@@ -227,3 +254,28 @@ async def test_bundle_css_takes_no_css_parameter(styled: TestClient) -> None:
     resp = await styled.get("/bundle.css?modules=components/tag&v=2.0.0&css=link")
     assert resp.status == 400
     assert "unknown query parameter" in await resp.text()
+
+
+async def test_a_large_image_is_served_by_its_hash_relative_to_the_bundle(
+    styled: TestClient, tmp_path: Path
+) -> None:
+    """Over --asset-inline-max-bytes: stored once under its content hash, served immutable
+    with its type and nosniff, named relative to the bundle (a CDN, a path prefix)."""
+    big = (tmp_path / "src" / "2.0.0" / "components" / "big.png").read_bytes()
+    assert len(big) > 8192
+    name = f"{hashlib.sha256(big).hexdigest()[:32]}.png"
+    code = await bundle(styled, "components/photo")
+    assert b"data:image/png" not in code
+    page = FAKE_DOCUMENT + 'document.currentScript = {src: "https://cdn.example/js/bundle.js?q"};'
+    styles = run_in_node(tmp_path, code, STYLES, page)
+    assert f"url(https://cdn.example/js/assets/{name})" in styles[0][1]
+    sheet = await (await styled.get("/bundle.css?modules=components/photo&v=2.0.0")).text()
+    assert f"url(assets/{name})" in sheet  # relative to the stylesheet itself
+    resp = await styled.get(f"/assets/{name}")
+    assert resp.status == 200 and await resp.read() == big
+    assert resp.headers["Content-Type"] == "image/png"
+    assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    for wrong in ("0" * 32 + ".png", name[:-3] + "exe", "x.png", name.upper()):
+        missing = await styled.get(f"/assets/{wrong}")
+        assert missing.status == 404, wrong
