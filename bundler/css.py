@@ -99,7 +99,12 @@ INJECTOR_HEAD = INJECTOR.split(",d=", 1)[0].replace("{{", "{").encode()
 
 
 def loader_flags() -> list[str]:
-    return [f"--loader:{ext}=dataurl" for ext in ASSET_EXTENSIONS]
+    """The asset loaders, and CSS syntax errors as errors: esbuild only warns about them
+    and drops the rule, which would leave a page silently unstyled."""
+    return [
+        *(f"--loader:{ext}=dataurl" for ext in ASSET_EXTENSIONS),
+        "--log-override:css-syntax-error=error",
+    ]
 
 
 def pieces(css: bytes, inputs: Sequence[tuple[str, int]]) -> list[bytes]:

@@ -90,6 +90,8 @@ def write_styled_version(root: Path) -> None:
         "components/missing.css": ".m { background: url(./not-there.png); }\n",
         "components/missing.js": 'import "./missing.css";\nexport const m = 1;\n',
         "components/bitmap.css": ".b { background: url(./picture.bmp); }\n",
+        "components/unclosed.css": ".u { color: red;\n",
+        "components/unclosed.js": 'import "./unclosed.css";\nexport const u = 1;\n',
         "components/bitmap.js": 'import "./bitmap.css";\nexport const b = 1;\n',
     }
     for name, text in files.items():
@@ -180,9 +182,10 @@ async def test_an_image_imported_from_javascript_is_a_data_url(
     [
         ("components/missing", "2.0.0", "components/missing.css"),
         ("components/bitmap", "2.0.0", 'No loader is configured for ".bmp" files'),
+        ("components/unclosed", "2.0.0", "components/unclosed.css:2:0"),
         ("components/outside", "2.1.0", "not self-contained"),
     ],
-    ids=["missing file", "type not allowed", "outside the version"],
+    ids=["missing file", "type not allowed", "syntax error", "outside the version"],
 )
 async def test_what_css_points_at_is_checked_like_an_import(
     styled: TestClient, tmp_path: Path, module: str, version: str, says: str
@@ -203,7 +206,7 @@ async def test_the_fallback_carries_the_css_of_its_modules(
     fallback = await fallbacks.get("2.0.0")
     assert fallback is not None
     assert {"components/badge", "components/tag"} <= fallback.names
-    assert not {"components/missing", "components/bitmap"} & fallback.names
+    assert not {"components/missing", "components/bitmap", "components/unclosed"} & fallback.names
     styles = run_in_node(tmp_path, fallback.bundle.code, STYLES, FAKE_DOCUMENT)
     assert [t.split("{")[0] for _, t in styles] == [":root", ".badge", ".photo", ".tag"]
 
