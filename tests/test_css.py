@@ -115,7 +115,10 @@ async def styled(
     outside.mkdir(parents=True)
     (outside / "outside.css").write_text(".o { background: url(../../../secret.png); }\n")
     (outside / "outside.js").write_text('import "./outside.css";\nexport const o = 1;\n')
+    (outside / "reach.css").write_text('@import "../../../secret.css";\n.r { color: red; }\n')
+    (outside / "reach.js").write_text('import "./reach.css";\nexport const r = 1;\n')
     (tmp_path / "secret.png").write_bytes(one_pixel_png())
+    (tmp_path / "secret.css").write_text(".secret { content: 'machine-local'; }\n")
     client = await aiohttp_client(create_app(make_settings(source=str(source))))
     await wait_ready(client)
     return client
@@ -184,8 +187,9 @@ async def test_an_image_imported_from_javascript_is_a_data_url(
         ("components/bitmap", "2.0.0", 'No loader is configured for ".bmp" files'),
         ("components/unclosed", "2.0.0", "components/unclosed.css:2:0"),
         ("components/outside", "2.1.0", "not self-contained"),
+        ("components/reach", "2.1.0", "not self-contained"),
     ],
-    ids=["missing file", "type not allowed", "syntax error", "outside the version"],
+    ids=["missing file", "type not allowed", "syntax error", "url outside", "@import outside"],
 )
 async def test_what_css_points_at_is_checked_like_an_import(
     styled: TestClient, tmp_path: Path, module: str, version: str, says: str
@@ -194,7 +198,7 @@ async def test_what_css_points_at_is_checked_like_an_import(
     text = await resp.text()
     assert resp.status == 422, text
     assert says in text
-    assert str(tmp_path) not in text  # no machine path
+    assert str(tmp_path) not in text and "machine-local" not in text  # nothing from outside
 
 
 async def test_the_fallback_carries_the_css_of_its_modules(
