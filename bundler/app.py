@@ -36,7 +36,7 @@ from bundler.service import Answer, BundleService
 from bundler.settings import Settings
 from bundler.slots import Priority
 from bundler.sources import open_source
-from bundler.spec import validate_version
+from bundler.spec import BundleSpec, validate_version
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def bundle_response(
 async def handle_bundle(request: web.Request) -> web.Response:
     pairs = list(request.query.items())
     link = css_mode(pairs)
-    answer, headers = await answer_bundle(request, [p for p in pairs if p[0] != "css"])
+    answer, headers, _ = await answer_bundle(request, [p for p in pairs if p[0] != "css"])
     # css=link: the page links /bundle.css itself; the bundle does not add its CSS.
     bundle = await request.app[SERVICE].variant(answer.bundle, "js") if link else answer.bundle
     return bundle_response(request, bundle, headers)
@@ -143,14 +143,29 @@ async def handle_bundle(request: web.Request) -> web.Response:
 async def handle_bundle_css(request: web.Request) -> web.Response:
     """The CSS of the modules /bundle.js with the same query carries (empty if none), for
     pages that link a stylesheet (no flash of unstyled content, a strict CSP)."""
-    answer, headers = await answer_bundle(request, list(request.query.items()))
-    stylesheet = await request.app[SERVICE].variant(answer.bundle, "css")
+    answer, headers, spec = await answer_bundle(request, list(request.query.items()))
+    # The map is the tailored bundle's (as for /bundle.js): a fallback's CSS names none.
+    map_url = f"bundle.css.map?{spec.query}" if answer.mode.tailored else None
+    stylesheet = await request.app[SERVICE].variant(answer.bundle, "css", map_url)
     return bundle_response(request, stylesheet, headers, CSS_CONTENT_TYPE)
+
+
+async def handle_bundle_css_map(request: web.Request) -> web.Response:
+    """The source map of /bundle.css with the same query (the tailored bundle's CSS)."""
+    service = request.app[SERVICE]
+    spec, pinned = service.parse(list(request.query.items()))
+    return web.Response(
+        body=await service.css_source_map(spec),
+        headers={
+            "Content-Type": "application/json",
+            "Cache-Control": tailored_cache_control(service.settings, pinned),
+        },
+    )
 
 
 async def answer_bundle(
     request: web.Request, pairs: list[tuple[str, str]]
-) -> tuple[Answer, dict[str, str]]:
+) -> tuple[Answer, dict[str, str], BundleSpec]:
     service = request.app[SERVICE]
     settings = service.settings
     spec, pinned = service.parse(pairs)
@@ -164,7 +179,7 @@ async def answer_bundle(
         # Short-lived and never immutable: the tailored bundle replaces it soon.
         short = f"public, max-age={settings.fallback_max_age_s}"
         headers = {"Cache-Control": short, "CDN-Cache-Control": short, "X-Bundle-Mode": "fallback"}
-    return answer, headers
+    return answer, headers, spec
 
 
 async def handle_asset(request: web.Request) -> web.Response:
@@ -399,6 +414,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/bundle.js", handle_bundle)
     app.router.add_get("/bundle.js.map", handle_bundle_map)
     app.router.add_get("/bundle.css", handle_bundle_css)
+    app.router.add_get("/bundle.css.map", handle_bundle_css_map)
     app.router.add_get("/assets/{name}", handle_asset)
     app.router.add_get("/fallback.js.map", handle_fallback_map)
     app.router.add_get("/fallback.json", handle_fallback_info)

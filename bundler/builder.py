@@ -127,6 +127,7 @@ class BuildOutput:
     code: bytes
     sourcemap: bytes | None
     duration_s: float
+    css_map: bytes | None = None  # the source map of the CSS it carries (/bundle.css.map)
 
 
 @dataclass(frozen=True)
@@ -483,7 +484,7 @@ class Builder:
                         _read_output, workdir / OUTPUT_NAME, entry, source_root, job, self.assets
                     )
                     if not read.outside:
-                        output = BuildOutput(read.code, read.sourcemap, 0.0)
+                        output = BuildOutput(read.code, read.sourcemap, 0.0, read.css_map)
             return SurveyRun(
                 ok=returncode == 0,
                 metafile=metafile,
@@ -638,7 +639,7 @@ class Builder:
                     "batch": len(jobs),
                 },
             )
-            results.append(BuildOutput(read.code, read.sourcemap, duration))
+            results.append(BuildOutput(read.code, read.sourcemap, duration, read.css_map))
         return results
 
     def _threads(self, job: BuildJob) -> int:
@@ -724,6 +725,7 @@ class _Output:
     code: bytes
     sourcemap: bytes | None
     outside: list[str]
+    css_map: bytes | None = None
 
 
 def _read_output(
@@ -770,7 +772,10 @@ def _read_output(
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
     code = outfile.read_bytes()
-    map_bytes = None
+    map_bytes = css_map = None
+    if css_pieces and job.map_url and job.with_map:
+        raw = _relative_sourcemap(outfile.with_name(css.CSS_NAME + ".map"), entry, source_root)
+        css_map = css.stylesheet_map(css_file.read_bytes(), raw, job.options.asset_inline_max_bytes)
     if css_pieces:  # after the last mapped line: the source map stays exact
         code = SOURCE_MAP_COMMENT.sub(b"", code).rstrip() + b"\n" + css.injector(css_pieces)
     if job.map_url:
@@ -781,7 +786,7 @@ def _read_output(
             SOURCE_MAP_COMMENT.sub(b"", code).rstrip()
             + f"\n//# sourceMappingURL={job.map_url}\n".encode()
         )
-    return _Output(code, map_bytes, outside)
+    return _Output(code, map_bytes, outside, css_map)
 
 
 def _read_outputs(

@@ -90,8 +90,10 @@ def split_injected(code: bytes) -> tuple[bytes, bytes] | None:
         flat = json.loads(line[line.rindex(b"})(") + 3 : line.rindex(b");")])
     except ValueError:
         return None
+    # The pieces are esbuild's output cut in order: joined, they are that output again
+    # (which its source map describes).
     texts = [str(t) for t in flat[1::2]]
-    return code[:start] + code[line_end:], "\n".join(texts).encode() + b"\n"
+    return code[:start] + code[line_end:], "".join(texts).encode() + b"\n"
 
 
 # The injector's first words: how a bundle's CSS line is found again.
@@ -140,6 +142,78 @@ def move_out_assets(piece: bytes, max_inline: int, store: Callable[[str, bytes],
         return b"url(" + BASE + b"assets/" + name.encode() + b")"
 
     return DATA_URL.sub(replace, piece)
+
+
+def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int) -> bytes:
+    """esbuild's CSS map, made to fit the stylesheet /bundle.css serves: each large asset
+    moved out shortens its line, so the generated columns after it move left."""
+    edits: dict[int, list[tuple[int, int]]] = {}
+    for match in DATA_URL.finditer(_without_map_comment(body)):
+        ext = ASSET_EXTENSION_OF.get(match.group(2).decode())
+        try:
+            size = len(base64.b64decode(match.group(3), validate=True))
+        except binascii.Error:
+            continue
+        if ext is None or size <= max_inline:
+            continue
+        replaced = len(b"url(assets/") + 32 + 1 + len(ext) + 1  # url(assets/<hash>.<ext>)
+        line = body.count(b"\n", 0, match.start())
+        column = match.start() - (body.rfind(b"\n", 0, match.start()) + 1)
+        edits.setdefault(line, []).append((column, replaced - len(match.group(0))))
+    if not edits:
+        return raw_map
+    source_map = json.loads(raw_map)
+    source_map["mappings"] = _shift_columns(source_map["mappings"], edits)
+    return json.dumps(source_map).encode()
+
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _vlq_decode(segment: str) -> list[int]:
+    values: list[int] = []
+    value = shift = 0
+    for char in segment:
+        digit = _B64.index(char)
+        value += (digit & 31) << shift
+        if digit & 32:
+            shift += 5
+            continue
+        values.append(-(value >> 1) if value & 1 else value >> 1)
+        value = shift = 0
+    return values
+
+
+def _vlq_encode(values: Sequence[int]) -> str:
+    out = []
+    for number in values:
+        rest = (-number << 1) | 1 if number < 0 else number << 1
+        while True:
+            digit, rest = rest & 31, rest >> 5
+            out.append(_B64[digit | (32 if rest else 0)])
+            if not rest:
+                break
+    return "".join(out)
+
+
+def _shift_columns(mappings: str, edits: Mapping[int, Sequence[tuple[int, int]]]) -> str:
+    """Source-map ``mappings`` with each segment of a line moved by the edits before it
+    ((column, change in length)). Only generated columns change; they are relative to
+    the previous segment of the same line, the other fields to the previous segment."""
+    lines = mappings.split(";")
+    for line, changes in edits.items():
+        if line >= len(lines) or not lines[line]:
+            continue
+        out = []
+        old_column = new_column = 0
+        for segment in lines[line].split(","):
+            values = _vlq_decode(segment)
+            old_column += values[0]
+            moved = old_column + sum(delta for at, delta in changes if at < old_column)
+            values[0], new_column = moved - new_column, moved
+            out.append(_vlq_encode(values))
+        lines[line] = ",".join(out)
+    return ";".join(lines)
 
 
 def injector(css_pieces: Sequence[bytes]) -> bytes:

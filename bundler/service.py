@@ -31,6 +31,7 @@ from bundler.errors import (
     BundlerError,
     ConfigError,
     DiskFault,
+    NotFound,
     Overloaded,
     Unavailable,
     UnknownModule,
@@ -55,6 +56,8 @@ MAX_REMEMBERED_FAILURES = 1024
 MAX_DEFERRED = 1024
 # Bundles' CSS-less JavaScript and stylesheets (css=link, /bundle.css), at most.
 VARIANTS_MAX_BYTES = 8 * 1024 * 1024
+# The maps LRU holds a bundle's CSS map under its key with this suffix.
+CSS_MAP_SUFFIX = ":css"
 # Parsed queries kept (a spec and its cache key), by the query as sent.
 PARSED_QUERIES = 4096
 # How often an unwritable data dir is looked at again (readiness follows it).
@@ -100,14 +103,18 @@ async def build_bundle(
     return await asyncio.to_thread(Bundle.create, spec.key, output.code)
 
 
-def _derive(bundle: Bundle, kind: str) -> Bundle:
+def _derive(bundle: Bundle, kind: str, map_url: str | None) -> Bundle:
     split = css.split_injected(bundle.code)
     if split is None:  # no CSS: the JavaScript as it is, and an empty stylesheet
         if kind == "js":
             return bundle
         code = b""
+    elif kind == "js":
+        code = split[0]
     else:  # a stylesheet names its moved-out assets relative to itself
-        code = split[0] if kind == "js" else split[1].replace(css.BASE, b"")
+        code = split[1].replace(css.BASE, b"")
+        if map_url:
+            code += f"/*# sourceMappingURL={map_url} */\n".encode()
     return Bundle.create(f"{bundle.key}:{kind}", code, etag_prefix=bundle.etag_prefix)
 
 
@@ -154,7 +161,7 @@ class BundleService:
         self._deferred_running: set[str] = set()
         self._room = asyncio.Event()  # set whenever a build finishes
         self._drainer: asyncio.Task[None] | None = None
-        self._variants: LRUCache[tuple[str, str, str], Bundle] = LRUCache(
+        self._variants: LRUCache[tuple[str, str, str, str | None], Bundle] = LRUCache(
             maxsize=VARIANTS_MAX_BYTES, getsizeof=lambda b: b.size
         )
         self._parsed: LRUCache[tuple[Any, ...], tuple[BundleSpec, bool]] = LRUCache(
@@ -346,14 +353,15 @@ class BundleService:
         self.requests[answer.mode.value] += 1
         return answer
 
-    async def variant(self, bundle: Bundle, kind: str) -> Bundle:
+    async def variant(self, bundle: Bundle, kind: str, map_url: str | None = None) -> Bundle:
         """The bundle's JavaScript without its CSS injector (``js``), or its CSS as one
-        stylesheet (``css``, empty when it has none): derived from the bundle, which keeps
-        its CSS once, on first use, compressed, and kept in a small LRU."""
-        key = (bundle.key, bundle.digest, kind)
+        stylesheet (``css``, empty when it has none; ``map_url`` names its source map):
+        derived from the bundle, which keeps its CSS once, on first use, compressed, and
+        kept in a small LRU."""
+        key = (bundle.key, bundle.digest, kind, map_url)
         made = self._variants.get(key)
         if made is None:
-            made = await asyncio.to_thread(_derive, bundle, kind)
+            made = await asyncio.to_thread(_derive, bundle, kind, map_url)
             self._variants[key] = made
         return made
 
@@ -519,7 +527,19 @@ class BundleService:
             return cached
         return await self.map_flight.do(spec.key, lambda: self._build_map(spec, bundle))
 
-    async def _build_map(self, spec: BundleSpec, bundle: Bundle) -> bytes:
+    async def css_source_map(self, spec: BundleSpec) -> bytes:
+        """The source map of the tailored bundle's CSS, as /bundle.css serves it: made by
+        the same second run as the bundle's own map."""
+        bundle = await self.built(spec)
+        if css.split_injected(bundle.code) is None:
+            raise NotFound(f"the modules of {spec.query} import no CSS: there is no CSS map")
+        key = spec.key + CSS_MAP_SUFFIX
+        cached = self.maps.get(key)
+        if cached is not None:
+            return cached
+        return await self.map_flight.do(key, lambda: self._build_map(spec, bundle, of_css=True))
+
+    async def _build_map(self, spec: BundleSpec, bundle: Bundle, *, of_css: bool = False) -> bytes:
         output = await build_output(
             self.source, self.builder, spec, Priority.TAILORED, with_map=True
         )
@@ -529,8 +549,16 @@ class BundleService:
                 "source map made for other code than the cached bundle (source changed?)",
                 extra={"key": spec.key, "bundle": spec.query},
             )
-        if len(output.sourcemap) <= MAP_CACHE_BYTES // 4:
-            self.maps[spec.key] = output.sourcemap
+        for key, made in (
+            (spec.key, output.sourcemap),
+            (spec.key + CSS_MAP_SUFFIX, output.css_map),
+        ):
+            if made is not None and len(made) <= MAP_CACHE_BYTES // 4:
+                self.maps[key] = made
+        if of_css:
+            if output.css_map is None:
+                raise Unavailable("the CSS source map could not be made; retry")
+            return output.css_map
         return output.sourcemap
 
     async def warm(self, spec: BundleSpec) -> str:

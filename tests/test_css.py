@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import shutil
 import struct
+import subprocess
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
-from tests.conftest import EXAMPLES, run_in_node, wait_ready
+from tests.conftest import EXAMPLES, NODE, run_in_node, wait_ready
 
 ACCENT = "rgb(200, 30, 40)"
 
@@ -286,3 +288,48 @@ async def test_a_large_image_is_served_by_its_hash_relative_to_the_bundle(
     for wrong in ("0" * 32 + ".png", name[:-3] + "exe", "x.png", name.upper()):
         missing = await styled.get(f"/assets/{wrong}")
         assert missing.status == 404, wrong
+
+
+# Node's own source-map reader (not ours): where a generated position comes from.
+MAP_LOOKUP = r"""
+const { SourceMap } = require("module");
+const [mapJson, sheet, needles] = process.argv.slice(1);
+const map = new SourceMap(JSON.parse(mapJson));
+const lines = sheet.split("\n");
+const out = {};
+for (const needle of JSON.parse(needles)) {
+  const line = lines.findIndex((l) => l.includes(needle));
+  const entry = map.findEntry(line, lines[line].indexOf(needle));
+  out[needle] = [entry.originalSource, entry.originalLine, entry.originalColumn];
+}
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+async def test_bundle_css_has_a_source_map_that_fits_it(styled: TestClient) -> None:
+    """Its rules map back to their files, also past a large image moved out of the text
+    (which shortens the line: the columns after it are shifted to match)."""
+    query = "modules=components/photo,components/tag&v=2.0.0"
+    sheet = await (await styled.get(f"/bundle.css?{query}")).text()
+    assert sheet.rstrip().endswith(f"/*# sourceMappingURL=bundle.css.map?{query} */")
+    resp = await styled.get(f"/bundle.css.map?{query}")
+    assert resp.status == 200
+    source_map = await resp.text()
+    assert "/tmp" not in source_map and str(Path.home()) not in source_map
+    needles = [".photo{", ":root{", ".badge{", ".tag{"]
+    assert all(n in sheet for n in needles) and "url(assets/" in sheet
+    out = subprocess.run(
+        [NODE, "-e", MAP_LOOKUP, source_map, sheet, json.dumps(needles)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(out.stdout)
+    assert found[".photo{"][0].endswith("components/photo.css")
+    assert found[":root{"][0].endswith("components/tokens.css")
+    assert found[".badge{"][0].endswith("components/badge.css")
+    assert found[".tag{"][0].endswith("components/tag.css")  # after the moved-out image
+    assert found[".tag{"][1:] == [0, 0]
+    # Modules without CSS have no CSS map.
+    none = await styled.get("/bundle.css.map?modules=components/plain&v=2.0.0")
+    assert none.status == 404 and "import no CSS" in await none.text()
