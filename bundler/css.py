@@ -130,18 +130,26 @@ def move_out_assets(piece: bytes, max_inline: int, store: Callable[[str, bytes],
     ``store``, under its content-hash name) and named relative to the bundle instead."""
 
     def replace(match: re.Match[bytes]) -> bytes:
-        ext = ASSET_EXTENSION_OF.get(match.group(2).decode())
-        try:
-            data = base64.b64decode(match.group(3), validate=True)
-        except binascii.Error:
+        moved = _to_move_out(match, max_inline)
+        if moved is None:
             return match.group(0)
-        if ext is None or len(data) <= max_inline:
-            return match.group(0)
-        name = f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}"
+        name, data = moved
         store(name, data)
         return b"url(" + BASE + b"assets/" + name.encode() + b")"
 
     return DATA_URL.sub(replace, piece)
+
+
+def _to_move_out(match: re.Match[bytes], max_inline: int) -> tuple[str, bytes] | None:
+    """(content-hash name, bytes) of an inlined asset over ``max_inline``; else None."""
+    ext = ASSET_EXTENSION_OF.get(match.group(2).decode())
+    try:
+        data = base64.b64decode(match.group(3), validate=True)
+    except binascii.Error:
+        return None
+    if ext is None or len(data) <= max_inline:
+        return None
+    return f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}", data
 
 
 def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int) -> bytes:
@@ -149,14 +157,10 @@ def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int) -> bytes:
     moved out shortens its line, so the generated columns after it move left."""
     edits: dict[int, list[tuple[int, int]]] = {}
     for match in DATA_URL.finditer(_without_map_comment(body)):
-        ext = ASSET_EXTENSION_OF.get(match.group(2).decode())
-        try:
-            size = len(base64.b64decode(match.group(3), validate=True))
-        except binascii.Error:
+        moved = _to_move_out(match, max_inline)
+        if moved is None:
             continue
-        if ext is None or size <= max_inline:
-            continue
-        replaced = len(b"url(assets/") + 32 + 1 + len(ext) + 1  # url(assets/<hash>.<ext>)
+        replaced = len(f"url(assets/{moved[0]})")
         line = body.count(b"\n", 0, match.start())
         column = match.start() - (body.rfind(b"\n", 0, match.start()) + 1)
         edits.setdefault(line, []).append((column, replaced - len(match.group(0))))
