@@ -24,7 +24,6 @@ from bundler.errors import (
     BadRequest,
     BuildFailed,
     BundlerError,
-    NotFound,
     Unavailable,
     VersionNotFound,
 )
@@ -184,10 +183,8 @@ async def answer_bundle(
 
 async def handle_asset(request: web.Request) -> web.Response:
     """An image or font moved out of a bundle's CSS: its name is its content's hash."""
-    name = request.match_info["name"]
-    data = await asyncio.to_thread(request.app[SERVICE].builder.assets.get, name)
-    if data is None:
-        raise NotFound(f"no asset {name!r}: asset names come from a bundle's CSS")
+    version, name = request.match_info["version"], request.match_info["name"]
+    data = await request.app[SERVICE].asset(version, name)
     return web.Response(
         body=data,
         headers={
@@ -415,7 +412,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/bundle.js.map", handle_bundle_map)
     app.router.add_get("/bundle.css", handle_bundle_css)
     app.router.add_get("/bundle.css.map", handle_bundle_css_map)
-    app.router.add_get("/assets/{name}", handle_asset)
+    app.router.add_get("/assets/{version}/{name}", handle_asset)
     app.router.add_get("/fallback.js.map", handle_fallback_map)
     app.router.add_get("/fallback.json", handle_fallback_info)
     app.router.add_get("/combos", handle_combos)

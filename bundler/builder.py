@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import hashlib
 import itertools
 import json
 import logging
@@ -165,7 +166,7 @@ class _Waiting:
 
 class AssetStore:
     """Images and fonts moved out of bundles' CSS, by content hash: ``<data>/assets``.
-    Written once (a name is its content), read by GET /assets/<name>."""
+    Written once (a name is its content), read by GET /assets/<version>/<name>."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -189,6 +190,25 @@ class AssetStore:
             return (self.directory / name).read_bytes()
         except FileNotFoundError:
             return None
+
+    def find(self, root: Path, name: str) -> bytes | None:
+        """A replica that did not build the bundle: the version's file of that type and
+        hash (then stored). Files outside the root (a symlink out) are never read."""
+        if not css.ASSET_NAME.fullmatch(name):
+            return None
+        digest, ext = name.split(".")
+        suffixes = (f".{ext}", ".jpeg") if ext == "jpg" else (f".{ext}",)
+        real_root = root.resolve()
+        for path in root.rglob("*"):
+            if path.suffix.lower() not in suffixes or not path.is_file():
+                continue
+            if not path.resolve().is_relative_to(real_root):
+                continue
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest()[:32] == digest:
+                self.put(name, data)
+                return data
+        return None
 
 
 class _RunAlone(Exception):
@@ -754,7 +774,7 @@ def _read_output(
         css_from = css_output.get("inputs", {})
         inputs.update(css_from)
         css_pieces = [
-            css.move_out_assets(piece, job.options.asset_inline_max_bytes, assets.put)
+            css.move_out_assets(piece, job.options.asset_inline_max_bytes, job.version, assets.put)
             for piece in css.pieces(css_file.read_bytes(), css.css_inputs(css_from))
         ]
         # What the CSS points at (inlined, so in no output's inputs) is checked like an import.
@@ -775,7 +795,9 @@ def _read_output(
     map_bytes = css_map = None
     if css_pieces and job.map_url and job.with_map:
         raw = _relative_sourcemap(outfile.with_name(css.CSS_NAME + ".map"), entry, source_root)
-        css_map = css.stylesheet_map(css_file.read_bytes(), raw, job.options.asset_inline_max_bytes)
+        css_map = css.stylesheet_map(
+            css_file.read_bytes(), raw, job.options.asset_inline_max_bytes, job.version
+        )
     if css_pieces:  # after the last mapped line: the source map stays exact
         code = SOURCE_MAP_COMMENT.sub(b"", code).rstrip() + b"\n" + css.injector(css_pieces)
     if job.map_url:

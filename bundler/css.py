@@ -14,7 +14,8 @@ are inlined as data: URLs (esbuild's dataurl loader). Any other type is refused 
 esbuild ("No loader is configured"), which the request gets as a 422; a file outside
 the version is refused like a JavaScript import of one. In the CSS, an image or font
 over ``--asset-inline-max-bytes`` is then moved out: stored once under its content
-hash (``<data>/assets/<hash>.<ext>``, served at ``/assets/<hash>.<ext>``, immutable)
+hash (``<data>/assets/<hash>.<ext>``, served at ``/assets/<version>/<hash>.<ext>``,
+immutable; a replica that has not stored it finds it in the version by its hash)
 and named relative to the bundle, so it works behind a CDN and a path prefix: the
 injector puts the bundle's own directory in front of it in the page, ``/bundle.css``
 names it relative to itself. (A JavaScript ``import`` of a file stays a data: URL: a
@@ -125,7 +126,15 @@ def pieces(css: bytes, inputs: Sequence[tuple[str, int]]) -> list[bytes]:
     return [c for c in cuts if c.strip()]
 
 
-def move_out_assets(piece: bytes, max_inline: int, store: Callable[[str, bytes], None]) -> bytes:
+def asset_path(version: str, name: str) -> str:
+    """Where a moved-out asset is served, relative to the bundle: under its version, so
+    any replica can find it in that version's source by its hash."""
+    return f"assets/{version}/{name}"
+
+
+def move_out_assets(
+    piece: bytes, max_inline: int, version: str, store: Callable[[str, bytes], None]
+) -> bytes:
     """``piece`` with each inlined image or font over ``max_inline`` bytes stored (by
     ``store``, under its content-hash name) and named relative to the bundle instead."""
 
@@ -135,7 +144,7 @@ def move_out_assets(piece: bytes, max_inline: int, store: Callable[[str, bytes],
             return match.group(0)
         name, data = moved
         store(name, data)
-        return b"url(" + BASE + b"assets/" + name.encode() + b")"
+        return b"url(" + BASE + asset_path(version, name).encode() + b")"
 
     return DATA_URL.sub(replace, piece)
 
@@ -152,7 +161,7 @@ def _to_move_out(match: re.Match[bytes], max_inline: int) -> tuple[str, bytes] |
     return f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}", data
 
 
-def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int) -> bytes:
+def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int, version: str) -> bytes:
     """esbuild's CSS map, made to fit the stylesheet /bundle.css serves: each large asset
     moved out shortens its line, so the generated columns after it move left."""
     edits: dict[int, list[tuple[int, int]]] = {}
@@ -160,7 +169,7 @@ def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int) -> bytes:
         moved = _to_move_out(match, max_inline)
         if moved is None:
             continue
-        replaced = len(f"url(assets/{moved[0]})")
+        replaced = len(f"url({asset_path(version, moved[0])})")
         line = body.count(b"\n", 0, match.start())
         column = match.start() - (body.rfind(b"\n", 0, match.start()) + 1)
         edits.setdefault(line, []).append((column, replaced - len(match.group(0))))

@@ -527,6 +527,20 @@ class BundleService:
             return cached
         return await self.map_flight.do(spec.key, lambda: self._build_map(spec, bundle))
 
+    async def asset(self, version: str, name: str) -> bytes:
+        """A moved-out image or font: stored when a bundle here was built, else found in
+        the version's source by its hash (a replica that never built that bundle)."""
+        validate_version(version)
+        if not css.ASSET_NAME.fullmatch(name):
+            raise NotFound(f"no asset {name!r}: asset names come from a bundle's CSS")
+        data = await asyncio.to_thread(self.builder.assets.get, name)
+        if data is None:
+            async with self.source.use(version) as root:
+                data = await asyncio.to_thread(self.builder.assets.find, root, name)
+        if data is None:
+            raise NotFound(f"version {version} has no asset {name!r}")
+        return data
+
     async def css_source_map(self, spec: BundleSpec) -> bytes:
         """The source map of the tailored bundle's CSS, as /bundle.css serves it: made by
         the same second run as the bundle's own map."""

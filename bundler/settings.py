@@ -106,8 +106,8 @@ class Settings:
     )
     asset_inline_max_bytes: int = _opt(
         "Images and fonts a component's CSS points at are inlined as data: URLs up to this "
-        "size; larger ones are served at /assets/<hash>.<ext> (immutable), named relative "
-        "to the bundle.",
+        "size; larger ones are served at /assets/<version>/<hash>.<ext> (immutable), named "
+        "relative to the bundle.",
         default=8192,
     )
     max_modules: int = _opt("Most modules one request may name.", default=50)

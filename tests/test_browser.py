@@ -240,7 +240,7 @@ async def test_components_bring_their_css_and_images_in_the_bundle(
     assert len(keys) == 4 and len(set(keys)) == 4
     # The large image: served by its hash, relative to the bundle, and loaded.
     big = (source / "2.0.0" / "components" / "big.png").read_bytes()
-    url = f"{service}/assets/{hashlib.sha256(big).hexdigest()[:32]}.png"
+    url = f"{service}/assets/2.0.0/{hashlib.sha256(big).hexdigest()[:32]}.png"
     background = "getComputedStyle(document.querySelector('.photo')).backgroundImage"
     assert await page.evaluate(background) == f'url("{url}")'
     await page.wait_for_function(f"performance.getEntriesByName({url!r}).length === 1")

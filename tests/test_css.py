@@ -277,17 +277,37 @@ async def test_a_large_image_is_served_by_its_hash_relative_to_the_bundle(
     assert b"data:image/png" not in code
     page = FAKE_DOCUMENT + 'document.currentScript = {src: "https://cdn.example/js/bundle.js?q"};'
     styles = run_in_node(tmp_path, code, STYLES, page)
-    assert f"url(https://cdn.example/js/assets/{name})" in styles[0][1]
+    assert f"url(https://cdn.example/js/assets/2.0.0/{name})" in styles[0][1]
     sheet = await (await styled.get("/bundle.css?modules=components/photo&v=2.0.0")).text()
-    assert f"url(assets/{name})" in sheet  # relative to the stylesheet itself
-    resp = await styled.get(f"/assets/{name}")
+    assert f"url(assets/2.0.0/{name})" in sheet  # relative to the stylesheet itself
+    resp = await styled.get(f"/assets/2.0.0/{name}")
     assert resp.status == 200 and await resp.read() == big
     assert resp.headers["Content-Type"] == "image/png"
     assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
-    for wrong in ("0" * 32 + ".png", name[:-3] + "exe", "x.png", name.upper()):
+    for wrong in (
+        "2.0.0/" + "0" * 32 + ".png",
+        "2.0.0/" + name[:-3] + "exe",
+        "2.0.0/x.png",
+        "2.0.0/" + name.upper(),
+        "9.9.9/" + "1" * 32 + ".png",  # the version is where to look when not stored
+    ):
         missing = await styled.get(f"/assets/{wrong}")
         assert missing.status == 404, wrong
+
+
+async def test_a_replica_that_did_not_build_the_bundle_finds_the_asset_by_its_hash(
+    styled: TestClient, tmp_path: Path
+) -> None:
+    """A CDN may ask any pod for an asset a bundle built elsewhere names: a pod without it
+    finds it in the version's source by its hash (and keeps it)."""
+    big = (tmp_path / "src" / "2.0.0" / "components" / "big.png").read_bytes()
+    name = f"{hashlib.sha256(big).hexdigest()[:32]}.png"
+    stored = tmp_path / "data" / "assets" / name
+    assert not stored.exists()  # no bundle has been built here
+    resp = await styled.get(f"/assets/2.0.0/{name}")
+    assert resp.status == 200 and await resp.read() == big
+    assert stored.read_bytes() == big
 
 
 # Node's own source-map reader (not ours): where a generated position comes from.
