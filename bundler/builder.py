@@ -791,7 +791,9 @@ def _read_output(
         for name in inputs
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
-    code = outfile.read_bytes()
+    code, js_edits = css.move_out_js_assets(
+        outfile.read_bytes(), job.options.asset_inline_max_bytes, job.version, assets.put
+    )
     map_bytes = css_map = None
     if css_pieces and job.map_url and job.with_map:
         raw = _relative_sourcemap(outfile.with_name(css.CSS_NAME + ".map"), entry, source_root)
@@ -803,7 +805,7 @@ def _read_output(
     if job.map_url:
         if job.with_map:
             map_file = outfile.with_name(OUTPUT_NAME + ".map")
-            map_bytes = _relative_sourcemap(map_file, entry, source_root)
+            map_bytes = css.shift_map(_relative_sourcemap(map_file, entry, source_root), js_edits)
         code = (
             SOURCE_MAP_COMMENT.sub(b"", code).rstrip()
             + f"\n//# sourceMappingURL={job.map_url}\n".encode()

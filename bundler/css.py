@@ -18,8 +18,10 @@ hash (``<data>/assets/<hash>.<ext>``, served at ``/assets/<version>/<hash>.<ext>
 immutable; a replica that has not stored it finds it in the version by its hash)
 and named relative to the bundle, so it works behind a CDN and a path prefix: the
 injector puts the bundle's own directory in front of it in the page, ``/bundle.css``
-names it relative to itself. (A JavaScript ``import`` of a file stays a data: URL: a
-string in the code would resolve against the page, not the bundle.)
+names it relative to itself. A large file a module imports is moved out the same way:
+a string in the code would resolve against the page, so the bundle takes its own
+directory when it runs (a line before its code) and the string is built from it; the
+bundle's source map is shifted to match.
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ ASSET_NAME = re.compile(r"[0-9a-f]{32}\.(?:" + "|".join(ASSET_TYPES) + ")")
 BASE = b"BUNDLER_BASE/"
 # esbuild's data: URLs in CSS (binary types are base64; SVG text stays inline).
 DATA_URL = re.compile(rb'url\(("?)data:([a-z0-9.+/-]+);base64,([A-Za-z0-9+/=]+)\1\)')
+# ... and in JavaScript, where a module imports a file (a string; group 1 is empty).
+JS_DATA_URL = re.compile(rb'()"data:([a-z0-9.+/-]+);base64,([A-Za-z0-9+/=]+)"')
+# The bundle's directory, taken when it runs, before its code (which names it).
+JS_BASE_NAME = "__bundlerAssetBase"
+JS_BASE_LINE = (
+    f'var {JS_BASE_NAME}=typeof document!="undefined"&&document.currentScript&&'
+    'document.currentScript.src?document.currentScript.src.replace(/[?#].*$/,"")'
+    '.replace(/[^/]*$/,""):"";'
+).encode()
 CSS_NAME = "bundle.css"
 KEY_CHARS = 16
 # Runs in the page: adds each piece once (a registry on the document), in order.
@@ -150,7 +161,8 @@ def move_out_assets(
 
 
 def _to_move_out(match: re.Match[bytes], max_inline: int) -> tuple[str, bytes] | None:
-    """(content-hash name, bytes) of an inlined asset over ``max_inline``; else None."""
+    """(content-hash name, bytes) of an inlined asset over ``max_inline``; else None.
+    ``match``: of DATA_URL or JS_DATA_URL (the type and the base64 are groups 2 and 3)."""
     ext = ASSET_EXTENSION_OF.get(match.group(2).decode())
     try:
         data = base64.b64decode(match.group(3), validate=True)
@@ -159,6 +171,44 @@ def _to_move_out(match: re.Match[bytes], max_inline: int) -> tuple[str, bytes] |
     if ext is None or len(data) <= max_inline:
         return None
     return f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}", data
+
+
+def move_out_js_assets(
+    code: bytes, max_inline: int, version: str, store: Callable[[str, bytes], None]
+) -> tuple[bytes, dict[int, list[tuple[int, int]]]]:
+    """``code`` with each large image or font a module imports (esbuild's data: URL
+    string) stored and named relative to the bundle instead: the bundle's directory is
+    taken when it runs (a line put before it), as a string in the code would resolve
+    against the page. Also the edits made ({line: [(column, change in length)]}), for
+    its source map."""
+    edits: dict[int, list[tuple[int, int]]] = {}
+    parts: list[bytes] = []
+    at = 0
+    for match in JS_DATA_URL.finditer(code):
+        moved = _to_move_out(match, max_inline)
+        if moved is None:
+            continue
+        name, data = moved
+        store(name, data)
+        new = f'({JS_BASE_NAME}+"{asset_path(version, name)}")'.encode()
+        line = code.count(b"\n", 0, match.start())
+        column = match.start() - (code.rfind(b"\n", 0, match.start()) + 1)
+        edits.setdefault(line, []).append((column, len(new) - len(match.group(0))))
+        parts += [code[at : match.start()], new]
+        at = match.end()
+    if not edits:
+        return code, edits
+    edits.setdefault(0, []).insert(0, (-1, len(JS_BASE_LINE)))  # before everything
+    return JS_BASE_LINE + b"".join(parts) + code[at:], edits
+
+
+def shift_map(raw_map: bytes, edits: Mapping[int, Sequence[tuple[int, int]]]) -> bytes:
+    """A source map whose generated text was edited as ``edits`` say."""
+    if not edits:
+        return raw_map
+    source_map = json.loads(raw_map)
+    source_map["mappings"] = _shift_columns(source_map["mappings"], edits)
+    return json.dumps(source_map).encode()
 
 
 def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int, version: str) -> bytes:
@@ -173,11 +223,7 @@ def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int, version: str) -
         line = body.count(b"\n", 0, match.start())
         column = match.start() - (body.rfind(b"\n", 0, match.start()) + 1)
         edits.setdefault(line, []).append((column, replaced - len(match.group(0))))
-    if not edits:
-        return raw_map
-    source_map = json.loads(raw_map)
-    source_map["mappings"] = _shift_columns(source_map["mappings"], edits)
-    return json.dumps(source_map).encode()
+    return shift_map(raw_map, edits)
 
 
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

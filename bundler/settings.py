@@ -105,7 +105,7 @@ class Settings:
         "Global object under which bundles register their modules.", default="__bundlerModules"
     )
     asset_inline_max_bytes: int = _opt(
-        "Images and fonts a component's CSS points at are inlined as data: URLs up to this "
+        "Images and fonts a component's CSS or JavaScript points at are inlined as data: URLs up to this "
         "size; larger ones are served at /assets/<version>/<hash>.<ext> (immutable), named "
         "relative to the bundle.",
         default=8192,

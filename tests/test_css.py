@@ -89,6 +89,10 @@ def write_styled_version(root: Path) -> None:
         "components/photo.css": ".photo { width: 64px; height: 64px; background: url(./big.png); }\n",
         "components/photo.js": 'import "./photo.css";\n'
         "export function render() { return '<div class=\"photo\"></div>'; }\n",
+        "components/logo.js": 'import big from "./big.png";\n'
+        "export function render() {\n"
+        "  return '<img class=\"logo\" src=\"' + big + '\">';\n"
+        "}\n",
         "components/missing.css": ".m { background: url(./not-there.png); }\n",
         "components/missing.js": 'import "./missing.css";\nexport const m = 1;\n',
         "components/bitmap.css": ".b { background: url(./picture.bmp); }\n",
@@ -215,6 +219,7 @@ async def test_the_fallback_carries_the_css_of_its_modules(
     assert not {"components/missing", "components/bitmap", "components/unclosed"} & fallback.names
     styles = run_in_node(tmp_path, fallback.bundle.code, STYLES, FAKE_DOCUMENT)
     assert [t.split("{")[0] for _, t in styles] == [":root", ".badge", ".photo", ".tag"]
+    assert "components/logo" in fallback.names
 
 
 async def test_a_page_may_link_the_css_instead(styled: TestClient) -> None:
@@ -353,3 +358,30 @@ async def test_bundle_css_has_a_source_map_that_fits_it(styled: TestClient) -> N
     # Modules without CSS have no CSS map.
     none = await styled.get("/bundle.css.map?modules=components/plain&v=2.0.0")
     assert none.status == 404 and "import no CSS" in await none.text()
+
+
+async def test_a_large_image_imported_from_javascript_is_named_relative_to_the_bundle(
+    styled: TestClient, tmp_path: Path
+) -> None:
+    """The bundle takes its own directory when it runs (a URL string in the code would
+    resolve against the page); its source map still fits (columns shifted)."""
+    big = (tmp_path / "src" / "2.0.0" / "components" / "big.png").read_bytes()
+    name = f"{hashlib.sha256(big).hexdigest()[:32]}.png"
+    code = await bundle(styled, "components/logo")
+    assert b"data:image/png" not in code
+    page = FAKE_DOCUMENT + 'document.currentScript = {src: "https://cdn.example/js/bundle.js?q"};'
+    html = run_in_node(tmp_path, code, '__bundlerModules["components/logo"].render()', page)
+    assert html == f'<img class="logo" src="https://cdn.example/js/assets/2.0.0/{name}">'
+    assert (await styled.get(f"/assets/2.0.0/{name}")).status == 200
+    source_map = await (await styled.get("/bundle.js.map?modules=components/logo&v=2.0.0")).text()
+    needle = '\'<img class="logo" src="\''
+    text = code.decode()
+    assert needle in text
+    out = subprocess.run(
+        [NODE, "-e", MAP_LOOKUP, source_map, text, json.dumps([needle])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    source, line, _ = json.loads(out.stdout)[needle]
+    assert source.endswith("components/logo.js") and line == 2
