@@ -769,14 +769,17 @@ def _read_output(
         inputs = dict(meta["outputs"][_relative(outfile, source_root)]["inputs"])
     css_file = outfile.with_name(css.CSS_NAME)
     css_pieces: list[bytes] = []
+    css_edits: css.Edits = {}
     if css_file.exists():  # its modules import CSS: it travels inside the bundle
         css_output = meta.get("outputs", {}).get(_relative(css_file, source_root), {})
         css_from = css_output.get("inputs", {})
         inputs.update(css_from)
-        css_pieces = [
-            css.move_out_assets(piece, job.options.asset_inline_max_bytes, job.version, assets.put)
-            for piece in css.pieces(css_file.read_bytes(), css.css_inputs(css_from))
-        ]
+        css_pieces, css_edits = css.move_out_css(
+            css.pieces(css_file.read_bytes(), css.css_inputs(css_from)),
+            job.options.asset_inline_max_bytes,
+            job.version,
+            assets.put,
+        )
         # What the CSS points at (inlined, so in no output's inputs) is checked like an import.
         for name in list(css_from):
             for record in meta.get("inputs", {}).get(name, {}).get("imports", []):
@@ -791,15 +794,13 @@ def _read_output(
         for name in inputs
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
-    code, js_edits = css.move_out_js_assets(
+    code, js_edits = css.move_out_js(
         outfile.read_bytes(), job.options.asset_inline_max_bytes, job.version, assets.put
     )
     map_bytes = css_map = None
     if css_pieces and job.map_url and job.with_map:
         raw = _relative_sourcemap(outfile.with_name(css.CSS_NAME + ".map"), entry, source_root)
-        css_map = css.stylesheet_map(
-            css_file.read_bytes(), raw, job.options.asset_inline_max_bytes, job.version
-        )
+        css_map = css.shift_map(raw, css_edits)
     if css_pieces:  # after the last mapped line: the source map stays exact
         code = SOURCE_MAP_COMMENT.sub(b"", code).rstrip() + b"\n" + css.injector(css_pieces)
     if job.map_url:

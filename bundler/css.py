@@ -18,7 +18,7 @@ hash (``<data>/assets/<hash>.<ext>``, served at ``/assets/<version>/<hash>.<ext>
 immutable; a replica that has not stored it finds it in the version by its hash)
 and named relative to the bundle, so it works behind a CDN and a path prefix: the
 injector puts the bundle's own directory in front of it in the page, ``/bundle.css``
-names it relative to itself. A large file a module imports is moved out the same way:
+names it relative to itself (``url(assets/...)``). A large file a module imports is moved out the same way:
 a string in the code would resolve against the page, so the bundle takes its own
 directory when it runs (a line before its code) and the string is built from it; the
 bundle's source map is shifted to match.
@@ -62,11 +62,9 @@ ASSET_TYPES = {
 }
 ASSET_EXTENSION_OF = {mime: ext for ext, mime in ASSET_TYPES.items()}
 ASSET_NAME = re.compile(r"[0-9a-f]{32}\.(?:" + "|".join(ASSET_TYPES) + ")")
-# Where a moved-out asset's URL starts: the bundle's directory, filled in where it is used.
-BASE = b"BUNDLER_BASE/"
 # esbuild's data: URLs in CSS (binary types are base64; SVG text stays inline).
 DATA_URL = re.compile(rb'url\(("?)data:([a-z0-9.+/-]+);base64,([A-Za-z0-9+/=]+)\1\)')
-# ... and in JavaScript, where a module imports a file (a string; group 1 is empty).
+# ... and in JavaScript, where a module imports a file (a string; groups as DATA_URL's).
 JS_DATA_URL = re.compile(rb'()"data:([a-z0-9.+/-]+);base64,([A-Za-z0-9+/=]+)"')
 # The bundle's directory, taken when it runs, before its code (which names it).
 JS_BASE_NAME = "__bundlerAssetBase"
@@ -84,8 +82,14 @@ INJECTOR = (
     'p=document.currentScript,b=p&&p.src?p.src.replace(/[?#].*$/,"").replace(/[^/]*$/,""):"";'
     "for(var i=0;i<c.length;i+=2){{if(d[c[i]])continue;d[c[i]]=1;"
     'var s=document.createElement("style");s.setAttribute("data-bundler-css",c[i]);'
-    's.textContent=c[i+1].split("BUNDLER_BASE/").join(b);document.head.appendChild(s)}}}})({pieces});'
+    's.textContent=c[i+1].split("url(assets/").join("url("+b+"assets/");'
+    "document.head.appendChild(s)}}}})({pieces});"
 )
+
+
+def has_css(code: bytes) -> bool:
+    """Whether a bundle carries CSS (a substring search; nothing parsed)."""
+    return b"\n" + INJECTOR_HEAD in code
 
 
 def split_injected(code: bytes) -> tuple[bytes, bytes] | None:
@@ -143,87 +147,97 @@ def asset_path(version: str, name: str) -> str:
     return f"assets/{version}/{name}"
 
 
-def move_out_assets(
-    piece: bytes, max_inline: int, version: str, store: Callable[[str, bytes], None]
-) -> bytes:
-    """``piece`` with each inlined image or font over ``max_inline`` bytes stored (by
-    ``store``, under its content-hash name) and named relative to the bundle instead."""
-
-    def replace(match: re.Match[bytes]) -> bytes:
-        moved = _to_move_out(match, max_inline)
-        if moved is None:
-            return match.group(0)
-        name, data = moved
-        store(name, data)
-        return b"url(" + BASE + asset_path(version, name).encode() + b")"
-
-    return DATA_URL.sub(replace, piece)
+Edits = dict[int, list[tuple[int, int]]]  # line -> [(column, change in length)]
 
 
-def _to_move_out(match: re.Match[bytes], max_inline: int) -> tuple[str, bytes] | None:
-    """(content-hash name, bytes) of an inlined asset over ``max_inline``; else None.
-    ``match``: of DATA_URL or JS_DATA_URL (the type and the base64 are groups 2 and 3)."""
-    ext = ASSET_EXTENSION_OF.get(match.group(2).decode())
-    try:
-        data = base64.b64decode(match.group(3), validate=True)
-    except binascii.Error:
-        return None
-    if ext is None or len(data) <= max_inline:
-        return None
-    return f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}", data
+def move_out_css(
+    css_pieces: Sequence[bytes], max_inline: int, version: str, store: Callable[[str, bytes], None]
+) -> tuple[list[bytes], Edits]:
+    """The pieces with each inlined image or font over ``max_inline`` bytes stored (by
+    ``store``, under its content-hash name) and named relative to the bundle instead
+    (``url(assets/...)``: the injector puts the bundle's directory in front in the page);
+    also the edits, in the stylesheet the pieces make (for its source map)."""
+    moved: list[bytes] = []
+    spots: list[tuple[int, int]] = []
+    at = 0
+    for piece in css_pieces:
+        new, piece_spots = _move_out(
+            piece, DATA_URL, lambda path: b"url(" + path + b")", max_inline, version, store
+        )
+        moved.append(new)
+        spots += [(at + offset, change) for offset, change in piece_spots]
+        at += len(piece)
+    return moved, _by_line(b"".join(css_pieces), spots)
 
 
-def move_out_js_assets(
+def move_out_js(
     code: bytes, max_inline: int, version: str, store: Callable[[str, bytes], None]
-) -> tuple[bytes, dict[int, list[tuple[int, int]]]]:
+) -> tuple[bytes, Edits]:
     """``code`` with each large image or font a module imports (esbuild's data: URL
     string) stored and named relative to the bundle instead: the bundle's directory is
     taken when it runs (a line put before it), as a string in the code would resolve
-    against the page. Also the edits made ({line: [(column, change in length)]}), for
-    its source map."""
-    edits: dict[int, list[tuple[int, int]]] = {}
-    parts: list[bytes] = []
-    at = 0
-    for match in JS_DATA_URL.finditer(code):
-        moved = _to_move_out(match, max_inline)
-        if moved is None:
-            continue
-        name, data = moved
-        store(name, data)
-        new = f'({JS_BASE_NAME}+"{asset_path(version, name)}")'.encode()
-        line = code.count(b"\n", 0, match.start())
-        column = match.start() - (code.rfind(b"\n", 0, match.start()) + 1)
-        edits.setdefault(line, []).append((column, len(new) - len(match.group(0))))
-        parts += [code[at : match.start()], new]
-        at = match.end()
-    if not edits:
-        return code, edits
+    against the page. Also the edits made, for its source map."""
+    new, spots = _move_out(
+        code,
+        JS_DATA_URL,
+        lambda path: f'({JS_BASE_NAME}+"'.encode() + path + b'")',
+        max_inline,
+        version,
+        store,
+    )
+    if not spots:
+        return code, {}
+    edits = _by_line(code, spots)
     edits.setdefault(0, []).insert(0, (-1, len(JS_BASE_LINE)))  # before everything
-    return JS_BASE_LINE + b"".join(parts) + code[at:], edits
+    return JS_BASE_LINE + new, edits
 
 
-def shift_map(raw_map: bytes, edits: Mapping[int, Sequence[tuple[int, int]]]) -> bytes:
+def _move_out(
+    text: bytes,
+    pattern: re.Pattern[bytes],
+    rewrite: Callable[[bytes], bytes],
+    max_inline: int,
+    version: str,
+    store: Callable[[str, bytes], None],
+) -> tuple[bytes, list[tuple[int, int]]]:
+    """``text`` with each ``pattern`` match (an inlined asset) over ``max_inline`` stored
+    and replaced by ``rewrite(its path)``; also (offset in ``text``, change in length)."""
+    spots: list[tuple[int, int]] = []
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        ext = ASSET_EXTENSION_OF.get(match.group(2).decode())
+        try:
+            data = base64.b64decode(match.group(3), validate=True)
+        except binascii.Error:
+            return match.group(0)
+        if ext is None or len(data) <= max_inline:
+            return match.group(0)
+        name = f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}"
+        store(name, data)
+        new = rewrite(asset_path(version, name).encode())
+        spots.append((match.start(), len(new) - len(match.group(0))))
+        return new
+
+    return pattern.sub(replace, text), spots
+
+
+def _by_line(text: bytes, spots: Sequence[tuple[int, int]]) -> Edits:
+    """(offset, change) spots of ``text`` as a source map counts them: by line, column."""
+    edits: Edits = {}
+    for offset, change in spots:
+        line = text.count(b"\n", 0, offset)
+        column = offset - (text.rfind(b"\n", 0, offset) + 1)
+        edits.setdefault(line, []).append((column, change))
+    return edits
+
+
+def shift_map(raw_map: bytes, edits: Edits) -> bytes:
     """A source map whose generated text was edited as ``edits`` say."""
     if not edits:
         return raw_map
     source_map = json.loads(raw_map)
     source_map["mappings"] = _shift_columns(source_map["mappings"], edits)
     return json.dumps(source_map).encode()
-
-
-def stylesheet_map(body: bytes, raw_map: bytes, max_inline: int, version: str) -> bytes:
-    """esbuild's CSS map, made to fit the stylesheet /bundle.css serves: each large asset
-    moved out shortens its line, so the generated columns after it move left."""
-    edits: dict[int, list[tuple[int, int]]] = {}
-    for match in DATA_URL.finditer(_without_map_comment(body)):
-        moved = _to_move_out(match, max_inline)
-        if moved is None:
-            continue
-        replaced = len(f"url({asset_path(version, moved[0])})")
-        line = body.count(b"\n", 0, match.start())
-        column = match.start() - (body.rfind(b"\n", 0, match.start()) + 1)
-        edits.setdefault(line, []).append((column, replaced - len(match.group(0))))
-    return shift_map(raw_map, edits)
 
 
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

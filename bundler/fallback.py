@@ -426,8 +426,8 @@ class FallbackStore:
         self._loaded: LRUCache[str, Fallback] = LRUCache(maxsize=max_versions)
         self._failures: TTLCache[str, BundlerError] = TTLCache(maxsize=64, ttl=FAILURE_TTL_S)
         self.flight: SingleFlight[str, Fallback | None] = SingleFlight("fallback")
-        self._improving: dict[str, asyncio.Future[None]] = {}
         self._next_publish: dict[str, asyncio.Future[None]] = {}
+        self._partial: set[str] = set()  # versions whose first part is out, the rest coming
         self._background: set[asyncio.Task[None]] = set()
         self._recompressing: set[asyncio.Task[None]] = set()
         # version -> part ("first", "all") -> seconds from its first need to its use
@@ -477,7 +477,7 @@ class FallbackStore:
         async def early(build: FallbackBuild) -> None:
             nonlocal first_part
             first_part = self._publish(await asyncio.to_thread(build.fallback))
-            self._improving[version] = asyncio.get_running_loop().create_future()
+            self._partial.add(version)
             self._log_ready(first_part, time.perf_counter() - started, built=True, first_part=True)
 
         try:
@@ -520,10 +520,10 @@ class FallbackStore:
             )
             return None
         finally:
-            for waiting in (self._improving, self._next_publish):
-                future = waiting.pop(version, None)
-                if future is not None and not future.done():
-                    future.set_result(None)
+            self._partial.discard(version)
+            waiting = self._next_publish.pop(version, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
         fallback = published or self._publish(await asyncio.to_thread(build.fallback))
         recompress = asyncio.create_task(self._recompress(build, fallback))
         self._recompressing.add(recompress)
@@ -540,9 +540,10 @@ class FallbackStore:
         return future
 
     def improving(self, version: str) -> asyncio.Future[None] | None:
-        """Done when the version's fallback, served in a first part now, is complete:
-        a page its first part does not cover may find itself in the rest."""
-        return self._improving.get(version)
+        """Done when the version's fallback, served in a first part now, is complete (its
+        next publication, or the build's end): a page its first part does not cover may
+        find itself in the rest. None when no rest is coming."""
+        return self.published(version) if version in self._partial else None
 
     def _publish(self, fallback: Fallback) -> Fallback:
         self._failures.pop(fallback.version, None)

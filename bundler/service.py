@@ -111,8 +111,8 @@ def _derive(bundle: Bundle, kind: str, map_url: str | None) -> Bundle:
         code = b""
     elif kind == "js":
         code = split[0]
-    else:  # a stylesheet names its moved-out assets relative to itself
-        code = split[1].replace(css.BASE, b"")
+    else:  # it names its moved-out assets relative to itself already
+        code = split[1]
         if map_url:
             code += f"/*# sourceMappingURL={map_url} */\n".encode()
     return Bundle.create(f"{bundle.key}:{kind}", code, etag_prefix=bundle.etag_prefix)
@@ -545,7 +545,7 @@ class BundleService:
         """The source map of the tailored bundle's CSS, as /bundle.css serves it: made by
         the same second run as the bundle's own map."""
         bundle = await self.built(spec)
-        if css.split_injected(bundle.code) is None:
+        if not css.has_css(bundle.code):
             raise NotFound(f"the modules of {spec.query} import no CSS: there is no CSS map")
         key = spec.key + CSS_MAP_SUFFIX
         cached = self.maps.get(key)

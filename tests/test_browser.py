@@ -166,6 +166,18 @@ async def test_requirejs_page_gets_its_modules_through_define(
     assert problems == []
 
 
+async def page_site(aiohttp_server: Any, html: str) -> str:
+    """A page on an origin of its own (as a customer's site is); its URL."""
+    site = web.Application()
+
+    async def page_handler(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    site.router.add_get("/page.html", page_handler)
+    server = await aiohttp_server(site)
+    return f"http://127.0.0.1:{server.port}/page.html"
+
+
 STYLED_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>styled components</title>
 <link rel="icon" href="data:,"></head>
@@ -215,17 +227,8 @@ async def test_components_bring_their_css_and_images_in_the_bundle(
     if answered == "fallback":
         assert await app[SERVICE].fallbacks.get("2.0.0") is not None
     service = f"http://127.0.0.1:{server.port}"
-    site = web.Application()
-    html = STYLED_PAGE.format(service=service)
-
-    async def page_handler(request: web.Request) -> web.Response:
-        return web.Response(text=html, content_type="text/html")
-
-    site.router.add_get("/styled.html", page_handler)
-    site_server = await aiohttp_server(site)
-    page, problems = await open_page(
-        browser, f"http://127.0.0.1:{site_server.port}/styled.html", f"styled-{answered}"
-    )
+    site = await page_site(aiohttp_server, STYLED_PAGE.format(service=service))
+    page, problems = await open_page(browser, site, f"styled-{answered}")
     assert await page.locator("#bundle-note").get_attribute("data-mode") == ",".join([answered] * 4)
     style = await page.evaluate(
         "(() => { const s = getComputedStyle(document.querySelector('.badge'));"
@@ -285,17 +288,8 @@ async def test_a_page_may_link_the_css_and_turn_the_injection_off(
     write_styled_version(source / "2.0.0")
     server = await aiohttp_server(create_app(make_settings(source=str(source))))
     service = f"http://127.0.0.1:{server.port}"
-    site = web.Application()
-    html = LINKED_PAGE.format(service=service)
-
-    async def page_handler(request: web.Request) -> web.Response:
-        return web.Response(text=html, content_type="text/html")
-
-    site.router.add_get("/linked.html", page_handler)
-    site_server = await aiohttp_server(site)
-    page, problems = await open_page(
-        browser, f"http://127.0.0.1:{site_server.port}/linked.html", "styled-linked"
-    )
+    site = await page_site(aiohttp_server, LINKED_PAGE.format(service=service))
+    page, problems = await open_page(browser, site, "styled-linked")
     assert await page.locator("#bundle-note").get_attribute("data-mode") == "linked-tailored"
     assert await page.evaluate("getComputedStyle(document.querySelector('.badge')).color") == (
         ACCENT
