@@ -674,6 +674,9 @@ class Builder:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "GOMAXPROCS": str(threads),
             "NO_COLOR": "1",
+            # A name the package publishes (the entry imports it as is) resolves through
+            # the version's link to itself (extract.link_self), as in an application.
+            "NODE_PATH": str(cwd / "node_modules"),
         }
         proc = await asyncio.create_subprocess_exec(
             *cmd,
@@ -731,6 +734,16 @@ class Builder:
         )
         if unknown:
             return UnknownModule(job.version, unknown)
+        missing = missing_packages(sanitize(stderr, source_root, workdir))
+        if missing:
+            logger.warning("build failed", extra={"key": job.key, "bundle": job.label})
+            return BuildFailed(
+                f"version {job.version} cannot be built: "
+                + "; ".join(f"{where} imports {spec!r}" for spec, where in missing.items())
+                + f", which {'is' if len(missing) == 1 else 'are'} not installed with it. "
+                "A package that a module imports must be one of the published package's "
+                '"dependencies" (not a devDependency), so that it is installed with it'
+            )
         message = sanitize(stderr, source_root, workdir)
         logger.warning("build failed", extra={"key": job.key, "bundle": job.label})
         return BuildFailed(f"esbuild could not build version {job.version}:\n{message}")
@@ -884,6 +897,19 @@ def _redact_outside(report: str) -> str:
         else:
             kept.append(message)
     return "".join(kept)
+
+
+def missing_packages(report: str) -> dict[str, str]:
+    """{package specifier: the file importing it} for each bare import esbuild could not
+    resolve in a (sanitized) report: a dependency that is not installed."""
+    missing: dict[str, str] = {}
+    for message in MESSAGE_START.split(report):
+        match = UNRESOLVED.search(message)
+        if match is None or match.group(1).startswith((".", "/")):
+            continue
+        location = LOCATION.search(message)
+        missing.setdefault(match.group(1), location.group(1) if location else "a module")
+    return missing
 
 
 def sanitize(report: str, source_root: Path, workdir: Path) -> str:

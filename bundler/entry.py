@@ -18,6 +18,8 @@ from pathlib import Path
 
 # (name the page asks for, path under the source root that esbuild resolves)
 Registration = tuple[str, str]
+# A registration whose path starts so is a package specifier esbuild resolves itself.
+PACKAGE_PREFIX = "npm:"
 
 
 def entry_source(
@@ -36,7 +38,7 @@ def entry_source(
         if path not in variables:
             variables[path] = f"m{len(variables)}"
             lines.append(
-                f"import * as {variables[path]} from {json.dumps(str(source_root / path))};"
+                f"import * as {variables[path]} from {json.dumps(specifier(path, source_root))};"
             )
     pairs = ", ".join(f"[{json.dumps(name)}, {variables[path]}]" for name, path in registrations)
     registry = json.dumps(registry_name)
@@ -56,8 +58,16 @@ def entry_source(
     return "\n".join(lines) + "\n"
 
 
+def specifier(path: str, source_root: Path) -> str:
+    """What the entry imports: the file's absolute path, or a published name as is (esbuild
+    resolves it through the version's node_modules, as an application would)."""
+    if path.startswith(PACKAGE_PREFIX):
+        return path.removeprefix(PACKAGE_PREFIX)
+    return str(source_root / path)
+
+
 def names_for_specifier(
-    specifier: str, registrations: Sequence[Registration], source_root: Path
+    specifier_: str, registrations: Sequence[Registration], source_root: Path
 ) -> list[str]:
     """Which registered names an esbuild 'Could not resolve' specifier stands for."""
-    return [name for name, path in registrations if specifier == str(source_root / path)]
+    return [name for name, path in registrations if specifier_ == specifier(path, source_root)]

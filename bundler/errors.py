@@ -37,10 +37,10 @@ class NotFound(BundlerError):
 class UnknownModule(BundlerError):
     status = 404
 
-    def __init__(self, version: str, modules: list[str]) -> None:
+    def __init__(self, version: str, modules: list[str], hint: str = "") -> None:
         names = ", ".join(modules)
         noun = "module" if len(modules) == 1 else "modules"
-        super().__init__(f"unknown {noun} in version {version}: {names}")
+        super().__init__(f"unknown {noun} in version {version}: {names}{hint}")
         self.modules = modules
 
 

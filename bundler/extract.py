@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from typing import IO, Any
 from bundler.errors import DISK_ERRNOS, SourceUnavailable
 from bundler.fallback_plan import candidates_from, read_package_json
 from bundler.fsutil import fsync_dir
+from bundler.npm import valid_package_name
 from bundler.resolve import DECLARATION_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -141,12 +142,23 @@ class WorkDir:
         _write_facts(content, _extract(tarball, content, limits), self.path / FACTS)
         return self._finish()
 
-    async def install_async(self, tarball: Path, limits: ExtractLimits, timeout_s: float) -> Path:
+    async def install_async(
+        self,
+        tarball: Path,
+        limits: ExtractLimits,
+        timeout_s: float,
+        dependencies: Callable[[Path], Awaitable[None]] | None = None,
+    ) -> Path:
         """``install`` with the extraction in a child process: a package of thousands of
-        files costs seconds of Python, which must not hold the GIL the event loop needs."""
+        files costs seconds of Python, which must not hold the GIL the event loop needs.
+        ``dependencies`` installs what the unpacked package needs into its node_modules
+        (an npm source) before the version is complete."""
         content = await asyncio.to_thread(self._content)
         await _extract_in_child(tarball, content, limits, timeout_s)
-        return await asyncio.to_thread(self._finish)
+        root = await asyncio.to_thread(self._stage)
+        if dependencies is not None:
+            await dependencies(root)
+        return await asyncio.to_thread(self._publish)
 
     def _content(self) -> Path:
         content = self.path / "content"
@@ -154,11 +166,21 @@ class WorkDir:
         return content
 
     def _finish(self) -> Path:
+        self._stage()
+        return self._publish()
+
+    def _stage(self) -> Path:
+        """The unpacked package moved to its place in the version; returns its root."""
         version_dir = self.path / "version"
         version_dir.mkdir()
         os.rename(_strip_single_top_folder(self.path / "content"), version_dir / SRC)
         if (self.path / FACTS).exists():
             os.rename(self.path / FACTS, version_dir / FACTS)
+        return version_dir / SRC
+
+    def _publish(self) -> Path:
+        version_dir = self.path / "version"
+        link_self(version_dir / SRC)
         (version_dir / COMPLETE).write_text(self.version + "\n")
         fsync_dir(version_dir)
         sources_dir = self.sources_dir
@@ -172,6 +194,22 @@ class WorkDir:
             os.rename(version_dir, target)
             fsync_dir(sources_dir)
             return target / SRC
+
+
+def link_self(root: Path) -> str | None:
+    """``node_modules/<its name>`` -> the package itself, so that its modules importing it
+    by name (``preact/compat`` imports ``preact``) resolve to it, through its
+    ``exports`` and ``browser`` fields, as they would in an application that depends on
+    it; and so that a page may ask for the package by name. Returns the name linked."""
+    name = read_package_json(root).get("name")
+    if not isinstance(name, str) or not valid_package_name(name):
+        return None
+    link = root / "node_modules" / name
+    if os.path.lexists(link):
+        return name if link.is_symlink() else None  # the package ships its own copy
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink("/".join([".."] * (name.count("/") + 1)), link)
+    return name
 
 
 async def _extract_in_child(

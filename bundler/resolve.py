@@ -7,18 +7,26 @@ directory; where several match, esbuild's own precedence decides (a file before
 a directory, ``.tsx`` before ``.ts`` before ``.jsx`` before ``.js``). Declaration
 files, JSON, CSS, text files, a wrong-case name and anything whose real path
 leaves the version (a symlink out) are no module: the request gets a 404 before
-esbuild runs, and esbuild is then given the exact file, never a guess.
+esbuild runs, and esbuild is then given the exact file, never a guess. Where the
+package's ``browser`` field swaps that file for another, the other is given.
+
+A name may also be what the package publishes under its own name: the package
+itself (``preact``) or a subpath of its ``exports`` map (``preact/hooks``); esbuild
+then resolves it as an application importing it would, with browser conditions and
+the ``browser`` field (through the version's ``node_modules/<name>`` link to itself).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from cachetools import LRUCache
 
-from bundler.entry import Registration
+from bundler.entry import PACKAGE_PREFIX, Registration
 from bundler.errors import UnknownModule
 
 # esbuild's default resolve order: the first existing file wins for an extensionless name.
@@ -27,6 +35,8 @@ OTHER_EXTENSIONS = (".mjs", ".cjs", ".mts", ".cts")
 MODULE_EXTENSIONS = RESOLVE_EXTENSIONS + OTHER_EXTENSIONS
 # TypeScript declaration files hold types only: never a browser module.
 DECLARATION_SUFFIXES = (".d.ts", ".d.mts", ".d.cts", ".d.tsx")
+# Most published names a 404 lists.
+MAX_LISTED = 25
 
 
 def is_module_file(path: str) -> bool:
@@ -50,7 +60,7 @@ _found: LRUCache[tuple[str, str], str] = LRUCache(maxsize=65536)
 def _find(root: str, name: str) -> str | None:
     real_root = os.path.realpath(root)
     for candidate in _candidates(name):
-        if not is_module_file(candidate):
+        if not is_module_file(candidate) or candidate.startswith(PACKAGE_PREFIX):
             continue  # "x.d" + ".ts": a declaration file
         path = os.path.join(root, candidate)
         if os.path.isfile(path):
@@ -62,20 +72,111 @@ def _find(root: str, name: str) -> str | None:
 
 
 def resolve_module(root: Path, name: str) -> str | None:
-    """The path under ``root`` that ``name`` stands for, or None."""
+    """The path under ``root`` that ``name`` stands for (a ``PACKAGE_PREFIX`` specifier
+    for a published name), or None."""
     key = (str(root), name)
     path = _found.get(key)
     if path is None:
         path = _find(*key)
+        if path is not None and not path.startswith(PACKAGE_PREFIX):
+            package = _package(root)
+            path = _browser_swap(root, package, path) if package else path
+        if path is None:
+            path = _published(root, name)
         if path is not None:
             _found[key] = path
     return path
 
 
 def resolve_modules(root: Path, version: str, names: Sequence[str]) -> tuple[Registration, ...]:
-    """(name, file) for each requested name; UnknownModule names every one that is not."""
+    """(name, file) for each requested name; UnknownModule names every one that is not,
+    and says what the package publishes by name."""
     found = [(name, resolve_module(root, name)) for name in names]
     missing = [name for name, path in found if path is None]
     if missing:
-        raise UnknownModule(version, missing)
+        raise UnknownModule(version, missing, published_hint(root))
     return tuple((name, path) for name, path in found if path is not None)
+
+
+def _package(root: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((root / "package.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _browser_swap(root: Path, package: dict[str, Any], path: str) -> str | None:
+    """The file the package's ``browser`` map puts in ``path``'s place (None: false, the
+    file is Node-only)."""
+    browser = package.get("browser")
+    if not isinstance(browser, dict):
+        return path
+    stem = os.path.splitext(path)[0]
+    for key, target in browser.items():
+        if not isinstance(key, str) or not key.startswith("."):
+            continue  # a package it replaces, not a file of its own
+        if os.path.normpath(key) not in (path, stem):
+            continue
+        if target is False:
+            return None
+        if isinstance(target, str) and target.startswith("."):
+            swapped = _find(str(root), os.path.normpath(target))
+            return swapped if swapped is not None else path
+    return path
+
+
+def _exports_subpaths(exports: Any) -> list[str] | None:
+    """The subpaths (".", "./hooks", "./locale/*") an exports map publishes; None: no map."""
+    if exports is None:
+        return None
+    if isinstance(exports, dict) and any(str(k).startswith(".") for k in exports):
+        return [k for k, v in exports.items() if k.startswith(".") and v is not None]
+    return ["."]  # a string, an array or conditions: the package itself only
+
+
+def _subpath_published(subpath: str, published: list[str]) -> bool:
+    for key in published:
+        if key == subpath:
+            return True
+        if key.count("*") == 1:
+            prefix, suffix = key.split("*")
+            if (
+                subpath.startswith(prefix)
+                and subpath.endswith(suffix)
+                and len(subpath) > len(prefix) + len(suffix)
+            ):
+                return True
+    return False
+
+
+def _published(root: Path, name: str) -> str | None:
+    """``PACKAGE_PREFIX + name`` when ``name`` is the package or one of its published
+    subpaths, and the version links itself (extract.link_self)."""
+    package = _package(root)
+    own = package.get("name")
+    if not isinstance(own, str) or not (name == own or name.startswith(own + "/")):
+        return None
+    if not (root / "node_modules" / own).is_symlink():
+        return None
+    subpath = "." + name[len(own) :]
+    published = _exports_subpaths(package.get("exports"))
+    if published is None:  # no exports map: the package and any module file by path
+        if subpath == "." or resolve_module(root, subpath[2:]) is not None:
+            return PACKAGE_PREFIX + name
+        return None
+    if subpath.endswith("/package.json") or not _subpath_published(subpath, published):
+        return None
+    return PACKAGE_PREFIX + name
+
+
+def published_hint(root: Path) -> str:
+    """What a 404 adds: the names the package publishes (none for a source without a name)."""
+    package = _package(root)
+    own = package.get("name")
+    if not isinstance(own, str) or not (root / "node_modules" / own).is_symlink():
+        return ""
+    published = _exports_subpaths(package.get("exports")) or ["."]
+    names = [own + key[1:] for key in published if not key.endswith("package.json")]
+    listed = ", ".join(names[:MAX_LISTED]) + (", ..." if len(names) > MAX_LISTED else "")
+    return f"; {own} publishes {listed}, and its module files by path (e.g. dist/index.js)"

@@ -61,8 +61,14 @@ class Settings:
     port: int = _opt("TCP port to listen on.", default=8080)
     source: str = _opt(
         "Where version sources come from: a directory with one subdirectory per version, "
-        "or an http(s) URL template of version tarballs containing {version}.",
+        "an http(s) URL template of version tarballs containing {version}, or npm:NAME "
+        "(an npm package, installed with its dependencies by the npm client).",
         default_factory=default_source,
+    )
+    npm_registry: str = _opt(
+        "npm sources: the registry URL (default: the npm client's own configuration, "
+        ".npmrc and its auth included).",
+        default="",
     )
     source_checksum: str = _opt(
         "Tarball sources: 'none', 'published' ({url}.sha256 must match) or "
@@ -70,7 +76,8 @@ class Settings:
         default="none",
     )
     source_download_timeout_s: float = _opt(
-        "Deadline of one version pull, retries included.", default=60.0
+        "Deadline of one version pull (download or npm install), retries included.",
+        default=60.0,
     )
     source_max_download_bytes: int = _opt("Largest tarball accepted.", default=100 * 1024 * 1024)
     source_retries: int = _opt("Retries of a download on connection errors and 5xx.", default=3)

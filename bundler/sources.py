@@ -18,15 +18,15 @@ import collections
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from cachetools import TTLCache
 
-from bundler import extract
+from bundler import extract, npm
 from bundler.download import DownloadPolicy, download, parse_checksum_setting
 from bundler.errors import (
     DISK_ERRNOS,
@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 # Versions whose failed pull is remembered at once (each for source_failure_ttl_s).
 MAX_REMEMBERED_FAILURES = 256
 TARBALL_NAME = "download.tar"
+NPM_PREFIX = "npm:"
+NPM_CACHE_DIR = "npm-cache"  # under the data dir: npm's own cache of packuments and tarballs
+# How long the registry's version list is reused by /versions.
+VERSIONS_TTL_S = 60.0
 
 
 def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -63,6 +67,7 @@ class SourceStore(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     def fail_waiters(self, error: BaseException) -> int: ...
+    async def versions(self) -> list[str]: ...
 
 
 class DirectorySource:
@@ -90,6 +95,10 @@ class DirectorySource:
 
     def describe(self) -> str:
         return f"directory {self.root}"
+
+    async def versions(self) -> list[str]:
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return sorted(names, key=version_sort_key)
 
     def pin(self, version: str) -> None:
         pass  # nothing is ever removed from a source directory
@@ -183,17 +192,44 @@ class TarballSource:
             raise failure
         return await self.flight.do(version, lambda: self._pull(version))
 
-    async def _pull(self, version: str) -> Path:
+    def _url(self, version: str) -> str:
+        return self.url_template.replace("{version}", version)
+
+    async def _fetch(self, version: str, workdir: Path) -> Path:
+        """The version's tarball, in ``workdir``."""
         assert self._session is not None, "start() was not awaited"
-        url = self.url_template.replace("{version}", version)
+        tarball = workdir / TARBALL_NAME
+        await download(self._session, self._url(version), version, tarball, self.policy)
+        return tarball
+
+    def _dependencies(
+        self, version: str, deadline: float
+    ) -> Callable[[Path], Awaitable[None]] | None:
+        return None  # a tarball is self-contained
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return max(0.1, deadline - asyncio.get_running_loop().time())
+
+    async def versions(self) -> list[str]:
+        """What can be served: an artifact server cannot be listed, so what is installed."""
+        return sorted(self.installed(), key=version_sort_key)
+
+    async def _pull(self, version: str) -> Path:
+        url = self._url(version)
         started = time.perf_counter()
         work: extract.WorkDir | None = None
         try:
             try:
                 work = await asyncio.to_thread(extract.WorkDir, self.sources_dir, version)
-                tarball = work.path / TARBALL_NAME
-                await download(self._session, url, version, tarball, self.policy)
-                root = await work.install_async(tarball, self.limits, self.policy.timeout_s)
+                deadline = asyncio.get_running_loop().time() + self.policy.timeout_s
+                tarball = await self._fetch(version, work.path)
+                root = await work.install_async(
+                    tarball,
+                    self.limits,
+                    self._left(deadline),
+                    self._dependencies(version, deadline),
+                )
             except OSError as exc:
                 if exc.errno not in DISK_ERRNOS:
                     raise
@@ -254,8 +290,49 @@ class TarballSource:
         return removed
 
 
+class NpmSource(TarballSource):
+    """``npm:NAME``: each version fetched by the npm client (``npm pack``), unpacked like a
+    tarball, and its production dependencies installed into its own node_modules."""
+
+    def __init__(
+        self, package: str, client: npm.NpmClient, caps: npm.InstallCaps, **kwargs: Any
+    ) -> None:
+        super().__init__(f"npm:{package}@{{version}}", **kwargs)
+        self.package = package
+        self.client = client
+        self.caps = caps
+        self._listed: TTLCache[str, list[str]] = TTLCache(maxsize=1, ttl=VERSIONS_TTL_S)
+        self._listing: SingleFlight[str, list[str]] = SingleFlight("npm view")
+
+    def describe(self) -> str:
+        return f"npm package {self.package}"
+
+    async def _fetch(self, version: str, workdir: Path) -> Path:
+        return await self.client.pack(self.package, version, workdir, self.policy.timeout_s)
+
+    def _dependencies(
+        self, version: str, deadline: float
+    ) -> Callable[[Path], Awaitable[None]] | None:
+        async def install(root: Path) -> None:
+            await self.client.install(root, self.caps, self._left(deadline), version)
+
+        return install
+
+    async def versions(self) -> list[str]:
+        """What the registry offers (asked at most every VERSIONS_TTL_S)."""
+        listed = self._listed.get(self.package)
+        if listed is None:
+            listed = await self._listing.do(
+                self.package, lambda: self.client.versions(self.package, self.policy.timeout_s)
+            )
+            self._listed[self.package] = listed
+        return sorted(listed, key=version_sort_key)
+
+
 def open_source(settings: Settings) -> SourceStore:
     spec = settings.source
+    if spec.startswith(NPM_PREFIX):
+        return _open_npm(settings, spec.removeprefix(NPM_PREFIX))
     if "://" not in spec:
         return DirectorySource(Path(spec))
     if not spec.startswith(("http://", "https://")) or "{version}" not in spec:
@@ -267,21 +344,38 @@ def open_source(settings: Settings) -> SourceStore:
         checksum = parse_checksum_setting(settings.source_checksum)
     except ValueError as exc:
         raise ConfigError(f"source_checksum: {exc}") from None
-    return TarballSource(
-        spec,
-        Path(settings.data_dir).resolve(),
-        policy=DownloadPolicy(
+    return TarballSource(spec, **_pull_settings(settings, checksum))
+
+
+def _pull_settings(settings: Settings, checksum: str | dict[str, str] = "none") -> dict[str, Any]:
+    return {
+        "data_dir": Path(settings.data_dir).resolve(),
+        "policy": DownloadPolicy(
             max_bytes=settings.source_max_download_bytes,
             timeout_s=settings.source_download_timeout_s,
             retries=settings.source_retries,
             backoff_s=settings.source_retry_backoff_s,
             checksum=checksum,
         ),
-        limits=extract.ExtractLimits(
+        "limits": extract.ExtractLimits(
             max_members=settings.extract_max_members,
             max_file_bytes=settings.extract_max_file_bytes,
             max_total_bytes=settings.extract_max_total_bytes,
         ),
-        failure_ttl_s=settings.source_failure_ttl_s,
-        keep_versions=settings.source_keep_versions,
-    )
+        "failure_ttl_s": settings.source_failure_ttl_s,
+        "keep_versions": settings.source_keep_versions,
+    }
+
+
+def _open_npm(settings: Settings, package: str) -> NpmSource:
+    if not npm.valid_package_name(package):
+        raise ConfigError(
+            f"source {settings.source!r}: {package!r} is not an npm package name "
+            "(npm:NAME or npm:@scope/NAME)"
+        )
+    if settings.source_checksum != "none":
+        raise ConfigError("source_checksum applies to tarball URLs; npm checks its own integrity")
+    pull = _pull_settings(settings)
+    client = npm.NpmClient(pull["data_dir"] / NPM_CACHE_DIR, settings.npm_registry)
+    caps = npm.InstallCaps(settings.extract_max_members, settings.extract_max_total_bytes)
+    return NpmSource(package, client, caps, **pull)
