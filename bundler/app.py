@@ -244,6 +244,17 @@ async def handle_combos(request: web.Request) -> web.Response:
     )
 
 
+async def handle_versions(request: web.Request) -> web.Response:
+    """The versions the source offers (an npm registry's list, a directory's subdirectories,
+    or what a tarball source has pulled), and the default one."""
+    single_params(request, set(), "/versions with no parameters")
+    service = request.app[SERVICE]
+    return web.json_response(
+        {"default": service.default_version, "versions": await service.source.versions()},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 async def handle_warm(request: web.Request) -> web.Response:
     """Build one combination for the warm-up: JSON {"version": V, "modules": [..]}.
 
@@ -416,6 +427,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/fallback.js.map", handle_fallback_map)
     app.router.add_get("/fallback.json", handle_fallback_info)
     app.router.add_get("/combos", handle_combos)
+    app.router.add_get("/versions", handle_versions)
     app.router.add_post("/warm", handle_warm)
     app.router.add_get(
         "/",

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import fcntl
 import gzip
@@ -27,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tarfile
 import tempfile
@@ -38,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from bundler.children import die_with_parent
 from bundler.errors import DISK_ERRNOS, SourceUnavailable
 from bundler.fallback_plan import candidates_from, read_package_json
 from bundler.fsutil import fsync_dir
@@ -56,7 +54,6 @@ CHUNK_BYTES = 64 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 # tar pads archives to a 10 KiB record; anything much beyond that is not padding.
 MAX_TRAILING_BYTES = 1024 * 1024
-PR_SET_PDEATHSIG = 1  # prctl(2)
 # Never part of a browser bundle, and often half of a TypeScript package's files: a
 # file create costs 20-500 us on the disks seen, so a 5,300-file package spends
 # seconds of its pull on declaration files nobody reads.
@@ -251,21 +248,11 @@ async def _extract_in_child(
     raise kind(str(report.get("message", "the source tarball could not be extracted")))
 
 
-def _die_with_parent() -> None:
-    """A service killed with -9 must not leave its extraction writing on (Linux)."""
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the request took effect
-        sys.exit(1)
-
-
 def main(argv: list[str]) -> int:
     """``python -m bundler.extract TARBALL DEST LIMITS_JSON``: one extraction; a refusal
     is printed as JSON ({"unsafe": bool, "message": str}) with exit status 1."""
     tarball, dest, limits = argv
-    _die_with_parent()
+    die_with_parent()
     try:
         records = _extract(Path(tarball), Path(dest), ExtractLimits(**json.loads(limits)))
         _write_facts(Path(dest), records, Path(dest).parent / FACTS)

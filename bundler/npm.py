@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundler.children import die_with_parent
 from bundler.errors import ConfigError, SourceUnavailable, VersionNotFound
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,11 @@ def one_line(output: str) -> str:
         ln.removeprefix("npm error ").removeprefix("npm ERR! ").strip()
         for ln in output.splitlines()
     ]
-    useful = [ln for ln in lines if ln and not ln.startswith(("code ", "A complete log", "errno "))]
+    useful = [
+        ln
+        for ln in lines
+        if ln and not ln.startswith(("code ", "A complete log", "errno ", "path "))
+    ]
     text = URL.sub("<registry>", useful[0] if useful else "npm failed without a message")
     return re.sub(r"(?<![\w.])/\S+", "<path>", text)[:MAX_REASON_CHARS]
 
@@ -168,6 +173,7 @@ class NpmClient:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group, killed whole
+            preexec_fn=die_with_parent,
         )
         watcher = None
         if watch is not None:

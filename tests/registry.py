@@ -98,7 +98,8 @@ class StaticRegistry:
             "dist": {
                 "tarball": f"{{registry}}/-/{filename}",
                 "shasum": hashlib.sha1(tarball).hexdigest(),
-                "integrity": "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode(),
+                "integrity": "sha512-"
+                + base64.b64encode(hashlib.sha512(tarball).digest()).decode(),
             },
         }
         doc["dist-tags"]["latest"] = version

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bundler import extract, npm, sources
 from bundler.app import create_app
 from bundler.settings import Settings
 from tests.conftest import run_in_node
+from tests.packages import npm_tarball
 from tests.registry import StaticRegistry
-from tests.tarballs import make_tarball
+from tests.tarballs import ArtifactServer, make_tarball
 
 LIB = "@acme/components"
 LIT = ("lit", "3.2.1")
@@ -25,7 +27,7 @@ PREACT = ("preact", "10.24.3")
 
 
 def marker_script(marker: Path) -> str:
-    return f"node -e \"require('fs').writeFileSync({json.dumps(str(marker))}, 'ran')\""
+    return f"node -e \"require('fs').writeFileSync(process.argv[1], 'ran')\" {marker}"
 
 
 def library(version: str, markers: Path, **extra: Any) -> bytes:
@@ -35,6 +37,8 @@ def library(version: str, markers: Path, **extra: Any) -> bytes:
         "version": version,
         "type": "module",
         "exports": {".": "./index.js", "./components/*": "./components/*.js"},
+        # The Node build of a module, swapped for its browser build where a browser loads it.
+        "browser": {"./components/encode.js": "./components/encode-browser.js"},
         "dependencies": {"lit": "^3.2.1", "d3-scale": "^4.0.2", "@acme/evil-dep": "1.0.0"},
         "devDependencies": {"left-pad": "1.3.0"},
         "scripts": {
@@ -62,6 +66,10 @@ def library(version: str, markers: Path, **extra: Any) -> bytes:
             ),
             "components/self.js": b'import { name } from "@acme/components";\nexport const me = name + "!";\n',
             "components/pad.js": b'import leftPad from "left-pad";\nexport const pad = leftPad;\n',
+            "components/encode.js": (
+                b'export const encode = (s) => Buffer.from(s).toString("base64");\n'
+            ),
+            "components/encode-browser.js": b"export const encode = (s) => btoa(s);\n",
         }
     )
 
@@ -87,6 +95,7 @@ async def registry(tmp_path: Path, aiohttp_server: Any) -> StaticRegistry:
     markers.mkdir()
     registry.publish(evil_dependency(markers))
     registry.publish(library("1.0.0", markers))
+    registry.markers = markers  # type: ignore[attr-defined]
     registry.publish(library("1.1.0", markers))
     server = await aiohttp_server(registry.app())
     registry.url = str(server.make_url("")).rstrip("/")
@@ -127,3 +136,202 @@ async def test_a_library_with_dependencies_bundles_and_runs(
         "globalThis.__bundlerModules['index'].name]",
     )
     assert result == [50, "acme"]
+
+
+async def test_install_scripts_never_run(
+    aiohttp_client: Any, npm_settings: Callable[..., Settings], registry: StaticRegistry
+) -> None:
+    markers: Path = registry.markers  # type: ignore[attr-defined]
+    client = await npm_client(aiohttp_client, npm_settings())
+    resp = await client.get("/bundle.js?modules=index&v=1.0.0")
+    assert resp.status == 200, await resp.text()
+    assert list(markers.iterdir()) == []
+
+
+async def test_the_naive_install_would_run_them(
+    npm_settings: Callable[..., Settings],
+    registry: StaticRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Control: the same install without --ignore-scripts runs the package's own scripts
+    and its dependency's."""
+    markers: Path = registry.markers  # type: ignore[attr-defined]
+    flags = tuple(f for f in npm.COMMON_FLAGS if f != "--ignore-scripts")
+    monkeypatch.setattr(npm, "COMMON_FLAGS", flags)
+    monkeypatch.setattr(
+        npm, "_production_part", lambda m: {k: v for k, v in m.items() if k != "devDependencies"}
+    )
+    source = sources.open_source(npm_settings())
+    assert isinstance(source, sources.NpmSource)
+    await source.start()
+    try:
+        await source.checkout("1.0.0")
+    finally:
+        await source.close()
+    assert {p.name for p in markers.iterdir()} >= {"lib-preinstall", "dep-postinstall"}
+
+
+async def test_a_module_importing_itself_by_name_bundles(
+    aiohttp_client: Any, npm_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    client = await npm_client(aiohttp_client, npm_settings())
+    resp = await client.get("/bundle.js?modules=components/self&v=1.0.0")
+    body = await resp.text()
+    assert resp.status == 200, body
+    assert run_in_node(tmp_path, body.encode(), "__bundlerModules['components/self'].me") == "acme!"
+
+
+@pytest.mark.parametrize("linked", [True, False])
+async def test_a_tarball_source_resolves_a_package_importing_itself(
+    aiohttp_client: Any,
+    aiohttp_server: Any,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    linked: bool,
+) -> None:
+    """preact/compat imports "preact" and "preact/hooks": its own package, by name, from a
+    folder with a package.json of its own (so esbuild's self-reference does not reach it).
+    Control (linked=False): without the version's node_modules/preact link, as before."""
+    if not linked:
+        monkeypatch.setattr(extract, "link_self", lambda root: None)
+    artifacts = ArtifactServer()
+    artifacts.publish("10.24.3", npm_tarball(*PREACT))
+    server = await aiohttp_server(artifacts.app())
+    artifacts.url = f"http://127.0.0.1:{server.port}"
+    settings = make_settings(source=artifacts.template, default_version="10.24.3")
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/bundle.js?modules=compat/dist/compat.module.js")
+    body = await resp.text()
+    if not linked:
+        assert resp.status == 422, body
+        return
+    assert resp.status == 200, body
+    check = "typeof __bundlerModules['compat/dist/compat.module.js'].useState"
+    assert run_in_node(tmp_path, body.encode(), check) == "function"
+    # ...and a page may name what preact publishes.
+    resp = await client.get("/bundle.js?modules=preact,preact/hooks,preact/compat")
+    body = await resp.text()
+    assert resp.status == 200, body
+    check = "['preact', 'preact/hooks', 'preact/compat'].map(n => typeof __bundlerModules[n].createElement + typeof __bundlerModules[n].useState)"
+    assert run_in_node(tmp_path, body.encode(), check) == [
+        "functionundefined",
+        "undefinedfunction",
+        "functionfunction",
+    ]
+
+
+async def test_pages_may_ask_for_the_published_names(
+    aiohttp_client: Any, npm_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    client = await npm_client(aiohttp_client, npm_settings())
+    names = f"{LIB},{LIB}/components/scale"
+    resp = await client.get(f"/bundle.js?modules={names}&v=1.0.0")
+    body = await resp.text()
+    assert resp.status == 200, body
+    check = f"[__bundlerModules['{LIB}'].name, __bundlerModules['{LIB}/components/scale'].scale(1)]"
+    assert run_in_node(tmp_path, body.encode(), check) == ["acme", 10]
+    resp = await client.get(f"/bundle.js?modules={LIB}/nothing-here&v=1.0.0")
+    text = await resp.text()
+    assert resp.status == 404, text
+    assert f"{LIB} publishes {LIB}, {LIB}/components/*" in text
+
+
+async def test_the_browser_field_swaps_a_module_for_its_browser_build(
+    aiohttp_client: Any, npm_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    client = await npm_client(aiohttp_client, npm_settings())
+    resp = await client.get("/bundle.js?modules=components/encode&v=1.0.0")
+    body = await resp.text()
+    assert resp.status == 200, body
+    # The V8 context has btoa (as browsers do) and no Buffer (as browsers do not).
+    check = "__bundlerModules['components/encode'].encode('hi')"
+    assert (
+        run_in_node(tmp_path, body.encode(), check, setup="globalThis.btoa = (s) => 'aGk='")
+        == "aGk="
+    )
+
+
+async def test_a_missing_dependency_is_a_422_that_says_so(
+    aiohttp_client: Any, npm_settings: Callable[..., Settings]
+) -> None:
+    client = await npm_client(aiohttp_client, npm_settings())
+    resp = await client.get("/bundle.js?modules=components/pad&v=1.0.0")
+    text = await resp.text()
+    assert resp.status == 422, text
+    assert "components/pad.js imports 'left-pad'" in text
+    assert '"dependencies"' in text
+    assert "external" not in text  # not esbuild's advice, which a page cannot act on
+    assert "/" + "tmp" not in text and str(Path.home()) not in text
+
+
+async def test_versions_lists_what_the_registry_offers(
+    aiohttp_client: Any, npm_settings: Callable[..., Settings]
+) -> None:
+    client = await npm_client(aiohttp_client, npm_settings())
+    resp = await client.get("/versions")
+    assert resp.status == 200
+    assert await resp.json() == {"default": "1.0.0", "versions": ["1.0.0", "1.1.0"]}
+    resp = await client.get("/bundle.js?modules=index&v=9.9.9")
+    assert resp.status == 404, await resp.text()
+
+
+async def test_fifty_concurrent_cold_requests_install_once(
+    aiohttp_client: Any,
+    npm_settings: Callable[..., Settings],
+    registry: StaticRegistry,
+) -> None:
+    client = await npm_client(aiohttp_client, npm_settings())
+    names = ["index", "components/scale", "components/self", "components/encode"]
+    resps = await asyncio.gather(
+        *(client.get(f"/bundle.js?modules={names[i % 4]}&v=1.1.0") for i in range(50))
+    )
+    assert [r.status for r in resps] == [200] * 50
+    assert registry.hits["-/acme-components-1.1.0.tgz"] == 1
+    pulls = await (await client.get("/metrics")).text()
+    assert 'bundler_source_pulls_total{result="ok"} 2.0' in pulls  # 1.0.0 (default), 1.1.0
+
+
+async def test_an_install_over_the_caps_is_refused_and_leaves_nothing(
+    aiohttp_client: Any, npm_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    client = await npm_client(
+        aiohttp_client, npm_settings(extract_max_members=60, default_version="1.1.0")
+    )
+    resp = await client.get("/bundle.js?modules=index&v=1.1.0")
+    text = await resp.text()
+    assert resp.status == 503, text
+    assert "more than 60 files" in text
+    assert leftovers(tmp_path / "data" / "sources") == []
+
+
+async def test_an_install_past_its_deadline_is_refused_and_leaves_nothing(
+    aiohttp_client: Any,
+    npm_settings: Callable[..., Settings],
+    registry: StaticRegistry,
+    tmp_path: Path,
+) -> None:
+    released = registry.hold("lit-3.2.1.tgz")
+    client = await npm_client(
+        aiohttp_client, npm_settings(source_download_timeout_s=3, default_version="1.1.0")
+    )
+    try:
+        resp = await client.get("/bundle.js?modules=index&v=1.1.0")
+        text = await resp.text()
+    finally:
+        released.set()
+    assert resp.status == 503, text
+    assert "took longer than" in text
+    assert leftovers(tmp_path / "data" / "sources") == []
+
+
+def leftovers(sources_dir: Path) -> list[str]:
+    """What is under the sources dir besides installed versions and the lock."""
+    if not sources_dir.exists():
+        return []
+    return sorted(
+        p.name
+        for p in sources_dir.iterdir()
+        if p.name != ".lock" and not (p / extract.COMPLETE).exists()
+    )
