@@ -4,18 +4,23 @@ dependencies from a static registry on loopback, filled with real packages."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from bundler import extract, npm, sources
 from bundler.app import create_app
 from bundler.settings import Settings
-from tests.conftest import run_in_node
+from tests.conftest import ROOT, free_port, run_in_node, wait_process_ready
 from tests.packages import npm_tarball
 from tests.registry import StaticRegistry
 from tests.tarballs import ArtifactServer, make_tarball
@@ -335,3 +340,71 @@ def leftovers(sources_dir: Path) -> list[str]:
         for p in sources_dir.iterdir()
         if p.name != ".lock" and not (p / extract.COMPLETE).exists()
     )
+
+
+@pytest.mark.slow
+async def test_kill_9_during_an_install_then_restart(
+    registry: StaticRegistry, tmp_path: Path
+) -> None:
+    """The service dies while npm installs (held at the lit tarball); npm dies with it, and
+    the next start removes the unfinished install and installs again."""
+    released = registry.hold("lit-3.2.1.tgz")
+    data = tmp_path / "data"
+    log = tmp_path / "server.log"
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [
+                    sys.executable, "-m", "bundler", "serve",
+                    "--port", str(port),
+                    "--data-dir", str(data),
+                    "--source", f"npm:{LIB}",
+                    "--npm-registry", registry.url,
+                    "--default-version", "1.0.0",
+                    "--drain-s", "0",
+                ],
+                cwd=ROOT,
+                stderr=out,
+            )  # fmt: skip
+
+    first = start()
+    try:
+        async with asyncio.timeout(60):
+            while registry.hits["-/lit-3.2.1.tgz"] == 0:
+                assert first.poll() is None, log.read_text()
+                await asyncio.sleep(0.02)
+        npm_pids = children_of(first.pid)
+        assert npm_pids, "npm should be running"
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(timeout=10)
+    async with asyncio.timeout(10):  # npm is killed with the service (PR_SET_PDEATHSIG)
+        while any(Path(f"/proc/{pid}").exists() for pid in npm_pids):
+            await asyncio.sleep(0.02)
+    assert leftovers(data / "sources"), "the kill should leave the unfinished install behind"
+    released.set()
+
+    second = start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}"
+            await wait_process_ready(session, url, timeout_s=60)
+            async with session.get(url + "/bundle.js?modules=components/scale") as resp:
+                assert resp.status == 200, await resp.text()
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    assert leftovers(data / "sources") == []
+
+
+def children_of(pid: int) -> list[int]:
+    """The process's direct children (npm, started in its own session)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(status.parent.name))
+    return found
