@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Three stages: the pinned esbuild binary from npm, the Python package in a venv,
-# and a slim runtime with neither npm nor compilers.
+# and a slim runtime without compilers (Node.js and npm only, for npm: sources).
 
 # --- esbuild: `npm ci` of package-lock.json, nothing else from Node is kept ---
 FROM node:20.19-bookworm-slim AS esbuild
@@ -30,6 +30,11 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bund
     && chown bundler /var/lib/bundler
 COPY --from=python /opt/venv /opt/venv
 COPY --from=esbuild /out/esbuild /usr/local/bin/esbuild
+# The npm client installs the versions of an npm: source (scripts never run).
+COPY --from=esbuild /usr/local/bin/node /usr/local/bin/node
+COPY --from=esbuild /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+    && npm --version
 COPY examples/components /srv/bundler/examples/components
 COPY static_fallback /srv/bundler/static_fallback
 ENV PATH=/opt/venv/bin:$PATH \
@@ -41,7 +46,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     BUNDLER_SOURCE=${SOURCE} \
     BUNDLER_FALLBACK_DIR=/srv/bundler/static_fallback \
     BUNDLER_ESBUILD=/usr/local/bin/esbuild \
-    BUNDLER_LOG_FORMAT=json
+    BUNDLER_LOG_FORMAT=json \
+    HOME=/var/lib/bundler \
+    NPM_CONFIG_UPDATE_NOTIFIER=false
 # The data dir: source pulls, the disk cache, built fallbacks. Mount a volume here
 # (an emptyDir on Kubernetes) so a container restart keeps the cache.
 VOLUME ["/var/lib/bundler"]
