@@ -388,6 +388,19 @@ def _walk_order_digest(files: list[tuple[str, int, bytes]]) -> str:
     return digest.hexdigest()
 
 
+def fold_into_digest(root: Path, extra: Path) -> None:
+    """The version's digest covers ``extra`` too (an npm source's installed dependency
+    tree, so a fallback stored for other dependencies is not taken for this one)."""
+    facts_file = root.parent / FACTS
+    try:
+        facts = json.loads(facts_file.read_text())
+        added = hashlib.sha256(extra.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return
+    facts["digest"] = hashlib.sha256(f"{facts['digest']}:{added}".encode()).hexdigest()
+    facts_file.write_text(json.dumps(facts))
+
+
 def read_facts(root: Path) -> dict[str, Any] | None:
     """The facts an extraction wrote for this installed version (None: a directory
     source, or a version installed before facts were written)."""

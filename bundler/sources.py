@@ -315,6 +315,8 @@ class NpmSource(TarballSource):
     ) -> Callable[[Path], Awaitable[None]] | None:
         async def install(root: Path) -> None:
             await self.client.install(root, self.caps, self._left(deadline), version)
+            lock = root / "node_modules" / ".package-lock.json"  # what npm installed
+            await asyncio.to_thread(extract.fold_into_digest, root, lock)
 
         return install
 

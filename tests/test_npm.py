@@ -408,3 +408,31 @@ def children_of(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 found.append(int(status.parent.name))
     return found
+
+
+async def test_the_version_digest_covers_the_installed_dependencies(
+    npm_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Two installs of one version with different dependency trees have different digests
+    (a stored fallback of one is never taken for the other)."""
+    source = sources.open_source(npm_settings())
+    assert isinstance(source, sources.NpmSource)
+    await source.start()
+    try:
+        root = await source.checkout("1.0.0")
+        first = extract.read_facts(root)
+        lock = root / "node_modules" / ".package-lock.json"
+        assert first is not None and lock.exists()
+        lock.write_text(lock.read_text().replace('"3.2.1"', '"3.2.0"'))
+        facts_file = root.parent / extract.FACTS
+        facts_file.write_text(json.dumps({**first, "digest": "d"}))
+        extract.fold_into_digest(root, lock)
+        changed = extract.read_facts(root)
+        facts_file.write_text(json.dumps({**first, "digest": "d"}))
+        lock.write_text(lock.read_text().replace('"3.2.0"', '"3.2.1"'))
+        extract.fold_into_digest(root, lock)
+        same = extract.read_facts(root)
+    finally:
+        await source.close()
+    assert changed is not None and same is not None
+    assert changed["digest"] != same["digest"]
