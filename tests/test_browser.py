@@ -21,6 +21,7 @@ from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, ROOT
 from tests.test_css import ACCENT, write_styled_version
+from tests.test_npm import npm_settings, registry  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -302,4 +303,43 @@ async def test_a_page_may_link_the_css_and_turn_the_injection_off(
         "[...document.querySelectorAll('link[rel=stylesheet]')].map(l => l.href.split('?')[0])"
     )
     assert sheets == [f"{service}/bundle.css", f"{service}/bundle.css"]
+    assert problems == []
+
+
+LIT_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>a lit component from an npm source</title>
+<link rel="icon" href="data:,"></head>
+<body>
+<p id="bundle-note" data-mode="loading">loading</p>
+<acme-hero heading="Hello from lit"></acme-hero>
+<script src="{service}/bundle.js?modules=components/hero&v=1.0.0"></script>
+<script>
+  document.querySelector("acme-hero").updateComplete.then(function () {{
+    var note = document.getElementById("bundle-note");
+    note.dataset.mode = window.__bundlerModules[Symbol.for("bundler.bundles")]
+      .map(function (b) {{ return b.mode; }}).join(",");
+    note.textContent = "acme-hero, " + note.dataset.mode;
+  }});
+</script>
+</body></html>
+"""
+
+
+async def test_a_component_library_from_npm_renders_with_its_dependencies(
+    browser: Browser,
+    aiohttp_server: Any,
+    npm_settings: Callable[..., Settings],  # noqa: F811 (the fixture imported above)
+) -> None:
+    """@acme/components (fixture) depends on lit (real, with its tree), installed by npm
+    from the registry on loopback: the custom element renders in its shadow DOM, styled."""
+    server = await aiohttp_server(create_app(npm_settings(fallback_budget_ms=-1)))
+    service = f"http://127.0.0.1:{server.port}"
+    site = await page_site(aiohttp_server, LIT_PAGE.format(service=service))
+    page, problems = await open_page(browser, site, "npm-lit-component")
+    assert await page.locator("#bundle-note").get_attribute("data-mode") == "tailored"
+    heading = await page.evaluate(
+        "(() => { const h = document.querySelector('acme-hero').shadowRoot.querySelector('h1');"
+        " return [h.textContent, getComputedStyle(h).color]; })()"
+    )
+    assert heading == ["Hello from lit", "rgb(0, 128, 0)"]
     assert problems == []
