@@ -1,10 +1,13 @@
 """The release-storm benchmark: a new version's cold burst, tuned service vs the naive one.
 
-Corpora, real npm packages of two shapes (`npm pack`, cached in bench/.cache/),
+Corpora, real npm packages of three shapes (`npm pack`, cached in bench/.cache/),
 served as version tarballs by a local HTTP server (python -m http.server, its
 own process): lodash-es (650 small ES modules) and date-fns (5,300 files: ES
 modules, CommonJS copies, declaration files, 90 locales, and a test helper that
-imports a file the package does not ship). The service (its own process) is
+imports a file the package does not ship); and rxjs, whose modules import its
+dependency tslib, served as an npm source: the same server holds a static npm
+registry (packuments and tarballs as files, tests/registry.py) and the service's
+npm client installs each version with its dependencies from it. The service (its own process) is
 warm on the older release; then the newer one is "released": requests for it arrive
 open-loop at --rate per second for --duration seconds, drawn by Zipf popularity
 from --combos distinct combinations of 3-12 modules, module order shuffled.
@@ -24,6 +27,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +55,9 @@ class Corpus:
     exclude: tuple[str, ...] = ()
     # Modules a page adds at most one of, a third of the time, by Zipf popularity (a locale).
     optional: str = ""
+    # Served as an npm source (--source npm:NAME) from a static registry on loopback that
+    # holds the package's versions and their dependency trees, installed by the npm client.
+    npm: bool = False
 
 
 CORPORA = {
@@ -64,6 +71,14 @@ CORPORA = {
         r"[a-z][a-zA-Z0-9]*\.js",
         ("index", "fp", "locale", "constants", "types"),
         optional=r"locale/[a-z][a-zA-Z0-9-]*\.js",
+    ),
+    # A package with a dependency (tslib, imported by every module), installed by npm.
+    "rxjs": Corpus(
+        "rxjs",
+        "7.8.0",
+        "7.8.1",
+        r"dist/esm5/internal/(?:operators|observable)/[a-z][a-zA-Z]*\.js",
+        npm=True,
     ),
 }
 NAIVE_FLAGS = [
@@ -96,6 +111,31 @@ def ensure_corpus(corpus: Corpus) -> None:
                 check=True,
                 capture_output=True,
             )
+
+
+def source_flags(corpus: Corpus, artifact_url: str) -> list[str]:
+    if corpus.npm:
+        return ["--source", f"npm:{corpus.package}", "--npm-registry", artifact_url + "/registry"]
+    return ["--source", artifact_url + f"/{corpus.package}-{{version}}.tgz"]
+
+
+def fill_registry(corpora: list[Corpus], artifact_url: str) -> Path | None:
+    """The npm corpora's versions and dependency trees as a static registry under CACHE
+    (tests/registry.py), its tarball URLs naming ``artifact_url``."""
+    sys.path.insert(0, str(ROOT))
+    from tests.registry import StaticRegistry
+
+    npm_corpora = [c for c in corpora if c.npm]
+    if not npm_corpora:
+        return None
+    root = CACHE / "registry"
+    shutil.rmtree(root, ignore_errors=True)
+    registry = StaticRegistry(root)
+    for corpus in npm_corpora:
+        for version in (corpus.warm, corpus.release):
+            registry.publish_real(corpus.package, version)
+    registry.bake(artifact_url + "/registry")
+    return root
 
 
 def public_modules(corpus: Corpus, pattern: str = "") -> list[str]:
@@ -346,7 +386,7 @@ def run_storm(
             [
                 sys.executable, "-m", "bundler", "serve", "--port", str(port),
                 "--data-dir", str(work_dir / "data"),
-                "--source", artifact_url + f"/{corpus.package}-{{version}}.tgz",
+                *source_flags(corpus, artifact_url),
                 "--default-version", corpus.warm, "--log-level", "WARNING", *flags,
             ],
             cwd=ROOT, stderr=log, env={**os.environ, **({"PYTHONASYNCIODEBUG": "1"} if args.debug else {})},
@@ -581,6 +621,7 @@ def main() -> None:
     for corpus in corpora:
         ensure_corpus(corpus)
     artifact_port = free_port()
+    fill_registry(corpora, f"http://127.0.0.1:{artifact_port}")
     artifacts = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(artifact_port), "--bind", "127.0.0.1", "--directory", str(CACHE)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

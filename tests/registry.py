@@ -111,6 +111,13 @@ class StaticRegistry:
         for dep_name, dep_version in dependency_tree(name, version):
             self.publish(npm_tarball(dep_name, dep_version))
 
+    def bake(self, url: str) -> None:
+        """Writes the registry's address into its packuments, for a plain static file server
+        (python -m http.server) to serve them as they are."""
+        for doc in self.root.rglob("*"):
+            if doc.is_file() and doc.parent.name != "-":
+                doc.write_text(doc.read_text().replace("{registry}", url))
+
     def hold(self, filename: str) -> asyncio.Event:
         """Requests for ``-/<filename>`` wait until the returned event is set."""
         event = self.held[filename] = asyncio.Event()
