@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from bundler import extract, npm, sources
 from bundler.app import create_app
 from bundler.settings import Settings
-from tests.conftest import ROOT, free_port, run_in_node, wait_process_ready
+from tests.conftest import ROOT, free_port, run_in_node, wait_process_ready, wait_ready
 from tests.packages import npm_tarball
 from tests.registry import StaticRegistry
 from tests.tarballs import ArtifactServer, make_tarball
@@ -436,3 +436,40 @@ async def test_the_version_digest_covers_the_installed_dependencies(
         await source.close()
     assert changed is not None and same is not None
     assert changed["digest"] != same["digest"]
+
+
+async def test_offline_warm_of_an_npm_version_then_the_service_answers_without_building(
+    aiohttp_client: Any,
+    npm_settings: Callable[..., Settings],
+    registry: StaticRegistry,
+    counting_esbuild: tuple[str, Callable[[], int]],
+    tmp_path: Path,
+) -> None:
+    """The release runbook on an npm source: `bundler warm --version NEW` installs NEW once,
+    builds its fallback and the listed bundles into the data dir; the service then answers
+    them from disk, with no esbuild run and no second install."""
+    combos = tmp_path / "combos.txt"
+    combos.write_text("index,components/scale\ncomponents/self\ncomponents/encode\n")
+    data = tmp_path / "data"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable, "-m", "bundler", "warm", "--version", "1.1.0",
+            "--input", str(combos), "--data-dir", str(data),
+            "--source", f"npm:{LIB}", "--npm-registry", registry.url,
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 built" in result.stdout, result.stdout
+    assert "fallback" in result.stderr + result.stdout
+    wrapper, runs = counting_esbuild
+    client = await npm_client(
+        aiohttp_client, npm_settings(esbuild=wrapper, default_version="1.1.0")
+    )
+    await wait_ready(client)
+    for line in combos.read_text().split():
+        resp = await client.get(f"/bundle.js?modules={line}&v=1.1.0")
+        assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "tailored"
+    assert runs() == 0
+    assert registry.hits["-/acme-components-1.1.0.tgz"] == 1
