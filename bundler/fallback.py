@@ -307,6 +307,13 @@ async def build_fallback(
         output = _survey_as_fallback(survey, selection, plan.max_bytes)
         if count == len(ranked) and output is not None:  # the whole package: done
             return _fallback_build(version, output, selection, candidates, plan)
+        if output is None and selection.names:
+            # Some of the surveyed files do not build (rxjs ships TypeScript sources that
+            # do not build on their own), so the survey bundle is not the fallback: what
+            # does build is, one esbuild run later, rather than after the whole selection.
+            output = await _build_selection(builder, root, version, options, selection, candidates)
+            if output is not None and len(output.code) > plan.max_bytes:
+                output = None
         if output is not None:
             await early(_fallback_build(version, output, selection, candidates, plan))
     factor = SURVEY_SOURCE_FACTOR
@@ -345,6 +352,25 @@ async def build_fallback(
             registrations = [(name, candidates.files[name]) for name in selection.names]
             output = await builder.build(fallback_job(version, registrations, options), root)
     return _fallback_build(version, output, selection, candidates, plan)
+
+
+async def _build_selection(
+    builder: Builder,
+    root: Path,
+    version: str,
+    options: BuildOptions,
+    selection: Selection,
+    candidates: Candidates,
+) -> BuildOutput | None:
+    registrations = [(name, candidates.files[name]) for name in selection.names]
+    try:
+        return await builder.build(fallback_job(version, registrations, options), root)
+    except (BuildFailed, UnknownModule) as exc:
+        logger.warning(
+            "fallback's first part did not build",
+            extra={"version": version, "error": exc.message.splitlines()[0][:300]},
+        )
+        return None
 
 
 def _survey_as_fallback(survey: Survey, selection: Selection, max_bytes: int) -> BuildOutput | None:

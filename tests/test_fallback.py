@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from bundler import fallback as fallback_module
 from bundler.app import SERVICE, create_app
 from bundler.fallback import FallbackStore
 from bundler.settings import Settings
@@ -619,3 +620,48 @@ async def test_a_first_part_is_served_at_once_and_the_rest_answers_pages_waiting
         assert first_s < ready["bundler_fallback_ready_seconds{part=all,version=3.0.0}"]
     else:
         assert resp.headers["X-Bundle-Mode"] == "tailored" and waited > 3.5, waited
+
+
+@pytest.mark.parametrize("first_part", [True, False], ids=["service", "naive"])
+async def test_a_file_that_does_not_build_does_not_hold_back_the_first_part(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    esbuild: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first_part: bool,
+) -> None:
+    """One of the most wanted files imports a file the package does not ship (rxjs ships
+    TypeScript sources that do not build on their own): the survey's bundle cannot be the
+    fallback, and what does build is published at once as the first part. Naive (as
+    before): the first part is dropped and pages wait for the complete selection."""
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
+    (source / "3.0.0").mkdir()
+    many_small_modules(source / "3.0.0", 60)
+    (source / "3.0.0" / "m00.js").write_text('export { gone } from "./not-shipped.js";\n')
+    if not first_part:
+
+        async def dropped(*args: Any) -> None:
+            return None
+
+        monkeypatch.setattr(fallback_module, "_build_selection", dropped)
+    settings = make_settings(
+        source=str(source),
+        esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=0.5, tailored_delay=4),
+        fallback_max_bytes=4000,
+        fallback_budget_ms=100,
+        build_queue_max=-1,
+    )
+    client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)
+    resp = await client.get("/bundle.js?modules=m01&v=3.0.0")
+    assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "fallback"
+    ready = await metrics(client)
+    # Seconds from the first need to the first usable fallback, and to the complete one
+    # (not there yet when the first part answered).
+    first_s = ready["bundler_fallback_ready_seconds{part=first,version=3.0.0}"]
+    all_s = ready.get("bundler_fallback_ready_seconds{part=all,version=3.0.0}")
+    assert (all_s is None or first_s < all_s) == first_part, (first_s, all_s)
+    info = await (await client.get("/fallback.json?v=3.0.0")).json()
+    assert "m00" in info["left_out"] and "not-shipped" in info["left_out"]["m00"]
