@@ -128,14 +128,17 @@ class NpmClient:
             # npm resolves devDependencies even when it omits them (dozens of registry
             # requests for a typical library): it is shown the production part only.
             manifest.write_text(json.dumps(_production_part(json.loads(published))))
+        what = f"installing the dependencies of version {version}"
         try:
             await self._run(
                 ["install", "--omit=dev", "--no-bin-links", "--no-save"],
                 root,
                 timeout_s,
-                what=f"installing the dependencies of version {version}",
+                what=what,
                 watch=(root, caps),
             )
+            # The watch looks every WATCH_INTERVAL_S: a quick install may finish between.
+            await asyncio.to_thread(check_caps, root, caps, what)
         finally:
             if published is not None:
                 manifest.write_bytes(published)

@@ -298,9 +298,18 @@ async def test_fifty_concurrent_cold_requests_install_once(
     assert 'bundler_source_pulls_total{result="ok"} 2.0' in pulls  # 1.0.0 (default), 1.1.0
 
 
+@pytest.mark.parametrize("watched", [True, False], ids=["watched", "finished-between-looks"])
 async def test_an_install_over_the_caps_is_refused_and_leaves_nothing(
-    aiohttp_client: Any, npm_settings: Callable[..., Settings], tmp_path: Path
+    aiohttp_client: Any,
+    npm_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    watched: bool,
 ) -> None:
+    """Refused whether the watch sees the tree grow past the caps while npm writes it, or
+    npm finishes before the watch looks (then the check after the install refuses it)."""
+    if not watched:
+        monkeypatch.setattr(npm, "WATCH_INTERVAL_S", 3600)
     client = await npm_client(
         aiohttp_client, npm_settings(extract_max_members=60, default_version="1.1.0")
     )
