@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup browser serve test lint bench bench-storm clean
+.PHONY: setup browser servers serve test lint bench bench-storm clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -36,7 +36,15 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
 	  echo "!!! chromium could not be installed: the browser tests will be SKIPPED !!!"
 
-test: lint browser
+# The shared-tier tests run a real redis-server, the fleet benchmark HAProxy too (Debian's);
+# installed when missing and possible, else those tests are skipped with a loud message.
+servers:
+	@command -v redis-server >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server haproxy; } || \
+	  echo "!!! redis-server/haproxy could not be installed: the shared-tier tests will be SKIPPED !!!"
+
+test: lint browser servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

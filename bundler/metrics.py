@@ -161,6 +161,21 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "",
     ),
     "bundler_draining": ("gauge", "1 after SIGTERM, while draining.", ""),
+    "bundler_shared_up": (
+        "gauge",
+        "1 while the shared tier (Redis) answers; 0 when it does not, or is not configured.",
+        "",
+    ),
+    "bundler_shared_lookups": (
+        "counter",
+        "Shared tier (Redis) lookups by result (hit, miss, corrupt, error).",
+        "result",
+    ),
+    "bundler_shared_lease_waits": (
+        "counter",
+        "Times a build waited for another replica's lease on the same bundle.",
+        "",
+    ),
     "bundler_event_loop_lag_max_seconds": ("gauge", "Largest loop lag in the last minute.", ""),
     "bundler_event_loop_lag_smoothed_seconds": ("gauge", "Smoothed loop lag (load shedding).", ""),
 }

@@ -42,6 +42,7 @@ from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.resolve import resolve_modules
 from bundler.settings import Settings
+from bundler.shared import Lease, SharedTier
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BuildOptions, BundleSpec, parse_query, validate_version
@@ -168,6 +169,17 @@ class BundleService:
             maxsize=PARSED_QUERIES
         )
         fallbacks.on_loaded = self._promote_uncovered
+        self.shared: SharedTier | None = None
+        if settings.redis_url:
+            self.shared = SharedTier(
+                settings.redis_url,
+                timeout_s=settings.redis_timeout_ms / 1000,
+                ttl_s=settings.redis_ttl_s,
+                build_timeout_s=settings.build_timeout_s,
+                prefix=settings.redis_key_prefix,
+            )
+        self.lease_waits = 0
+        self._shared_writes: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def options_from(settings: Settings) -> BuildOptions:
@@ -247,6 +259,8 @@ class BundleService:
             self.combos.save_every(self.settings.combos_save_interval_s), name="save-combos"
         )
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
+        if self.shared is not None:
+            await self.shared.start()  # never fails the start: Redis may come later
 
     async def _prepare_default(self) -> None:
         delay_s = STARTUP_RETRY_MIN_S
@@ -350,6 +364,8 @@ class BundleService:
             answer = await self._answer(spec)
         # Only what was answered with a bundle: junk and failures never reach the warm-up.
         self.combos.record(spec.modules)
+        if self.shared is not None:
+            self.shared.record(spec.modules)
         self.requests[answer.mode.value] += 1
         return answer
 
@@ -476,19 +492,63 @@ class BundleService:
             return None
 
     async def _build(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
+        lease: Lease | None = None
+        if self.shared is not None:
+            found = await self._shared_or_lease(spec.key)
+            if isinstance(found, Bundle):  # another replica built it
+                self.lookups["shared_hit"] += 1
+                self._room.set()
+                self._keep(found)
+                return found
+            lease = found
         try:
             bundle = await build_bundle(self.source, self.builder, spec, priority)
         except (BuildFailed, UnknownModule) as exc:
             self.failures[spec.key] = exc
             raise
+        except BaseException:
+            if lease is not None:
+                self._background(lease.release(), f"lease-release:{spec.key}")
+            raise
         finally:
             self._room.set()
+        self._keep(bundle)
+        if self.shared is not None and lease is not None:
+            self._background(self._share(bundle, lease), f"shared-write:{spec.key}")
+        return bundle
+
+    async def _shared_or_lease(self, key: str) -> Bundle | Lease:
+        """The bundle from the shared tier, or the lease to build it (one replica builds a
+        key at a time; the others wait for it to land, or for its lease to lapse)."""
+        assert self.shared is not None
+        while True:
+            bundle = await self.shared.get(key)
+            if bundle is not None:
+                return bundle
+            lease = await self.shared.acquire(key)
+            if lease is not None:
+                return lease
+            self.lease_waits += 1
+            await self.shared.wait_landed(key)
+
+    async def _share(self, bundle: Bundle, lease: Lease) -> None:
+        assert self.shared is not None
+        try:
+            await self.shared.put(bundle)
+        finally:
+            await lease.release()
+
+    def _keep(self, bundle: Bundle) -> None:
         self.cache.put(bundle)
         # The response need not wait for the fsync: the memory tier has it meanwhile.
-        task = asyncio.create_task(self.disk.put(bundle), name=f"disk-write:{spec.key}")
+        task = asyncio.create_task(self.disk.put(bundle), name=f"disk-write:{bundle.key}")
         self._disk_writes.add(task)
         task.add_done_callback(self._disk_write_done)
-        return bundle
+
+    def _background(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._shared_writes.add(task)
+        task.add_done_callback(self._shared_writes.discard)
 
     def _disk_write_done(self, task: asyncio.Task[None]) -> None:
         """One log line per change of state, not one per write of a full disk."""
@@ -602,13 +662,15 @@ class BundleService:
             await asyncio.to_thread(self.combos.save, self.combos.snapshot())
         except OSError as exc:  # a full or read-only disk must not fail the shutdown
             logger.error("could not save the popularity sketch", extra={"error": str(exc)})
-        await asyncio.gather(*self._disk_writes, return_exceptions=True)
+        await asyncio.gather(*self._disk_writes, *self._shared_writes, return_exceptions=True)
         await asyncio.to_thread(self.disk.close)
         await self.flight.close()
         await self.map_flight.close()
         await self.fallbacks.close()
         await self.builder.kill_all()
         await self.source.close()
+        if self.shared is not None:
+            await self.shared.close()
 
     def _fallback_module_counts(self) -> dict[str, float]:
         counts: dict[str, float] = {}
@@ -645,6 +707,9 @@ class BundleService:
             },
             "bundler_ready": float(self.ready),
             "bundler_disk_writes_failing": float(self.disk_failing),
+            "bundler_shared_up": float(self.shared.up) if self.shared is not None else 0.0,
+            "bundler_shared_lookups": dict(self.shared.results) if self.shared is not None else {},
+            "bundler_shared_lease_waits": float(self.lease_waits),
             "bundler_draining": float(self.draining),
             "bundler_event_loop_lag_max_seconds": self.lag.max_s,
             "bundler_event_loop_lag_smoothed_seconds": self.lag.smoothed_s,

@@ -103,6 +103,20 @@ class Settings:
         default="",
     )
     data_dir: str = _opt("Directory for build scratch space and caches.", default="data")
+    redis_url: str = _opt(
+        "Shared tier of a fleet of replicas: redis://host:6379/0 (unset: none, each replica "
+        "on its own tiers).",
+        default="",
+    )
+    redis_timeout_ms: float = _opt(
+        "Each Redis operation gives up after this long; the replica carries on without it.",
+        default=50.0,
+    )
+    redis_ttl_s: float = _opt("How long a bundle is kept in Redis.", default=7 * 24 * 3600.0)
+    redis_key_prefix: str = _opt(
+        "Prefix of every Redis key (deployments sharing one Redis keep apart).",
+        default="bundler:",
+    )
     esbuild: str = _opt(
         "Path of the esbuild binary (default: the one `npm ci` installed, else PATH).",
         default_factory=default_esbuild,

@@ -1,0 +1,281 @@
+"""The shared tier (--redis-url): replicas share bundles, one build per key, and their
+popularity, through a real redis-server (Debian's; `make test` installs it).
+
+Without redis-server these tests are skipped with a loud reason; everything else runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from bundler.app import SERVICE, create_app
+from bundler.settings import Settings
+from tests.conftest import ROOT, free_port, wait_process_ready, wait_ready
+from tests.test_fallback import metrics
+
+REDIS_SERVER = shutil.which("redis-server")
+if REDIS_SERVER is None:
+    pytest.skip(
+        "!!! redis-server is not installed: the shared-tier tests are SKIPPED. "
+        "Install Debian's redis-server (make test tries apt-get) to run them. !!!",
+        allow_module_level=True,
+    )
+
+QUERY = "/bundle.js?modules=components/card,components/hero&v=1.1.0"
+
+
+class RedisServer:
+    """A real redis-server on a port of its own, stoppable and restartable."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp_path / "redis"
+        self.dir.mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    raise AssertionError("redis-server exited") from None
+                time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def bundle_key(app: Any, query: str) -> str:
+    pairs = [tuple(p.split("=", 1)) for p in query.split("?", 1)[1].split("&")]
+    spec, _ = app[SERVICE].parse(pairs)
+    return str(spec.key)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "naive"])
+async def test_a_bundle_one_replica_built_is_a_hit_on_another(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    shared: bool,
+) -> None:
+    url = redis_server.url if shared else ""
+    first = await aiohttp_client(create_app(make_settings(redis_url=url)))
+    await wait_ready(first)
+    assert (await first.get(QUERY)).status == 200
+    wrapper, runs = counting_esbuild
+    second_settings = make_settings(
+        redis_url=url, esbuild=wrapper, data_dir=str(tmp_path / "data-2")
+    )
+    second = await aiohttp_client(create_app(second_settings))
+    await wait_ready(second)
+    resp = await second.get(QUERY)
+    assert resp.status == 200
+    assert resp.headers["X-Bundle-Mode"] == "tailored"
+    assert runs() == (0 if shared else 1)
+    if shared:
+        assert (await metrics(second))["bundler_cache_lookups_total{result=shared_hit}"] == 1
+
+
+def start_replica(
+    port: int, data_dir: Path, esbuild: str, redis_url: str, log: Path
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "bundler", "serve",
+                "--port", str(port),
+                "--data-dir", str(data_dir),
+                "--esbuild", esbuild,
+                "--redis-url", redis_url,
+                "--fallback-budget-ms", "-1",
+                "--drain-s", "0",
+            ],
+            cwd=ROOT,
+            stderr=out,
+        )  # fmt: skip
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, counting_esbuild: tuple[str, Callable[[], int]]
+) -> AsyncIterator[Callable[[str, int], Any]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    async def start(redis_url: str, count: int) -> list[str]:
+        wrapper, _ = counting_esbuild
+        urls = []
+        for _ in range(count):
+            port = free_port()
+            log = tmp_path / f"replica-{len(started)}.log"
+            started.append(
+                start_replica(port, tmp_path / f"data-{len(started)}", wrapper, redis_url, log)
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as session:
+            for url in urls:
+                await wait_process_ready(session, url, timeout_s=60)
+        return urls
+
+    yield start
+    for proc in started:
+        proc.send_signal(signal.SIGTERM)
+    for proc in started:
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "naive"])
+async def test_fifty_cold_requests_over_three_processes_build_once(
+    replicas: Any,
+    redis_server: RedisServer,
+    counting_esbuild: tuple[str, Callable[[], int]],
+    shared: bool,
+) -> None:
+    """Naive: each replica's own single flight builds it once, three builds in all."""
+    urls = await replicas(redis_server.url if shared else "", 3)
+    _, runs = counting_esbuild
+    before = runs()  # nothing is built at the start: the example versions' fallbacks ship
+    async with aiohttp.ClientSession() as session:
+
+        async def one(i: int) -> tuple[int, str]:
+            async with session.get(urls[i % 3] + QUERY) as resp:
+                return resp.status, await resp.text()
+
+        answers = await asyncio.gather(*(one(i) for i in range(50)))
+    assert {status for status, _ in answers} == {200}
+    assert len({body for _, body in answers}) == 1
+    assert runs() - before == (1 if shared else 3)
+
+
+async def test_a_lease_left_by_a_killed_replica_lapses_and_another_builds(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    redis_server: RedisServer,
+) -> None:
+    app = create_app(make_settings(redis_url=redis_server.url))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    # What a replica killed mid-build leaves: its lease, lapsing unless renewed.
+    redis_server.client().set(f"bundler:lease:{bundle_key(app, QUERY)}", "dead", px=1500)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await client.get(QUERY)
+    waited = loop.time() - started
+    assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "tailored"
+    assert 1.0 < waited < 10, waited
+    assert (await metrics(client))["bundler_shared_lease_waits_total"] >= 1
+
+
+async def test_a_corrupt_shared_value_is_rebuilt_not_served(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    redis_server: RedisServer,
+) -> None:
+    wrapper, runs = counting_esbuild
+    app = create_app(make_settings(redis_url=redis_server.url, esbuild=wrapper))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    key = f"bundler:b:{bundle_key(app, QUERY)}"
+    # An entry in the right format that does not check out (a bad hand, a torn write).
+    redis_server.client().set(key, b"bundler-entry-1\n" + b'{"key": "x"}\n' + b"garbage")
+    resp = await client.get(QUERY)
+    text = await resp.text()
+    assert resp.status == 200 and "garbage" not in text
+    assert runs() == 1
+    assert (await metrics(client))["bundler_shared_lookups_total{result=corrupt}"] == 1
+    async with asyncio.timeout(5):  # the rebuilt bundle replaces it
+        while redis_server.client().get(key).startswith(b'bundler-entry-1\n{"key": "x"}'):
+            await asyncio.sleep(0.05)
+
+
+async def test_redis_stopped_and_restarted_mid_traffic_gives_no_5xx(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    redis_server: RedisServer,
+) -> None:
+    app = create_app(make_settings(redis_url=redis_server.url))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    names = ["card", "hero", "nav", "footer", "tabs", "rating", "accordion", "carousel"]
+    statuses: list[int] = []
+
+    pairs = iter([(a, b) for a in names for b in names if a < b])
+
+    async def traffic(rounds: int) -> None:
+        for _ in range(rounds):  # each a cold bundle: a shared lookup, a lease, a write
+            a, b = next(pairs)
+            resp = await client.get(f"/bundle.js?modules=components/{a},components/{b}&v=1.1.0")
+            statuses.append(resp.status)
+
+    await traffic(5)
+    redis_server.stop()
+    await traffic(10)
+    assert (await metrics(client))["bundler_shared_up"] == 0
+    assert (await client.get("/readyz")).status == 200  # readiness never depends on Redis
+    redis_server.start()
+    await asyncio.sleep(1.2)  # the tier leaves Redis alone for a second after a failure
+    await traffic(10)
+    assert set(statuses) == {200}, statuses
+    assert (await metrics(client))["bundler_shared_up"] == 1
+
+
+async def test_combos_are_the_fleets(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    a = await aiohttp_client(create_app(make_settings(redis_url=redis_server.url)))
+    b = await aiohttp_client(
+        create_app(make_settings(redis_url=redis_server.url, data_dir=str(tmp_path / "b")))
+    )
+    await wait_ready(a)
+    await wait_ready(b)
+    for _ in range(3):
+        assert (await a.get("/bundle.js?modules=components/card&v=1.1.0")).status == 200
+    for _ in range(2):
+        assert (await b.get("/bundle.js?modules=components/hero&v=1.1.0")).status == 200
+    await b.app[SERVICE].shared.flush_combos()
+    combos = (await (await a.get("/combos?top=10")).json())["combos"]
+    assert {"modules": ["components/card"], "count": 3} in combos
+    assert {"modules": ["components/hero"], "count": 2} in combos
