@@ -640,6 +640,9 @@ class BundleService:
         if await self._cached(spec) is not None:
             return "cached"
         await self.built(spec, Priority.WARM)
+        # Warmed means the fleet has it: answered once it is in the shared tier too.
+        pending = [t for t in self._shared_writes if t.get_name() == f"shared-write:{spec.key}"]
+        await asyncio.gather(*pending, return_exceptions=True)
         return "built"
 
     def abort_waiters(self) -> int:

@@ -279,3 +279,31 @@ async def test_combos_are_the_fleets(
     combos = (await (await a.get("/combos?top=10")).json())["combos"]
     assert {"modules": ["components/card"], "count": 3} in combos
     assert {"modules": ["components/hero"], "count": 2} in combos
+
+
+async def test_warming_one_replica_warms_the_fleet(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """What `bundler warm --server` does (POST /warm) against one replica: another answers
+    those bundles without building."""
+    warmed = await aiohttp_client(create_app(make_settings(redis_url=redis_server.url)))
+    await wait_ready(warmed)
+    lists = [["components/card"], ["components/hero", "components/nav"], ["components/tabs"]]
+    for modules in lists:
+        resp = await warmed.post("/warm", json={"version": "1.1.0", "modules": modules})
+        assert resp.status == 200, await resp.text()
+    wrapper, runs = counting_esbuild
+    other = await aiohttp_client(
+        create_app(
+            make_settings(redis_url=redis_server.url, esbuild=wrapper, data_dir=str(tmp_path / "b"))
+        )
+    )
+    await wait_ready(other)
+    for modules in lists:
+        resp = await other.get(f"/bundle.js?modules={','.join(modules)}&v=1.1.0")
+        assert resp.status == 200
+    assert runs() == 0
