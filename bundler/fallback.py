@@ -56,6 +56,7 @@ from bundler.fallback_plan import (
 )
 from bundler.flight import SingleFlight
 from bundler.settings import Settings
+from bundler.shared import SharedTier
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import FORMAT_VERSION, BuildOptions
@@ -238,6 +239,58 @@ def write_fallback(directory: Path, options: BuildOptions, build: FallbackBuild)
     if directory.exists():
         shutil.rmtree(directory)
     os.rename(staging, directory)
+
+
+SHARED_MAGIC = b"bundler-fallback-1\n"
+
+
+def shared_name(identity_: dict[str, Any]) -> str:
+    """The fallback's name in the shared tier: what it must match, hashed."""
+    return "fb:" + hashlib.sha256(json.dumps(identity_, sort_keys=True).encode()).hexdigest()
+
+
+def encode_shared(build: FallbackBuild, options: BuildOptions) -> bytes:
+    header = {
+        "manifest": build.manifest(options),
+        "code": [len(build.code), hashlib.sha256(build.code).hexdigest()],
+        "sourcemap": [len(build.sourcemap), hashlib.sha256(build.sourcemap).hexdigest()],
+    }
+    return SHARED_MAGIC + json.dumps(header).encode() + b"\n" + build.code + build.sourcemap
+
+
+def decode_shared(raw: bytes, wanted: dict[str, Any], plan: Plan) -> FallbackBuild | None:
+    """The fallback in a shared value, if whole (every part's length and SHA-256) and built
+    from this source the same way; None otherwise."""
+    try:
+        if not raw.startswith(SHARED_MAGIC):
+            return None
+        end = raw.index(b"\n", len(SHARED_MAGIC))
+        header = json.loads(raw[len(SHARED_MAGIC) : end])
+        meta = header["manifest"]
+        (code_len, code_sha), (map_len, map_sha) = header["code"], header["sourcemap"]
+        code = raw[end + 1 : end + 1 + code_len]
+        sourcemap = raw[end + 1 + code_len :]
+        if len(code) != code_len or len(sourcemap) != map_len:
+            return None
+        if hashlib.sha256(code).hexdigest() != code_sha:
+            return None
+        if hashlib.sha256(sourcemap).hexdigest() != map_sha:
+            return None
+        if {k: meta.get(k) for k in wanted} != wanted:
+            return None
+        return FallbackBuild(
+            version=wanted["version"],
+            code=code,
+            sourcemap=sourcemap,
+            names=list(meta["names"]),
+            left_out=dict(meta.get("left_out", {})),
+            excluded=dict(meta.get("not_candidates", {})),
+            max_bytes=plan.max_bytes,
+            operator_digest=plan.operator_digest,
+            source_sha256=wanted["source_sha256"],
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def read_fallback(
@@ -449,6 +502,8 @@ class FallbackStore:
         self.max_bytes = max_bytes
         self.operator = operator or OperatorList()
         self.popular = popular
+        # The shared tier (Redis) of a fleet: a fallback one replica built, others take.
+        self.shared: SharedTier | None = None
         self._loaded: LRUCache[str, Fallback] = LRUCache(maxsize=max_versions)
         self._failures: TTLCache[str, BundlerError] = TTLCache(maxsize=64, ttl=FAILURE_TTL_S)
         self.flight: SingleFlight[str, Fallback | None] = SingleFlight("fallback")
@@ -514,6 +569,8 @@ class FallbackStore:
                 self.builder.holding(Priority.FALLBACK),
             ):
                 stored = await asyncio.to_thread(self._read_stored, root, version, plan)
+                if stored is None and self.shared is not None:
+                    stored = await self._read_shared(root, version, plan)
                 if stored is not None:
                     build = stored
                 else:
@@ -643,7 +700,34 @@ class FallbackStore:
 
     async def _write(self, build: FallbackBuild, digest: asyncio.Future[str]) -> None:
         build = dataclass_replace(build, source_sha256=await digest)
+        if self.shared is not None:
+            wanted = identity(
+                build.version,
+                self.options,
+                build.source_sha256,
+                build.max_bytes,
+                build.operator_digest,
+            )
+            value = await asyncio.to_thread(encode_shared, build, self.options)
+            await self.shared.put_raw(shared_name(wanted), value)
         await asyncio.to_thread(write_fallback, self.built_dir / build.version, self.options, build)
+
+    async def _read_shared(self, root: Path, version: str, plan: Plan) -> FallbackBuild | None:
+        """The fallback another replica built from this exact source, the same way."""
+        assert self.shared is not None
+        digest = await asyncio.to_thread(version_digest, root)
+        wanted = identity(version, self.options, digest, plan.max_bytes, plan.operator_digest)
+        raw = await self.shared.get_raw(shared_name(wanted))
+        if raw is None:
+            return None
+        build = await asyncio.to_thread(decode_shared, raw, wanted, plan)
+        if build is None:
+            logger.error("corrupt shared fallback; rebuilt", extra={"version": version})
+            await self.shared.delete_raw(shared_name(wanted))
+            return None
+        # Kept on this replica's disk too, as if built here.
+        await asyncio.to_thread(write_fallback, self.built_dir / version, self.options, build)
+        return build
 
     async def close(self) -> None:
         """Stops builds under way; lets the writes (and recompression) of built ones finish,

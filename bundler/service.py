@@ -178,6 +178,7 @@ class BundleService:
                 build_timeout_s=settings.build_timeout_s,
                 prefix=settings.redis_key_prefix,
             )
+            fallbacks.shared = self.shared
         self.lease_waits = 0
         self._shared_writes: set[asyncio.Task[None]] = set()
 

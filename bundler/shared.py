@@ -188,6 +188,17 @@ class SharedTier:
 
         await self._do("put", store)
 
+    async def get_raw(self, name: str) -> bytes | None:
+        """A value stored by ``put_raw`` (its reader verifies it)."""
+        raw = await self._do("get", lambda: self.redis.get(f"{self.prefix}{name}"))
+        return cast(bytes | None, raw)
+
+    async def put_raw(self, name: str, value: bytes) -> None:
+        await self._do("put", lambda: self.redis.set(f"{self.prefix}{name}", value, px=self.ttl_ms))
+
+    async def delete_raw(self, name: str) -> None:
+        await self._do("delete", lambda: self.redis.delete(f"{self.prefix}{name}"))
+
     # ------------------------------------------------------------ leases
 
     def _lease_key(self, key: str) -> str:

@@ -22,7 +22,7 @@ import redis
 
 from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
-from tests.conftest import ROOT, free_port, wait_process_ready, wait_ready
+from tests.conftest import EXAMPLES, ROOT, free_port, wait_process_ready, wait_ready
 from tests.test_fallback import metrics
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -307,3 +307,39 @@ async def test_warming_one_replica_warms_the_fleet(
         resp = await other.get(f"/bundle.js?modules={','.join(modules)}&v=1.1.0")
         assert resp.status == 200
     assert runs() == 0
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "naive"])
+async def test_a_fallback_one_replica_built_is_taken_by_another(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    shared: bool,
+) -> None:
+    """A release's new version: its fallback is built once for the fleet (no survey, no
+    build on the second replica). Naive: each replica builds its own."""
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
+    shutil.copytree(EXAMPLES / "1.1.0", source / "3.0.0")  # no static fallback of its own
+    url = redis_server.url if shared else ""
+    first = create_app(make_settings(source=str(source), redis_url=url))
+    await wait_ready(await aiohttp_client(first))
+    built = await first[SERVICE].fallbacks.get("3.0.0")
+    assert built is not None
+    if shared:
+        async with asyncio.timeout(10):  # written in the background
+            while not redis_server.client().keys("bundler:fb:*"):
+                await asyncio.sleep(0.02)
+    wrapper, runs = counting_esbuild
+    second = create_app(
+        make_settings(
+            source=str(source), redis_url=url, esbuild=wrapper, data_dir=str(tmp_path / "b")
+        )
+    )
+    await wait_ready(await aiohttp_client(second))
+    taken = await second[SERVICE].fallbacks.get("3.0.0")
+    assert taken is not None and taken.names == built.names
+    assert taken.bundle.code == built.bundle.code
+    assert (runs() == 0) == shared, runs()
