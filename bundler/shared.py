@@ -123,6 +123,7 @@ class SharedTier:
         self._listening = asyncio.Event()
         self._counts: collections.Counter[str] = collections.Counter()
         self._flusher: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
 
     # ------------------------------------------------------------ every operation
 
@@ -310,6 +311,11 @@ class SharedTier:
             await self.flush_combos()
 
     async def flush_combos(self) -> None:
+        """Sends the counts gathered since the last flush (after any flush under way)."""
+        async with self._flushing:
+            await self._flush_combos_now()
+
+    async def _flush_combos_now(self) -> None:
         counts, self._counts = self._counts, collections.Counter()
         if not counts:
             return
