@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup browser servers serve test lint bench bench-storm clean
+.PHONY: setup browser servers serve test lint bench bench-storm bench-fleet clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -52,6 +52,9 @@ bench: setup
 
 bench-storm: setup
 	$(BIN)/python bench/bench_storm.py
+
+bench-fleet: setup servers
+	$(BIN)/python bench/bench_fleet.py
 
 clean:
 	rm -rf $(VENV) node_modules data .pytest_cache .mypy_cache .ruff_cache
