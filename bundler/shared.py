@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from bundler.cache import Bundle
@@ -41,7 +42,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# After a failed operation, Redis is left alone this long (then tried again).
+# Redis is taken for down after this many timeouts in a row (a refused connection at
+# once), and then left alone for RETRY_S (then tried again).
+FAILURES_TO_DOWN = 3
 RETRY_S = 1.0
 # A lease lapses this long after its last renewal: a replica that died, or cannot reach
 # Redis any more, holds nobody up for longer.
@@ -114,6 +117,7 @@ class SharedTier:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.up = True
         self._down_until = 0.0
+        self._failures = 0  # in a row
         self.results: collections.Counter[str] = collections.Counter()
         self.state_changes = 0
         self._renew = self.redis.register_script(RENEW)
@@ -137,6 +141,7 @@ class SharedTier:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(what, exc)
             return None
+        self._failures = 0
         if not self.up:
             self.up = True
             self.state_changes += 1
@@ -144,8 +149,14 @@ class SharedTier:
         return result
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + RETRY_S
         self.results["error"] += 1
+        self._failures += 1
+        refused = isinstance(exc, (RedisConnectionError, ConnectionError)) and not isinstance(
+            exc, TimeoutError
+        )
+        if self._failures < FAILURES_TO_DOWN and not refused:
+            return  # one slow answer (or a busy event loop) is not an outage
+        self._down_until = time.monotonic() + RETRY_S
         if self.up:
             self.up = False
             self.state_changes += 1
