@@ -135,6 +135,13 @@ class Fleet:
         self.kill_redis()
 
 
+def redis_errors(fleet: Fleet) -> float:
+    return sum(
+        storm.labelled(url, "bundler_shared_lookups_total", {"result": "error"}) or 0.0
+        for url in fleet.replicas
+    )
+
+
 def distinct_requested(combos_file: Path, rate: float, duration: float, seed: int) -> int:
     """How many combinations the load role draws (its own seeded draw, repeated)."""
     combos = json.loads(combos_file.read_text())
@@ -251,6 +258,7 @@ def run_fleet(
                 "distinct combinations requested": str(distinct),
                 "bundles built (storm + after), all": f"{builds:.0f} ({builds / distinct:.2f} x distinct)",
                 "esbuild runs, all replicas": f"{runs:.0f}",
+                "Redis operations failed, all": f"{redis_errors(fleet):.0f}",
                 **summarize(load, probes, args.duration),
             }
             print(f"  {label}: a fourth replica, the top {TOP} bundles ...", file=sys.stderr)

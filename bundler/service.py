@@ -175,8 +175,8 @@ class BundleService:
                 settings.redis_url,
                 timeout_s=settings.redis_timeout_ms / 1000,
                 ttl_s=settings.redis_ttl_s,
-                build_timeout_s=settings.build_timeout_s,
                 prefix=settings.redis_key_prefix,
+                lag=lambda: self.lag.smoothed_s,
             )
             fallbacks.shared = self.shared
         self.lease_waits = 0

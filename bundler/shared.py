@@ -5,8 +5,8 @@ through Redis (redis-py's asyncio client, the plain protocol).
   and SHA-256, verified on read: a corrupt or truncated value is a miss, deleted, never
   served), with a TTL; Redis is expected to run with ``maxmemory`` and an LRU policy.
 - One build per key across the fleet: a replica about to build takes the lease
-  ``<prefix>lease:<key>`` (SET NX, a few seconds, renewed while it builds, at most until
-  the build deadline). Another replica that finds it taken waits for the bundle to land,
+  ``<prefix>lease:<key>`` (SET NX, a few seconds, renewed until its build is done; the
+  build itself has its deadline). Another replica that finds it taken waits for the bundle to land,
   woken by a message on ``<prefix>landed`` (one subscription per replica), or for the
   lease to lapse (its holder died or lost Redis), and then takes it itself.
 - Popularity: each replica adds its requests' counts to the sorted set
@@ -81,8 +81,10 @@ class Lease:
             self._renewing = asyncio.create_task(self._renew(), name=f"lease:{key}")
 
     async def _renew(self) -> None:
-        deadline = time.monotonic() + self.tier.build_timeout_s
-        while time.monotonic() < deadline:
+        """Until released: the build (its queue wait included) may take longer than one
+        lease, and the build itself is killed at its deadline. A replica that dies, or
+        loses Redis, stops renewing, and the lease lapses within LEASE_S."""
+        while True:
             await asyncio.sleep(RENEW_EVERY_S)
             await self.tier.renew(self.key)
 
@@ -100,8 +102,8 @@ class SharedTier:
         *,
         timeout_s: float,
         ttl_s: float,
-        build_timeout_s: float,
         prefix: str = "bundler:",
+        lag: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.redis = aioredis.from_url(
             url,
@@ -112,8 +114,8 @@ class SharedTier:
         )
         self.timeout_s = timeout_s
         self.ttl_ms = int(ttl_s * 1000)
-        self.build_timeout_s = build_timeout_s
         self.prefix = prefix
+        self.lag = lag  # the event loop's current lag, seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.up = True
         self._down_until = 0.0
@@ -136,7 +138,8 @@ class SharedTier:
         if not self.up and time.monotonic() < self._down_until:
             return None
         try:
-            async with asyncio.timeout(self.timeout_s):
+            # Redis gets timeout_s of its own: a busy event loop's lag is not charged to it.
+            async with asyncio.timeout(self.timeout_s + self.lag()):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(what, exc)
