@@ -45,6 +45,8 @@ T = TypeVar("T")
 # Redis is taken for down after this many timeouts in a row (a refused connection at
 # once), and then left alone for RETRY_S (then tried again).
 FAILURES_TO_DOWN = 3
+MAX_CONNECTIONS = 32
+CONNECT_TIMEOUT_S = 1.0
 RETRY_S = 1.0
 # A lease lapses this long after its last renewal: a replica that died, or cannot reach
 # Redis any more, holds nobody up for longer.
@@ -105,13 +107,16 @@ class SharedTier:
         prefix: str = "bundler:",
         lag: Callable[[], float] = lambda: 0.0,
     ) -> None:
-        self.redis = aioredis.from_url(
+        # A bounded pool of connections, made once and reused: under a storm, hundreds of
+        # operations at once would otherwise each open one (and time out connecting).
+        # Each operation's own deadline is the timeout around it (_do).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
+            max_connections=MAX_CONNECTIONS,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
             health_check_interval=30,
         )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.timeout_s = timeout_s
         self.ttl_ms = int(ttl_s * 1000)
         self.prefix = prefix
