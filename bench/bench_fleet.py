@@ -277,6 +277,10 @@ def run_fleet(
             return row
         finally:
             fleet.stop()
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                for log in Path(work).glob("*.log"):
+                    shutil.copy(log, args.keep / f"{label.replace(' ', '-')}-{log.name}")
 
 
 def main() -> None:
@@ -288,6 +292,8 @@ def main() -> None:
     parser.add_argument("--combos", type=int, default=2000)
     parser.add_argument("--warm", type=int, default=600)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", type=Path, help="copy the replicas' and HAProxy's logs here")
+    parser.add_argument("--only-redis", action="store_true", help="skip the fleet without Redis")
     args = parser.parse_args()
     for tool in ("redis-server", "haproxy"):
         if shutil.which(tool) is None:
@@ -310,7 +316,7 @@ def main() -> None:
             second_file.write_text(
                 json.dumps(storm.make_combos(corpus, args.combos, args.seed + 100))
             )
-            for with_redis in (True, False):
+            for with_redis in (True,) if args.only_redis else (True, False):
                 rows["redis" if with_redis else "no redis"] = run_fleet(
                     with_redis,
                     f"http://127.0.0.1:{artifact_port}",

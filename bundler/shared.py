@@ -46,6 +46,8 @@ T = TypeVar("T")
 # once), and then left alone for RETRY_S (then tried again).
 FAILURES_TO_DOWN = 3
 MAX_CONNECTIONS = 32
+# What no request waits on (writing a bundle, renewing or releasing a lease) may take longer.
+BACKGROUND_TIMEOUT_S = 1.0
 CONNECT_TIMEOUT_S = 1.0
 RETRY_S = 1.0
 # A lease lapses this long after its last renewal: a replica that died, or cannot reach
@@ -62,9 +64,12 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Released, the waiters are told to look again at once (the bundle landed, or the build
+# failed and one of them may take the lease).
 RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
+  redis.call('del', KEYS[1])
+  return redis.call('publish', KEYS[2], ARGV[2])
 end
 return 0
 """
@@ -138,13 +143,16 @@ class SharedTier:
 
     # ------------------------------------------------------------ every operation
 
-    async def _do(self, what: str, op: Callable[[], Awaitable[T]]) -> T | None:
-        """``op``'s result, or None when Redis is down or does not answer in time."""
+    async def _do(
+        self, what: str, op: Callable[[], Awaitable[T]], timeout_s: float | None = None
+    ) -> T | None:
+        """``op``'s result, or None when Redis is down or does not answer in time (a
+        request waits on it: ``timeout_s``, the setting; nobody does: longer)."""
         if not self.up and time.monotonic() < self._down_until:
             return None
         try:
-            # Redis gets timeout_s of its own: a busy event loop's lag is not charged to it.
-            async with asyncio.timeout(self.timeout_s + self.lag()):
+            # Redis gets its time of its own: a busy event loop's lag is not charged to it.
+            async with asyncio.timeout((timeout_s or self.timeout_s) + self.lag()):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(what, exc)
@@ -206,7 +214,7 @@ class SharedTier:
                 pipe.publish(f"{self.prefix}landed", bundle.key)
                 await pipe.execute()
 
-        await self._do("put", store)
+        await self._do("put", store, timeout_s=BACKGROUND_TIMEOUT_S)
 
     async def get_raw(self, name: str) -> bytes | None:
         """A value stored by ``put_raw`` (its reader verifies it)."""
@@ -214,7 +222,11 @@ class SharedTier:
         return cast(bytes | None, raw)
 
     async def put_raw(self, name: str, value: bytes) -> None:
-        await self._do("put", lambda: self.redis.set(f"{self.prefix}{name}", value, px=self.ttl_ms))
+        await self._do(
+            "put",
+            lambda: self.redis.set(f"{self.prefix}{name}", value, px=self.ttl_ms),
+            timeout_s=BACKGROUND_TIMEOUT_S,
+        )
 
     async def delete_raw(self, name: str) -> None:
         await self._do("delete", lambda: self.redis.delete(f"{self.prefix}{name}"))
@@ -245,11 +257,16 @@ class SharedTier:
             lambda: self._renew(
                 keys=[self._lease_key(key)], args=[self.owner, int(LEASE_S * 1000)]
             ),
+            timeout_s=BACKGROUND_TIMEOUT_S,
         )
 
     async def release(self, key: str) -> None:
         await self._do(
-            "release", lambda: self._release(keys=[self._lease_key(key)], args=[self.owner])
+            "release",
+            lambda: self._release(
+                keys=[self._lease_key(key), f"{self.prefix}landed"], args=[self.owner, key]
+            ),
+            timeout_s=BACKGROUND_TIMEOUT_S,
         )
 
     async def wait_landed(self, key: str) -> None:
