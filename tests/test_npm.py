@@ -288,6 +288,7 @@ async def test_fifty_concurrent_cold_requests_install_once(
     registry: StaticRegistry,
 ) -> None:
     client = await npm_client(aiohttp_client, npm_settings())
+    await wait_ready(client)  # the default version (1.0.0) is installed: 1.1.0 is cold
     names = ["index", "components/scale", "components/self", "components/encode"]
     resps = await asyncio.gather(
         *(client.get(f"/bundle.js?modules={names[i % 4]}&v=1.1.0") for i in range(50))
