@@ -182,23 +182,46 @@ async def test_fifty_cold_requests_over_three_processes_build_once(
     assert runs() - before == (1 if shared else 3)
 
 
-async def test_a_lease_left_by_a_killed_replica_lapses_and_another_builds(
-    aiohttp_client: Any,
-    make_settings: Callable[..., Settings],
-    redis_server: RedisServer,
+@pytest.mark.slow
+async def test_a_lease_held_by_a_killed_replica_lapses_and_another_builds(
+    redis_server: RedisServer, esbuild: str, tmp_path: Path
 ) -> None:
-    app = create_app(make_settings(redis_url=redis_server.url))
-    client = await aiohttp_client(app)
-    await wait_ready(client)
-    # What a replica killed mid-build leaves: its lease, lapsing unless renewed.
-    redis_server.client().set(f"bundler:lease:{bundle_key(app, QUERY)}", "dead", px=1500)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    resp = await client.get(QUERY)
-    waited = loop.time() - started
-    assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "tailored"
-    assert 1.0 < waited < 10, waited
-    assert (await metrics(client))["bundler_shared_lease_waits_total"] >= 1
+    """Replica A takes the lease and builds slowly; it is killed with -9 mid-build. Replica
+    B, asked for the same bundle, waits for the lease (woken by nothing: A is gone), takes
+    it when it lapses, and builds."""
+    slow = tmp_path / "esbuild-slow"
+    slow.write_text(f'#!/bin/sh\nsleep 30\nexec "{esbuild}" "$@"\n')
+    slow.chmod(0o755)
+    ports = [free_port(), free_port()]
+    a = start_replica(ports[0], tmp_path / "a", str(slow), redis_server.url, tmp_path / "a.log")
+    b = start_replica(ports[1], tmp_path / "b", esbuild, redis_server.url, tmp_path / "b.log")
+    try:
+        async with aiohttp.ClientSession() as session:
+            for port in ports:
+                await wait_process_ready(session, f"http://127.0.0.1:{port}", timeout_s=60)
+            pending = asyncio.ensure_future(session.get(f"http://127.0.0.1:{ports[0]}{QUERY}"))
+            leases = redis_server.client()
+            async with asyncio.timeout(20):
+                while not leases.keys("bundler:lease:*"):
+                    await asyncio.sleep(0.02)
+            a.send_signal(signal.SIGKILL)
+            a.wait(timeout=10)
+            pending.cancel()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with session.get(f"http://127.0.0.1:{ports[1]}{QUERY}") as resp:
+                assert resp.status == 200
+                assert resp.headers["X-Bundle-Mode"] == "tailored"
+            waited = loop.time() - started
+            async with session.get(f"http://127.0.0.1:{ports[1]}/metrics") as resp:
+                text = await resp.text()
+        assert "bundler_shared_lease_waits_total 1.0" in text
+        assert 0.5 < waited < 10, waited  # the lease's lapse (3 s at most), then the build
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
 
 
 async def test_a_corrupt_shared_value_is_rebuilt_not_served(
