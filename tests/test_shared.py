@@ -20,8 +20,10 @@ import aiohttp
 import pytest
 import redis
 
+from bundler import shared as shared_module
 from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
+from bundler.shared import SharedTier
 from tests.conftest import EXAMPLES, ROOT, free_port, wait_process_ready, wait_ready
 from tests.test_fallback import metrics
 
@@ -362,3 +364,24 @@ async def test_a_fallback_one_replica_built_is_taken_by_another(
     assert taken is not None and taken.names == built.names
     assert taken.bundle.code == built.bundle.code
     assert (runs() == 0) == shared, runs()
+
+
+@pytest.mark.parametrize("tolerant", [True, False], ids=["service", "naive"])
+async def test_one_slow_answer_is_not_an_outage(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tolerant: bool
+) -> None:
+    """Redis paused for 300 ms (CLIENT PAUSE): the operation caught in it times out, and the
+    tier stays up (the next one goes to Redis). Naive: down at the first timeout, and
+    every replica builds on its own for the next second."""
+    if not tolerant:
+        monkeypatch.setattr(shared_module, "FAILURES_TO_DOWN", 1)
+    tier = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
+    await tier.start()
+    try:
+        assert await tier.get("warm-up") is None  # connected
+        redis_server.client().client_pause(300)
+        assert await tier.get("caught-in-the-pause") is None
+        assert tier.results["error"] == 1
+        assert tier.up == tolerant
+    finally:
+        await tier.close()
