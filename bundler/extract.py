@@ -37,10 +37,10 @@ from typing import IO, Any
 
 from bundler.children import die_with_parent
 from bundler.errors import DISK_ERRNOS, SourceUnavailable
-from bundler.fallback_plan import candidates_from, read_package_json
+from bundler.fallback_plan import candidates_from
 from bundler.fsutil import fsync_dir
 from bundler.npm import valid_package_name
-from bundler.resolve import DECLARATION_SUFFIXES
+from bundler.resolve import DECLARATION_SUFFIXES, read_package_json
 
 logger = logging.getLogger(__name__)
 

@@ -49,12 +49,12 @@ from bundler.fallback_plan import (
     entry_point_paths,
     list_candidates,
     rank,
-    read_package_json,
     reason_counts,
     select,
     survey_prefix,
 )
 from bundler.flight import SingleFlight
+from bundler.resolve import read_package_json
 from bundler.settings import Settings
 from bundler.shared import SharedTier
 from bundler.slots import Priority
@@ -569,14 +569,17 @@ class FallbackStore:
                 self.builder.holding(Priority.FALLBACK),
             ):
                 stored = await asyncio.to_thread(self._read_stored, root, version, plan)
+                # The digest is taken once: waited for by a shared-tier look-up (its key),
+                # otherwise taken while esbuild runs and waited for by the disk write only.
+                digest: asyncio.Future[str] | None = None
                 if stored is None and self.shared is not None:
-                    stored = await self._read_shared(root, version, plan)
+                    digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
+                    stored = await self._read_shared(version, plan, await digest)
                 if stored is not None:
                     build = stored
                 else:
-                    # The digest (for the manifest only) is taken while esbuild runs and
-                    # waited for by the disk write, never by the first use.
-                    digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
+                    if digest is None:
+                        digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
                     try:
                         build = await build_fallback(
                             self.builder, root, version, self.options, plan, early
@@ -712,10 +715,9 @@ class FallbackStore:
             await self.shared.put_raw(shared_name(wanted), value)
         await asyncio.to_thread(write_fallback, self.built_dir / build.version, self.options, build)
 
-    async def _read_shared(self, root: Path, version: str, plan: Plan) -> FallbackBuild | None:
+    async def _read_shared(self, version: str, plan: Plan, digest: str) -> FallbackBuild | None:
         """The fallback another replica built from this exact source, the same way."""
         assert self.shared is not None
-        digest = await asyncio.to_thread(version_digest, root)
         wanted = identity(version, self.options, digest, plan.max_bytes, plan.operator_digest)
         raw = await self.shared.get_raw(shared_name(wanted))
         if raw is None:
@@ -725,8 +727,10 @@ class FallbackStore:
             logger.error("corrupt shared fallback; rebuilt", extra={"version": version})
             await self.shared.delete_raw(shared_name(wanted))
             return None
-        # Kept on this replica's disk too, as if built here.
-        await asyncio.to_thread(write_fallback, self.built_dir / version, self.options, build)
+        # Kept on this replica's disk too, as if built here (the first use does not wait).
+        self._in_background(
+            asyncio.to_thread(write_fallback, self.built_dir / version, self.options, build)
+        )
         return build
 
     async def close(self) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,7 +30,12 @@ from typing import Any
 
 from bundler.entry import Registration
 from bundler.errors import BadRequest, ConfigError
-from bundler.resolve import DECLARATION_SUFFIXES, MODULE_EXTENSIONS, RESOLVE_EXTENSIONS
+from bundler.resolve import (
+    DECLARATION_SUFFIXES,
+    MODULE_EXTENSIONS,
+    RESOLVE_EXTENSIONS,
+    read_package_json,
+)
 from bundler.spec import validate_module, validate_version
 
 logger = logging.getLogger(__name__)
@@ -65,14 +69,6 @@ class Candidates:
 
 def _strip(path: str) -> str:
     return os.path.normpath(path.removeprefix("./")) if path else ""
-
-
-def read_package_json(root: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((root / "package.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _export_targets(

@@ -79,7 +79,7 @@ def resolve_module(root: Path, name: str) -> str | None:
     if path is None:
         path = _find(*key)
         if path is not None and not path.startswith(PACKAGE_PREFIX):
-            package = _package(root)
+            package = read_package_json(root)
             path = _browser_swap(root, package, path) if package else path
         if path is None:
             path = _published(root, name)
@@ -98,7 +98,8 @@ def resolve_modules(root: Path, version: str, names: Sequence[str]) -> tuple[Reg
     return tuple((name, path) for name, path in found if path is not None)
 
 
-def _package(root: Path) -> dict[str, Any]:
+def read_package_json(root: Path) -> dict[str, Any]:
+    """The version's package.json ({} when it has none, or an unreadable one)."""
     try:
         data = json.loads((root / "package.json").read_text())
     except (OSError, ValueError):
@@ -153,7 +154,7 @@ def _subpath_published(subpath: str, published: list[str]) -> bool:
 def _published(root: Path, name: str) -> str | None:
     """``PACKAGE_PREFIX + name`` when ``name`` is the package or one of its published
     subpaths, and the version links itself (extract.link_self)."""
-    package = _package(root)
+    package = read_package_json(root)
     own = package.get("name")
     if not isinstance(own, str) or not (name == own or name.startswith(own + "/")):
         return None
@@ -172,7 +173,7 @@ def _published(root: Path, name: str) -> str | None:
 
 def published_hint(root: Path) -> str:
     """What a 404 adds: the names the package publishes (none for a source without a name)."""
-    package = _package(root)
+    package = read_package_json(root)
     own = package.get("name")
     if not isinstance(own, str) or not (root / "node_modules" / own).is_symlink():
         return ""

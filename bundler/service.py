@@ -180,7 +180,8 @@ class BundleService:
             )
             fallbacks.shared = self.shared
         self.lease_waits = 0
-        self._shared_writes: set[asyncio.Task[None]] = set()
+        # Shared-tier writes and lease releases under way, by name ("shared-write:<key>").
+        self._shared_writes: dict[str, asyncio.Task[None]] = {}
 
     @staticmethod
     def options_from(settings: Settings) -> BuildOptions:
@@ -548,8 +549,14 @@ class BundleService:
 
     def _background(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
-        self._shared_writes.add(task)
-        task.add_done_callback(self._shared_writes.discard)
+        self._shared_writes[name] = task
+        task.add_done_callback(
+            lambda done: (
+                self._shared_writes.pop(name, None)
+                if self._shared_writes.get(name) is done
+                else None
+            )
+        )
 
     def _disk_write_done(self, task: asyncio.Task[None]) -> None:
         """One log line per change of state, not one per write of a full disk."""
@@ -642,8 +649,9 @@ class BundleService:
             return "cached"
         await self.built(spec, Priority.WARM)
         # Warmed means the fleet has it: answered once it is in the shared tier too.
-        pending = [t for t in self._shared_writes if t.get_name() == f"shared-write:{spec.key}"]
-        await asyncio.gather(*pending, return_exceptions=True)
+        pending = self._shared_writes.get(f"shared-write:{spec.key}")
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
         return "built"
 
     def abort_waiters(self) -> int:
@@ -666,7 +674,9 @@ class BundleService:
             await asyncio.to_thread(self.combos.save, self.combos.snapshot())
         except OSError as exc:  # a full or read-only disk must not fail the shutdown
             logger.error("could not save the popularity sketch", extra={"error": str(exc)})
-        await asyncio.gather(*self._disk_writes, *self._shared_writes, return_exceptions=True)
+        await asyncio.gather(
+            *self._disk_writes, *self._shared_writes.values(), return_exceptions=True
+        )
         await asyncio.to_thread(self.disk.close)
         await self.flight.close()
         await self.map_flight.close()

@@ -5,6 +5,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,16 @@ def run_in_node(tmp_path: Path, code: bytes, check: str, setup: str = "") -> Any
         check=True,
     )
     return json.loads(out.stdout)
+
+
+def start_service(port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
+    """``bundler serve`` in its own process, stderr appended to ``log`` (a restart adds to it)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bundler", "serve", "--port", str(port), *flags],
+            cwd=ROOT,
+            stderr=out,
+        )
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import aiohttp
 import pytest
 
 from bundler import extract
-from tests.conftest import ROOT, free_port, run_in_node, wait_process_ready
+from tests.conftest import free_port, run_in_node, start_service, wait_process_ready
 from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
 
 pytestmark = pytest.mark.slow
@@ -26,19 +25,10 @@ FILLER = {
 
 
 def start_server(port: int, data_dir: Path, template: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable, "-m", "bundler", "serve",
-                "--port", str(port),
-                "--data-dir", str(data_dir),
-                "--source", template,
-                "--default-version", "1.0.0",
-                "--drain-s", "0",
-            ],
-            cwd=ROOT,
-            stderr=out,
-        )  # fmt: skip
+    return start_service(
+        port, log, "--data-dir", str(data_dir), "--source", template,
+        "--default-version", "1.0.0", "--drain-s", "0",
+    )  # fmt: skip
 
 
 async def wait_for_extraction(sources: Path, proc: subprocess.Popen[bytes]) -> Path:

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_process_ready
+from tests.conftest import free_port, start_service, wait_process_ready
 
 pytestmark = pytest.mark.slow
-
-
-def start_server(port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
-    """``bundler serve`` in its own process, stderr to ``log``."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bundler", "serve", "--port", str(port), *flags],
-            cwd=ROOT,
-            stderr=out,
-        )
 
 
 SLOW = '#!/bin/sh\nsleep 1\nexec "{real}" "$@"\n'
@@ -38,7 +26,7 @@ async def test_sigterm_during_50_in_flight_requests_drops_none(
     slow.chmod(0o755)
     port = free_port()
     log = tmp_path / "server.log"
-    proc = start_server(
+    proc = start_service(
         port, log,
         "--data-dir", str(tmp_path / "data"), "--esbuild", str(slow),
         "--fallback-budget-ms", "-1", "--build-pool-size", "2",
@@ -90,7 +78,7 @@ async def test_shutdown_keeps_its_timeout_and_answers_every_accepted_request(
     data = tmp_path / "data"
     port = free_port()
     log = tmp_path / "server.log"
-    proc = start_server(
+    proc = start_service(
         port, log,
         "--data-dir", str(data), "--esbuild", str(hanging),
         "--fallback-budget-ms", "-1", "--build-timeout-s", "60",

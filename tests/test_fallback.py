@@ -563,6 +563,28 @@ def many_small_modules(directory: Path, count: int) -> None:
         )
 
 
+def two_part_release(tmp_path: Path) -> Path:
+    """A source whose new 3.0.0 holds 60 small modules: its fallback comes in two parts."""
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
+    (source / "3.0.0").mkdir()
+    many_small_modules(source / "3.0.0", 60)
+    return source
+
+
+def two_part_settings(
+    make_settings: Callable[..., Settings], tmp_path: Path, esbuild: str, source: Path
+) -> Settings:
+    """A small fallback budget; fallback runs 0.5 s slower, tailored builds 4 s."""
+    return make_settings(
+        source=str(source),
+        esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=0.5, tailored_delay=4),
+        fallback_max_bytes=4000,
+        fallback_budget_ms=100,
+        build_queue_max=-1,
+    )
+
+
 @pytest.mark.parametrize("wait_for_the_rest", [True, False], ids=["service", "naive"])
 async def test_a_first_part_is_served_at_once_and_the_rest_answers_pages_waiting_for_it(
     aiohttp_client: Any,
@@ -576,19 +598,10 @@ async def test_a_first_part_is_served_at_once_and_the_rest_answers_pages_waiting
     quick survey run, then the complete selection. A page that the first part does not
     cover but the rest does gets the fallback the moment the rest is out, not its own
     (slow) build. Naive: nothing wakes it, and it waits the 4 s build."""
-    source = tmp_path / "src"
-    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
-    (source / "3.0.0").mkdir()
-    many_small_modules(source / "3.0.0", 60)
+    source = two_part_release(tmp_path)
     if not wait_for_the_rest:
         monkeypatch.setattr(FallbackStore, "improving", lambda self, version: None)
-    settings = make_settings(
-        source=str(source),
-        esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=0.5, tailored_delay=4),
-        fallback_max_bytes=4000,
-        fallback_budget_ms=100,
-        build_queue_max=-1,
-    )
+    settings = two_part_settings(make_settings, tmp_path, esbuild, source)
     app = create_app(settings)
     client = await aiohttp_client(app)
     await wait_ready(client)
@@ -635,10 +648,7 @@ async def test_a_file_that_does_not_build_does_not_hold_back_the_first_part(
     TypeScript sources that do not build on their own): the survey's bundle cannot be the
     fallback, and what does build is published at once as the first part. Naive (as
     before): the first part is dropped and pages wait for the complete selection."""
-    source = tmp_path / "src"
-    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
-    (source / "3.0.0").mkdir()
-    many_small_modules(source / "3.0.0", 60)
+    source = two_part_release(tmp_path)
     (source / "3.0.0" / "m00.js").write_text('export { gone } from "./not-shipped.js";\n')
     if not first_part:
 
@@ -646,13 +656,7 @@ async def test_a_file_that_does_not_build_does_not_hold_back_the_first_part(
             return None
 
         monkeypatch.setattr(fallback_module, "_build_selection", dropped)
-    settings = make_settings(
-        source=str(source),
-        esbuild=split_esbuild(tmp_path, esbuild, fallback_delay=0.5, tailored_delay=4),
-        fallback_max_bytes=4000,
-        fallback_budget_ms=100,
-        build_queue_max=-1,
-    )
+    settings = two_part_settings(make_settings, tmp_path, esbuild, source)
     client = await aiohttp_client(create_app(settings))
     await wait_ready(client)
     resp = await client.get("/bundle.js?modules=m01&v=3.0.0")

@@ -20,7 +20,14 @@ from aiohttp.test_utils import TestClient
 from bundler import extract, npm, sources
 from bundler.app import create_app
 from bundler.settings import Settings
-from tests.conftest import ROOT, free_port, run_in_node, wait_process_ready, wait_ready
+from tests.conftest import (
+    ROOT,
+    free_port,
+    run_in_node,
+    start_service,
+    wait_process_ready,
+    wait_ready,
+)
 from tests.packages import npm_tarball
 from tests.registry import StaticRegistry
 from tests.tarballs import ArtifactServer, make_tarball
@@ -364,20 +371,10 @@ async def test_kill_9_during_an_install_then_restart(
     port = free_port()
 
     def start() -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            return subprocess.Popen(
-                [
-                    sys.executable, "-m", "bundler", "serve",
-                    "--port", str(port),
-                    "--data-dir", str(data),
-                    "--source", f"npm:{LIB}",
-                    "--npm-registry", registry.url,
-                    "--default-version", "1.0.0",
-                    "--drain-s", "0",
-                ],
-                cwd=ROOT,
-                stderr=out,
-            )  # fmt: skip
+        return start_service(
+            port, log, "--data-dir", str(data), "--source", f"npm:{LIB}",
+            "--npm-registry", registry.url, "--default-version", "1.0.0", "--drain-s", "0",
+        )  # fmt: skip
 
     first = start()
     try:

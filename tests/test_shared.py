@@ -10,7 +10,6 @@ import asyncio
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from bundler import shared as shared_module
 from bundler.app import SERVICE, create_app
 from bundler.settings import Settings
 from bundler.shared import SharedTier
-from tests.conftest import EXAMPLES, ROOT, free_port, wait_process_ready, wait_ready
+from tests.conftest import EXAMPLES, free_port, start_service, wait_process_ready, wait_ready
 from tests.test_fallback import metrics
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -93,20 +92,10 @@ def bundle_key(app: Any, query: str) -> str:
 def start_replica(
     port: int, data_dir: Path, esbuild: str, redis_url: str, log: Path
 ) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable, "-m", "bundler", "serve",
-                "--port", str(port),
-                "--data-dir", str(data_dir),
-                "--esbuild", esbuild,
-                "--redis-url", redis_url,
-                "--fallback-budget-ms", "-1",
-                "--drain-s", "0",
-            ],
-            cwd=ROOT,
-            stderr=out,
-        )  # fmt: skip
+    return start_service(
+        port, log, "--data-dir", str(data_dir), "--esbuild", esbuild,
+        "--redis-url", redis_url, "--fallback-budget-ms", "-1", "--drain-s", "0",
+    )  # fmt: skip
 
 
 @pytest.fixture
