@@ -586,14 +586,11 @@ class BundleService:
 
     async def source_map(self, spec: BundleSpec) -> bytes:
         """The tailored bundle's source map: built by a second esbuild run on first request
-        (esbuild makes the same code with or without it), then kept in memory."""
+        (esbuild makes the same code with or without it), then kept in memory and shared."""
         bundle = await self.built(spec)
         if bundle.sourcemap is not None:  # a disk entry written before maps were lazy
             return bundle.sourcemap
-        cached = self.maps.get(spec.key)
-        if cached is not None:
-            return cached
-        return await self.map_flight.do(spec.key, lambda: self._build_map(spec, bundle))
+        return await self._map(spec, bundle, of_css=False)
 
     async def asset(self, version: str, name: str) -> bytes:
         """A moved-out image or font: stored when a bundle here was built, else found in
@@ -615,11 +612,33 @@ class BundleService:
         bundle = await self.built(spec)
         if not css.has_css(bundle.code):
             raise NotFound(f"the modules of {spec.query} import no CSS: there is no CSS map")
-        key = spec.key + CSS_MAP_SUFFIX
+        return await self._map(spec, bundle, of_css=True)
+
+    async def _map(self, spec: BundleSpec, bundle: Bundle, *, of_css: bool) -> bytes:
+        key = spec.key + (CSS_MAP_SUFFIX if of_css else "")
         cached = self.maps.get(key)
         if cached is not None:
             return cached
-        return await self.map_flight.do(key, lambda: self._build_map(spec, bundle, of_css=True))
+        return await self.map_flight.do(key, lambda: self._shared_map(spec, bundle, of_css))
+
+    @staticmethod
+    def _map_name(key: str, bundle: Bundle) -> str:
+        """A map's name in the shared tier: it is the map of exactly this code."""
+        return f"m:{key}:{bundle.digest[:32]}"
+
+    async def _shared_map(self, spec: BundleSpec, bundle: Bundle, of_css: bool) -> bytes:
+        """The map another replica made, else made here (and then shared)."""
+        key = spec.key + (CSS_MAP_SUFFIX if of_css else "")
+        if self.shared is not None:
+            found = await self.shared.get_sealed(self._map_name(key, bundle))
+            if found is not None:
+                self._keep_map(key, found)
+                return found
+        return await self._build_map(spec, bundle, of_css=of_css)
+
+    def _keep_map(self, key: str, made: bytes) -> None:
+        if len(made) <= MAP_CACHE_BYTES // 4:
+            self.maps[key] = made
 
     async def _build_map(self, spec: BundleSpec, bundle: Bundle, *, of_css: bool = False) -> bytes:
         output = await build_output(
@@ -635,8 +654,12 @@ class BundleService:
             (spec.key, output.sourcemap),
             (spec.key + CSS_MAP_SUFFIX, output.css_map),
         ):
-            if made is not None and len(made) <= MAP_CACHE_BYTES // 4:
-                self.maps[key] = made
+            if made is None:
+                continue
+            self._keep_map(key, made)
+            if self.shared is not None and output.code == bundle.code:
+                name = self._map_name(key, bundle)
+                self._background(self.shared.put_sealed(name, made), f"shared-write:{name}")
         if of_css:
             if output.css_map is None:
                 raise Unavailable("the CSS source map could not be made; retry")

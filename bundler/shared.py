@@ -4,6 +4,8 @@ through Redis (redis-py's asyncio client, the plain protocol).
 - Bundles: ``<prefix>b:<key>`` holds the disk tier's entry format (every part's length
   and SHA-256, verified on read: a corrupt or truncated value is a miss, deleted, never
   served), with a TTL; Redis is expected to run with ``maxmemory`` and an LRU policy.
+  Source maps (``<prefix>m:<key>:<code digest>``, their SHA-256 in front) and fallbacks
+  (``<prefix>fb:...``, each part's length and SHA-256) are verified the same way.
 - One build per key across the fleet: a replica about to build takes the lease
   ``<prefix>lease:<key>`` (SET NX, a few seconds, renewed until its build is done; the
   build itself has its deadline). Another replica that finds it taken waits for the bundle to land,
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -73,6 +76,17 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def seal(value: bytes) -> bytes:
+    """``value`` behind its SHA-256, so that a reader can tell it whole."""
+    return hashlib.sha256(value).digest() + value
+
+
+def unseal(raw: bytes) -> bytes | None:
+    """The value ``seal`` wrapped, or None if it is not whole."""
+    digest, value = raw[:32], raw[32:]
+    return value if len(digest) == 32 and hashlib.sha256(value).digest() == digest else None
 
 
 class Lease:
@@ -230,6 +244,25 @@ class SharedTier:
 
     async def delete_raw(self, name: str) -> None:
         await self._do("delete", lambda: self.redis.delete(f"{self.prefix}{name}"))
+
+    async def get_sealed(self, name: str) -> bytes | None:
+        """A value stored by ``put_sealed``, if whole (its SHA-256); a corrupt or
+        truncated one is deleted and taken for a miss."""
+        raw = await self.get_raw(name)
+        if raw is None:
+            self.results["miss"] += 1
+            return None
+        value = unseal(raw)
+        if value is None:
+            self.results["corrupt"] += 1
+            logger.error("corrupt shared value; made again", extra={"shared_name": name})
+            await self.delete_raw(name)
+            return None
+        self.results["hit"] += 1
+        return value
+
+    async def put_sealed(self, name: str, value: bytes) -> None:
+        await self.put_raw(name, seal(value))
 
     # ------------------------------------------------------------ leases
 

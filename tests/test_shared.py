@@ -35,6 +35,7 @@ if REDIS_SERVER is None:
     )
 
 QUERY = "/bundle.js?modules=components/card,components/hero&v=1.1.0"
+MAP_QUERY = QUERY.replace("bundle.js", "bundle.js.map")
 
 
 class RedisServer:
@@ -142,11 +143,18 @@ async def test_a_bundle_one_replica_process_built_is_a_hit_on_another(
         async with session.get(first + QUERY) as resp:
             assert resp.status == 200
             body = await resp.read()
+        # A developer opens devtools: the map is made by a second run, on request.
+        async with session.get(first + MAP_QUERY) as resp:
+            assert resp.status == 200
+            sourcemap = await resp.read()
         [second] = await replicas(redis_server.url if shared else "", 1)
         before = runs()
         async with session.get(second + QUERY) as resp:
             assert resp.status == 200 and await resp.read() == body
-    assert runs() - before == (0 if shared else 1)
+        async with session.get(second + MAP_QUERY) as resp:
+            assert resp.status == 200 and await resp.read() == sourcemap
+    # Naive: one run for the bundle, one for its map.
+    assert runs() - before == (0 if shared else 2)
 
 
 @pytest.mark.slow
@@ -236,6 +244,33 @@ async def test_a_corrupt_shared_value_is_rebuilt_not_served(
     async with asyncio.timeout(5):  # the rebuilt bundle replaces it
         while redis_server.client().get(key).startswith(b'bundler-entry-1\n{"key": "x"}'):
             await asyncio.sleep(0.05)
+
+
+async def test_a_corrupt_shared_source_map_is_made_again_not_served(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    redis_server: RedisServer,
+) -> None:
+    wrapper, runs = counting_esbuild
+    app = create_app(make_settings(redis_url=redis_server.url, esbuild=wrapper))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    resp = await client.get(MAP_QUERY)
+    assert resp.status == 200
+    sourcemap = await resp.read()
+    store = redis_server.client()
+    async with asyncio.timeout(5):  # the bundle's map and its CSS's, made by one run
+        while len(names := store.keys("bundler:m:*")) < 2:
+            await asyncio.sleep(0.05)
+    [name] = [n for n in names if b":css:" not in n]
+    store.set(name, store.get(name)[:-10])  # truncated
+    app[SERVICE].maps.clear()  # as on a replica that never made it
+    before = runs()
+    resp = await client.get(MAP_QUERY)
+    assert resp.status == 200 and await resp.read() == sourcemap
+    assert runs() - before == 1
+    assert (await metrics(client))["bundler_shared_lookups_total{result=corrupt}"] == 1
 
 
 async def test_redis_stopped_and_restarted_mid_traffic_gives_no_5xx(
