@@ -279,8 +279,8 @@ def run_fleet(
             fleet.stop()
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
-                for log in Path(work).glob("*.log"):
-                    shutil.copy(log, args.keep / f"{label.replace(' ', '-')}-{log.name}")
+                for kept in [*Path(work).glob("*.log"), *Path(work).glob("*.json")]:
+                    shutil.copy(kept, args.keep / f"{label.replace(' ', '-')}-{kept.name}")
 
 
 def main() -> None:
@@ -292,7 +292,9 @@ def main() -> None:
     parser.add_argument("--combos", type=int, default=2000)
     parser.add_argument("--warm", type=int, default=600)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--keep", type=Path, help="copy the replicas' and HAProxy's logs here")
+    parser.add_argument(
+        "--keep", type=Path, help="copy the logs and the raw load and probe records here"
+    )
     parser.add_argument("--only-redis", action="store_true", help="skip the fleet without Redis")
     args = parser.parse_args()
     for tool in ("redis-server", "haproxy"):

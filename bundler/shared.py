@@ -15,10 +15,12 @@ through Redis (redis-py's asyncio client, the plain protocol).
   ``<prefix>combos`` every few seconds (trimmed to a bound), so /combos is the fleet's.
 
 Redis is never a single point of failure. Every operation gives up after
-``timeout_s``; the first failure marks the tier down (one log line, a gauge), and
-for ``RETRY_S`` after it nothing is asked of Redis at all, so requests never pay the
-timeout twice in a row; the local tiers carry on, and a waiter on another's lease builds
-itself. Readiness never looks at Redis.
+``timeout_s``. A refused connection marks the tier down at once (one log line, a gauge);
+timeouts in a row do once a PING with time to spare fails too (a replica too busy to read
+Redis's answers in time is not an outage: the whole fleet would build on its own). For
+``RETRY_S`` after that nothing is asked of Redis at all, so requests do not keep paying the
+timeout; the local tiers carry on, and a waiter on another's lease builds itself.
+Readiness never looks at Redis.
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Redis is taken for down after this many timeouts in a row (a refused connection at
-# once), and then left alone for RETRY_S (then tried again).
+# After this many timeouts in a row, Redis is asked for a PING with CONFIRM_TIMEOUT_S to
+# spare; it is taken for down if that fails too (a refused connection at once), and then
+# left alone for RETRY_S (then tried again).
 FAILURES_TO_DOWN = 3
+CONFIRM_TIMEOUT_S = 0.5
+# The landing subscription reads with this timeout (None back when nothing landed).
+LISTEN_POLL_S = 30.0
 MAX_CONNECTIONS = 32
 # What no request waits on (writing a bundle, renewing or releasing a lease) may take longer.
 BACKGROUND_TIMEOUT_S = 1.0
@@ -76,6 +82,12 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def _ignore_outcome(done: asyncio.Future[Any]) -> None:
+    """A late answer nobody waits for any more (its error retrieved, so never logged)."""
+    if not done.cancelled():
+        done.exception()
 
 
 def seal(value: bytes) -> bytes:
@@ -134,6 +146,10 @@ class SharedTier:
             max_connections=MAX_CONNECTIONS,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             health_check_interval=30,
+            # Nothing waits longer than this for an answer or a free connection (a hung
+            # Redis: see _do), so a late operation ends and gives its connection back.
+            socket_timeout=BACKGROUND_TIMEOUT_S,
+            timeout=BACKGROUND_TIMEOUT_S,
         )
         self.redis = aioredis.Redis(connection_pool=pool)
         self.timeout_s = timeout_s
@@ -154,6 +170,8 @@ class SharedTier:
         self._counts: collections.Counter[str] = collections.Counter()
         self._flusher: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        self._confirming: asyncio.Future[None] | None = None
+        self._late: set[asyncio.Future[Any]] = set()
 
     # ------------------------------------------------------------ every operation
 
@@ -164,13 +182,22 @@ class SharedTier:
         request waits on it: ``timeout_s``, the setting; nobody does: longer)."""
         if not self.up and time.monotonic() < self._down_until:
             return None
+        # Whoever waits gives up at the timeout, the operation does not: a late answer is
+        # still read, and its connection goes back to the pool whole. Cut off mid-answer,
+        # a connection is dropped, and the next operations wait for new ones (under a
+        # storm, more timeouts). The socket timeout (BACKGROUND_TIMEOUT_S) ends it anyway.
+        running = asyncio.ensure_future(op())
         try:
             # Redis gets its time of its own: a busy event loop's lag is not charged to it.
             async with asyncio.timeout((timeout_s or self.timeout_s) + self.lag()):
-                result = await op()
+                result = await asyncio.shield(running)
         except (RedisError, OSError, TimeoutError) as exc:
+            self._let_finish(running)
             self._failed(what, exc)
             return None
+        except asyncio.CancelledError:
+            self._let_finish(running)
+            raise
         self._failures = 0
         if not self.up:
             self.up = True
@@ -178,14 +205,40 @@ class SharedTier:
             logger.warning("shared tier (Redis) reachable again")
         return result
 
+    def _let_finish(self, running: asyncio.Future[Any]) -> None:
+        """A late operation nobody waits for any more: its outcome is dropped."""
+        if not running.done():
+            self._late.add(running)
+            running.add_done_callback(self._late.discard)
+        running.add_done_callback(_ignore_outcome)
+
     def _failed(self, what: str, exc: BaseException) -> None:
         self.results["error"] += 1
         self._failures += 1
         refused = isinstance(exc, (RedisConnectionError, ConnectionError)) and not isinstance(
             exc, TimeoutError
         )
-        if self._failures < FAILURES_TO_DOWN and not refused:
-            return  # one slow answer (or a busy event loop) is not an outage
+        if refused:
+            self._down(what, exc)
+        elif self._failures >= FAILURES_TO_DOWN and self._confirming is None:
+            # Timeouts in a row: Redis hangs, or this replica is too busy to read its
+            # answers in time (a storm on few CPUs). Only a PING given time to spare
+            # tells them apart; meanwhile each operation keeps its own short timeout.
+            self._confirming = asyncio.ensure_future(self._confirm(what, exc))
+
+    async def _confirm(self, what: str, exc: BaseException) -> None:
+        try:
+            async with asyncio.timeout(CONFIRM_TIMEOUT_S + self.lag()):
+                await self.redis.ping()
+        except (RedisError, OSError, TimeoutError) as error:
+            self._down(what, error)
+        else:
+            self._failures = 0
+            self.results["busy"] += 1  # timeouts, yet Redis answers: not an outage
+        finally:
+            self._confirming = None
+
+    def _down(self, what: str, exc: BaseException) -> None:
         self._down_until = time.monotonic() + RETRY_S
         if self.up:
             self.up = False
@@ -347,7 +400,8 @@ class SharedTier:
                 await pubsub.subscribe(f"{self.prefix}landed")
             self._listening.set()
             while True:
-                message = await pubsub.get_message(timeout=None)
+                # Not block=True: that read would end at the socket timeout.
+                message = await pubsub.get_message(timeout=LISTEN_POLL_S)
                 if message is None:
                     continue
                 key = message["data"].decode()
@@ -423,7 +477,7 @@ class SharedTier:
         await self._do("ping", self.redis.ping)
 
     async def close(self) -> None:
-        for task in (self._flusher, self._listener):
+        for task in (self._flusher, self._listener, self._confirming, *self._late):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -432,3 +486,5 @@ class SharedTier:
             await self.flush_combos()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+        with contextlib.suppress(Exception):
+            await self.redis.connection_pool.aclose()  # ours: aclose() leaves it open

@@ -76,6 +76,13 @@ class RedisServer:
         return redis.Redis(port=self.port)
 
 
+async def made_up_its_mind(tier: SharedTier) -> None:
+    """Until the tier has made up its mind about timeouts in a row (its PING)."""
+    async with asyncio.timeout(2):
+        while tier._confirming is not None:
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
@@ -399,6 +406,7 @@ async def test_one_slow_answer_is_not_an_outage(
     every replica builds on its own for the next second."""
     if not tolerant:
         monkeypatch.setattr(shared_module, "FAILURES_TO_DOWN", 1)
+        monkeypatch.setattr(shared_module, "CONFIRM_TIMEOUT_S", 0.0)
     tier = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
     await tier.start()
     try:
@@ -406,6 +414,83 @@ async def test_one_slow_answer_is_not_an_outage(
         redis_server.client().client_pause(300)
         assert await tier.get("caught-in-the-pause") is None
         assert tier.results["error"] == 1
+        await made_up_its_mind(tier)
         assert tier.up == tolerant
+    finally:
+        await tier.close()
+
+
+@pytest.mark.parametrize("confirmed", [True, False], ids=["confirmed", "naive"])
+async def test_timeouts_in_a_row_are_not_an_outage_while_redis_answers_a_ping(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, confirmed: bool
+) -> None:
+    """Redis too slow for 300 ms (CLIENT PAUSE; on a storm's few CPUs, a starved Redis or a
+    replica's connection pool): three operations in a row time out, then a PING given
+    time to spare answers, and the tier stays up. Naive (no time to spare): down, and for
+    a second every replica builds on its own."""
+    if not confirmed:
+        monkeypatch.setattr(shared_module, "CONFIRM_TIMEOUT_S", 0.0)
+    tier = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
+    await tier.start()
+    try:
+        assert await tier.get("warm-up") is None  # connected
+        redis_server.client().client_pause(300)
+        for i in range(shared_module.FAILURES_TO_DOWN):
+            assert await tier.get(f"caught-{i}") is None
+        assert tier.results["error"] == shared_module.FAILURES_TO_DOWN
+        await made_up_its_mind(tier)
+        assert tier.up == confirmed
+        assert tier.results["busy"] == (1 if confirmed else 0)
+    finally:
+        await tier.close()
+
+
+async def test_a_hung_redis_is_taken_for_down_and_left_alone(redis_server: RedisServer) -> None:
+    """SIGSTOP: Redis accepts nothing and answers nothing. Timeouts, then the PING fails:
+    down, and for a second nothing is asked of it (no request pays the timeout)."""
+    tier = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
+    await tier.start()
+    assert redis_server.proc is not None
+    try:
+        assert await tier.get("warm-up") is None  # connected
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        for i in range(shared_module.FAILURES_TO_DOWN):
+            assert await tier.get(f"hung-{i}") is None
+        async with asyncio.timeout(3):
+            while tier.up:
+                await asyncio.sleep(0.02)
+        started = time.monotonic()
+        assert await tier.get("while-down") is None
+        assert time.monotonic() - started < 0.02
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+        await tier.close()
+
+
+@pytest.mark.parametrize("outlived", [True, False], ids=["late-answer-read", "naive"])
+async def test_a_late_answer_keeps_its_connection(
+    redis_server: RedisServer, outlived: bool
+) -> None:
+    """Redis pauses 300 ms: the request gives up at its timeout, but the operation reads
+    the late answer and its connection goes back to the pool; the next operation needs no
+    new connection. Naive (the operation itself cancelled at the timeout, mid-answer):
+    redis-py drops that connection, and under a storm every timeout costs a reconnect."""
+    tier = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
+    await tier.start()
+    store = redis_server.client()
+    try:
+        assert await tier.get("warm-up") is None  # one connection, made
+        connections = store.info("stats")["total_connections_received"]
+        store.client_pause(300)
+        if outlived:
+            assert await tier.get("caught") is None
+        else:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await tier.redis.get("bundler:b:caught")
+        await asyncio.sleep(0.5)  # the pause is over; a late answer has been read
+        assert await tier.get("after") is None
+        made = store.info("stats")["total_connections_received"] - connections
+        assert made == (0 if outlived else 1)
     finally:
         await tier.close()
