@@ -84,12 +84,6 @@ return 0
 """
 
 
-def _ignore_outcome(done: asyncio.Future[Any]) -> None:
-    """A late answer nobody waits for any more (its error retrieved, so never logged)."""
-    if not done.cancelled():
-        done.exception()
-
-
 def seal(value: bytes) -> bytes:
     """``value`` behind its SHA-256, so that a reader can tell it whole."""
     return hashlib.sha256(value).digest() + value
@@ -146,8 +140,8 @@ class SharedTier:
             max_connections=MAX_CONNECTIONS,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             health_check_interval=30,
-            # Nothing waits longer than this for an answer or a free connection (a hung
-            # Redis: see _do), so a late operation ends and gives its connection back.
+            # Nothing waits longer than this for an answer or a free connection, whatever
+            # its own deadline (a half-dead connection ends here, not at TCP's timeouts).
             socket_timeout=BACKGROUND_TIMEOUT_S,
             timeout=BACKGROUND_TIMEOUT_S,
         )
@@ -171,7 +165,6 @@ class SharedTier:
         self._flusher: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
         self._confirming: asyncio.Future[None] | None = None
-        self._late: set[asyncio.Future[Any]] = set()
 
     # ------------------------------------------------------------ every operation
 
@@ -182,35 +175,19 @@ class SharedTier:
         request waits on it: ``timeout_s``, the setting; nobody does: longer)."""
         if not self.up and time.monotonic() < self._down_until:
             return None
-        # Whoever waits gives up at the timeout, the operation does not: a late answer is
-        # still read, and its connection goes back to the pool whole. Cut off mid-answer,
-        # a connection is dropped, and the next operations wait for new ones (under a
-        # storm, more timeouts). The socket timeout (BACKGROUND_TIMEOUT_S) ends it anyway.
-        running = asyncio.ensure_future(op())
         try:
             # Redis gets its time of its own: a busy event loop's lag is not charged to it.
             async with asyncio.timeout((timeout_s or self.timeout_s) + self.lag()):
-                result = await asyncio.shield(running)
+                result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._let_finish(running)
             self._failed(what, exc)
             return None
-        except asyncio.CancelledError:
-            self._let_finish(running)
-            raise
         self._failures = 0
         if not self.up:
             self.up = True
             self.state_changes += 1
             logger.warning("shared tier (Redis) reachable again")
         return result
-
-    def _let_finish(self, running: asyncio.Future[Any]) -> None:
-        """A late operation nobody waits for any more: its outcome is dropped."""
-        if not running.done():
-            self._late.add(running)
-            running.add_done_callback(self._late.discard)
-        running.add_done_callback(_ignore_outcome)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.results["error"] += 1
@@ -477,7 +454,7 @@ class SharedTier:
         await self._do("ping", self.redis.ping)
 
     async def close(self) -> None:
-        for task in (self._flusher, self._listener, self._confirming, *self._late):
+        for task in (self._flusher, self._listener, self._confirming):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
