@@ -185,6 +185,7 @@ def run_load(
         *me, "--role", "load", "--url", fleet.url, "--out", str(load_out),
         "--combos-file", str(combos_file), "--rate", str(args.rate), "--duration", str(args.duration),
         "--seed", str(seed), "--version", fleet.corpus.release,
+        "--load-niceness", str(args.load_niceness),
     ])  # fmt: skip
     if kill_redis_at is not None:
         time.sleep(kill_redis_at)
@@ -296,6 +297,12 @@ def main() -> None:
         "--keep", type=Path, help="copy the logs and the raw load and probe records here"
     )
     parser.add_argument("--only-redis", action="store_true", help="skip the fleet without Redis")
+    parser.add_argument(
+        "--load-niceness",
+        type=int,
+        default=19,
+        help="nice(1) of the load's process (0: it is never starved by the builds)",
+    )
     args = parser.parse_args()
     for tool in ("redis-server", "haproxy"):
         if shutil.which(tool) is None:
