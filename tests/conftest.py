@@ -63,7 +63,7 @@ def counting_esbuild(tmp_path: Path, esbuild: str) -> tuple[str, Callable[[], in
     """The real esbuild behind a wrapper that logs each run, so tests count real processes."""
     log = tmp_path / "esbuild-runs.log"
     wrapper = tmp_path / "esbuild-counting"
-    wrapper.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{esbuild}" "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\necho "run $GOMAXPROCS" >> "{log}"\nexec "{esbuild}" "$@"\n')
     wrapper.chmod(0o755)
 
     def runs() -> int:

@@ -201,3 +201,43 @@ async def test_a_cancelled_waiter_leaves_its_batch_and_the_pool_whole(
     assert builder.runs == {"batch": 1}
     assert builder.slots.in_use == 0 and builder.queued == 0
     assert not builder._waiting and not builder._by_key
+
+
+@pytest.mark.parametrize("idle_cpus", [True, False], ids=["idle-cpus-used", "naive"])
+async def test_a_build_alone_uses_the_idle_cpus_and_builds_side_by_side_share_them(
+    esbuild: str,
+    tmp_path: Path,
+    counting_esbuild: tuple[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    idle_cpus: bool,
+) -> None:
+    """Pool of 2, one thread each. A build with nothing else running or queued runs with
+    both CPUs; two at once with one each (never more threads than CPUs for long). Naive
+    (always the pool's share): the quiet server's build runs on one CPU of two."""
+    wrapper, _ = counting_esbuild
+    builder = Builder(
+        wrapper, tmp_path / "tmp", pool_size=2, threads_per_build=1, timeout_s=30, niceness=0
+    )
+    if not idle_cpus:
+        monkeypatch.setattr(
+            Builder,
+            "_threads",
+            lambda self, job: (
+                self.threads_per_build
+                * (self.pool_size if job.priority == Priority.FALLBACK else 1)
+            ),
+        )
+    root = Path(__file__).resolve().parent.parent / "examples" / "components" / "1.1.0"
+    log = tmp_path / "esbuild-runs.log"
+
+    def build(modules: tuple[str, ...]) -> Any:
+        spec = BundleSpec("1.1.0", modules, OPTIONS)
+        registrations = resolve_modules(root, "1.1.0", spec.modules)
+        return builder.build(BuildJob.tailored(spec, registrations, Priority.TAILORED), root)
+
+    await build(("components/card",))
+    alone = log.read_text().split()[-1]
+    await asyncio.gather(build(("components/hero",)), build(("components/nav",)))
+    together = log.read_text().split()[-2:]
+    assert alone == ("2" if idle_cpus else "1")
+    assert "1" in together  # the second of two at once never takes both CPUs
