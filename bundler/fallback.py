@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache, TTLCache
 
@@ -56,11 +56,13 @@ from bundler.fallback_plan import (
 from bundler.flight import SingleFlight
 from bundler.resolve import read_package_json
 from bundler.settings import Settings
-from bundler.shared import SharedTier
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import FORMAT_VERSION, BuildOptions
 from bundler.survey import run_survey
+
+if TYPE_CHECKING:
+    from bundler.shared import SharedTier
 
 logger = logging.getLogger(__name__)
 

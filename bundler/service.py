@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache, TTLCache
 
@@ -42,10 +42,12 @@ from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.resolve import resolve_modules
 from bundler.settings import Settings
-from bundler.shared import Lease, SharedTier
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BuildOptions, BundleSpec, parse_query, validate_version
+
+if TYPE_CHECKING:  # redis-py is imported only where Redis is configured (7 MiB of RSS)
+    from bundler.shared import Lease, SharedTier
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +173,8 @@ class BundleService:
         fallbacks.on_loaded = self._promote_uncovered
         self.shared: SharedTier | None = None
         if settings.redis_url:
+            from bundler.shared import SharedTier
+
             self.shared = SharedTier(
                 settings.redis_url,
                 timeout_s=settings.redis_timeout_ms / 1000,
