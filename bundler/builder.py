@@ -666,8 +666,8 @@ class Builder:
         """GOMAXPROCS of one run. Pool size x threads = the CPUs we may use. A run may use
         them all (esbuild parses in parallel) when it is a fallback (everything waits on
         it), or when it starts alone, nothing else running or queued: a quiet server's
-        cold build then uses the idle CPUs (five example components on 2 CPUs: 10 ms
-        instead of 12.5). Under load every slot is taken, and each run gets its share."""
+        cold build then uses the idle CPUs (five example components on 2 CPUs: 11.0 ms
+        of esbuild instead of 12.6). Under load every slot is taken, and each run gets its share."""
         alone = self.slots.in_use <= 1 and self.slots.queued == 0
         if job.priority == Priority.FALLBACK or alone:
             return self.threads_per_build * self.pool_size

@@ -121,13 +121,7 @@ class NpmClient:
 
     async def install(self, root: Path, caps: InstallCaps, timeout_s: float, version: str) -> None:
         """The production dependencies of the package at ``root``, into ``root/node_modules``."""
-        (root / ".npmrc").unlink(missing_ok=True)  # a package's own config never applies
-        manifest = root / "package.json"
-        published = manifest.read_bytes() if manifest.is_file() else None
-        if published is not None:
-            # npm resolves devDependencies even when it omits them (dozens of registry
-            # requests for a typical library): it is shown the production part only.
-            manifest.write_text(json.dumps(_production_part(json.loads(published))))
+        published = await asyncio.to_thread(_prepare_for_install, root)
         what = f"installing the dependencies of version {version}"
         try:
             await self._run(
@@ -141,7 +135,7 @@ class NpmClient:
             await asyncio.to_thread(check_caps, root, caps, what)
         finally:
             if published is not None:
-                manifest.write_bytes(published)
+                await asyncio.to_thread((root / "package.json").write_bytes, published)
 
     async def versions(self, package: str, timeout_s: float) -> list[str]:
         out = await self._run(
@@ -220,6 +214,19 @@ class NpmClient:
                 raise NpmError(f"{what} failed: a package is not in the registry: {one_line(text)}")
             raise NpmError(f"{what} failed: {one_line(text)}")
         return out.decode("utf-8", "replace")
+
+
+def _prepare_for_install(root: Path) -> bytes | None:
+    """Removes the package's own .npmrc (its config never applies) and shows npm the
+    production part of package.json: npm resolves devDependencies even when it omits
+    them (dozens of registry requests for a typical library). Returns the published
+    package.json, to be put back (None: there is none)."""
+    (root / ".npmrc").unlink(missing_ok=True)
+    manifest = root / "package.json"
+    published = manifest.read_bytes() if manifest.is_file() else None
+    if published is not None:
+        manifest.write_text(json.dumps(_production_part(json.loads(published))))
+    return published
 
 
 def _production_part(manifest: Any) -> Any:

@@ -623,16 +623,15 @@ class BundleService:
         cached = self.maps.get(key)
         if cached is not None:
             return cached
-        return await self.map_flight.do(key, lambda: self._shared_map(spec, bundle, of_css))
+        return await self.map_flight.do(key, lambda: self._shared_map(spec, bundle, key, of_css))
 
     @staticmethod
     def _map_name(key: str, bundle: Bundle) -> str:
         """A map's name in the shared tier: it is the map of exactly this code."""
         return f"m:{key}:{bundle.digest[:32]}"
 
-    async def _shared_map(self, spec: BundleSpec, bundle: Bundle, of_css: bool) -> bytes:
+    async def _shared_map(self, spec: BundleSpec, bundle: Bundle, key: str, of_css: bool) -> bytes:
         """The map another replica made, else made here (and then shared)."""
-        key = spec.key + (CSS_MAP_SUFFIX if of_css else "")
         if self.shared is not None:
             found = await self.shared.get_sealed(self._map_name(key, bundle))
             if found is not None:

@@ -201,9 +201,9 @@ class SharedTier:
             # Timeouts in a row: Redis hangs, or this replica is too busy to read its
             # answers in time (a storm on few CPUs). Only a PING given time to spare
             # tells them apart; meanwhile each operation keeps its own short timeout.
-            self._confirming = asyncio.ensure_future(self._confirm(what, exc))
+            self._confirming = asyncio.ensure_future(self._confirm(what))
 
-    async def _confirm(self, what: str, exc: BaseException) -> None:
+    async def _confirm(self, what: str) -> None:
         try:
             async with asyncio.timeout(CONFIRM_TIMEOUT_S + self.lag()):
                 await self.redis.ping()
@@ -282,7 +282,7 @@ class SharedTier:
         if raw is None:
             self.results["miss"] += 1
             return None
-        value = unseal(raw)
+        value = await asyncio.to_thread(unseal, raw)  # a map can be megabytes
         if value is None:
             self.results["corrupt"] += 1
             logger.error("corrupt shared value; made again", extra={"shared_name": name})
@@ -292,7 +292,7 @@ class SharedTier:
         return value
 
     async def put_sealed(self, name: str, value: bytes) -> None:
-        await self.put_raw(name, seal(value))
+        await self.put_raw(name, await asyncio.to_thread(seal, value))
 
     # ------------------------------------------------------------ leases
 

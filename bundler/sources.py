@@ -82,9 +82,11 @@ class DirectorySource:
             raise ConfigError(f"source directory {str(root)!r} does not exist")
         self.root = root.resolve()
 
+    def _names(self) -> list[str]:
+        return [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
     def newest_version(self) -> str | None:
-        names = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return max(names, key=version_sort_key, default=None)
+        return max(self._names(), key=version_sort_key, default=None)
 
     @asynccontextmanager
     async def use(self, version: str) -> AsyncIterator[Path]:
@@ -97,8 +99,7 @@ class DirectorySource:
         return f"directory {self.root}"
 
     async def versions(self) -> list[str]:
-        names = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return sorted(names, key=version_sort_key)
+        return sorted(self._names(), key=version_sort_key)
 
     def pin(self, version: str) -> None:
         pass  # nothing is ever removed from a source directory

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from aiohttp.test_utils import TestClient
 
 from bundler import shared as shared_module
 from bundler.app import SERVICE, create_app
@@ -74,6 +75,34 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
+
+
+OnRedis = tuple[Any, TestClient, Callable[[], int]]
+
+
+@pytest.fixture
+async def on_redis(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    redis_server: RedisServer,
+) -> OnRedis:
+    """One service in this process on the shared tier: its app, client and esbuild runs."""
+    wrapper, runs = counting_esbuild
+    app = create_app(make_settings(redis_url=redis_server.url, esbuild=wrapper))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    return app, client, runs
+
+
+@pytest.fixture
+async def tier(redis_server: RedisServer) -> AsyncIterator[SharedTier]:
+    """A shared tier alone, connected, with a 50 ms operation timeout."""
+    made = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
+    await made.start()
+    assert await made.get("warm-up") is None  # connected
+    yield made
+    await made.close()
 
 
 async def made_up_its_mind(tier: SharedTier) -> None:
@@ -231,15 +260,9 @@ async def test_a_lease_held_by_a_killed_replica_lapses_and_another_builds(
 
 
 async def test_a_corrupt_shared_value_is_rebuilt_not_served(
-    aiohttp_client: Any,
-    make_settings: Callable[..., Settings],
-    counting_esbuild: tuple[str, Callable[[], int]],
-    redis_server: RedisServer,
+    on_redis: OnRedis, redis_server: RedisServer
 ) -> None:
-    wrapper, runs = counting_esbuild
-    app = create_app(make_settings(redis_url=redis_server.url, esbuild=wrapper))
-    client = await aiohttp_client(app)
-    await wait_ready(client)
+    app, client, runs = on_redis
     key = f"bundler:b:{bundle_key(app, QUERY)}"
     # An entry in the right format that does not check out (a bad hand, a torn write).
     redis_server.client().set(key, b"bundler-entry-1\n" + b'{"key": "x"}\n' + b"garbage")
@@ -254,15 +277,9 @@ async def test_a_corrupt_shared_value_is_rebuilt_not_served(
 
 
 async def test_a_corrupt_shared_source_map_is_made_again_not_served(
-    aiohttp_client: Any,
-    make_settings: Callable[..., Settings],
-    counting_esbuild: tuple[str, Callable[[], int]],
-    redis_server: RedisServer,
+    on_redis: OnRedis, redis_server: RedisServer
 ) -> None:
-    wrapper, runs = counting_esbuild
-    app = create_app(make_settings(redis_url=redis_server.url, esbuild=wrapper))
-    client = await aiohttp_client(app)
-    await wait_ready(client)
+    app, client, runs = on_redis
     resp = await client.get(MAP_QUERY)
     assert resp.status == 200
     sourcemap = await resp.read()
@@ -399,7 +416,7 @@ async def test_a_fallback_one_replica_built_is_taken_by_another(
 
 @pytest.mark.parametrize("tolerant", [True, False], ids=["service", "naive"])
 async def test_one_slow_answer_is_not_an_outage(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tolerant: bool
+    tier: SharedTier, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tolerant: bool
 ) -> None:
     """Redis paused for 300 ms (CLIENT PAUSE): the operation caught in it times out, and the
     tier stays up (the next one goes to Redis). Naive: down at the first timeout, and
@@ -407,22 +424,16 @@ async def test_one_slow_answer_is_not_an_outage(
     if not tolerant:
         monkeypatch.setattr(shared_module, "FAILURES_TO_DOWN", 1)
         monkeypatch.setattr(shared_module, "CONFIRM_TIMEOUT_S", 0.0)
-    tier = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
-    await tier.start()
-    try:
-        assert await tier.get("warm-up") is None  # connected
-        redis_server.client().client_pause(300)
-        assert await tier.get("caught-in-the-pause") is None
-        assert tier.results["error"] == 1
-        await made_up_its_mind(tier)
-        assert tier.up == tolerant
-    finally:
-        await tier.close()
+    redis_server.client().client_pause(300)
+    assert await tier.get("caught-in-the-pause") is None
+    assert tier.results["error"] == 1
+    await made_up_its_mind(tier)
+    assert tier.up == tolerant
 
 
 @pytest.mark.parametrize("confirmed", [True, False], ids=["confirmed", "naive"])
 async def test_timeouts_in_a_row_are_not_an_outage_while_redis_answers_a_ping(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, confirmed: bool
+    tier: SharedTier, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, confirmed: bool
 ) -> None:
     """Redis too slow for 300 ms (CLIENT PAUSE; on a storm's few CPUs, a starved Redis or a
     replica's connection pool): three operations in a row time out, then a PING given
@@ -430,29 +441,22 @@ async def test_timeouts_in_a_row_are_not_an_outage_while_redis_answers_a_ping(
     a second every replica builds on its own."""
     if not confirmed:
         monkeypatch.setattr(shared_module, "CONFIRM_TIMEOUT_S", 0.0)
-    tier = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
-    await tier.start()
-    try:
-        assert await tier.get("warm-up") is None  # connected
-        redis_server.client().client_pause(300)
-        for i in range(shared_module.FAILURES_TO_DOWN):
-            assert await tier.get(f"caught-{i}") is None
-        assert tier.results["error"] == shared_module.FAILURES_TO_DOWN
-        await made_up_its_mind(tier)
-        assert tier.up == confirmed
-        assert tier.results["busy"] == (1 if confirmed else 0)
-    finally:
-        await tier.close()
+    redis_server.client().client_pause(300)
+    for i in range(shared_module.FAILURES_TO_DOWN):
+        assert await tier.get(f"caught-{i}") is None
+    assert tier.results["error"] == shared_module.FAILURES_TO_DOWN
+    await made_up_its_mind(tier)
+    assert tier.up == confirmed
+    assert tier.results["busy"] == (1 if confirmed else 0)
 
 
-async def test_a_hung_redis_is_taken_for_down_and_left_alone(redis_server: RedisServer) -> None:
+async def test_a_hung_redis_is_taken_for_down_and_left_alone(
+    tier: SharedTier, redis_server: RedisServer
+) -> None:
     """SIGSTOP: Redis accepts nothing and answers nothing. Timeouts, then the PING fails:
     down, and for a second nothing is asked of it (no request pays the timeout)."""
-    tier = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
-    await tier.start()
     assert redis_server.proc is not None
     try:
-        assert await tier.get("warm-up") is None  # connected
         redis_server.proc.send_signal(signal.SIGSTOP)
         for i in range(shared_module.FAILURES_TO_DOWN):
             assert await tier.get(f"hung-{i}") is None
@@ -464,4 +468,3 @@ async def test_a_hung_redis_is_taken_for_down_and_left_alone(redis_server: Redis
         assert time.monotonic() - started < 0.02
     finally:
         redis_server.proc.send_signal(signal.SIGCONT)
-        await tier.close()
