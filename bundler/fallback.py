@@ -116,12 +116,27 @@ class Plan:
     operator: tuple[str, ...] = ()
     popular: tuple[str, ...] = ()
     operator_digest: str = ""
+    # The modules of the fallback served before this one (another version's, whole): at
+    # a release, what built and fitted in the old version is the new one's quick first
+    # part, in one esbuild run instead of a survey and a build.
+    previous: tuple[str, ...] = ()
 
     @classmethod
     def make(
-        cls, version: str, max_bytes: int, operator: OperatorList, popular: Sequence[str]
+        cls,
+        version: str,
+        max_bytes: int,
+        operator: OperatorList,
+        popular: Sequence[str],
+        previous: Sequence[str] = (),
     ) -> Plan:
-        return cls(max_bytes, operator.names(version), tuple(popular), operator.digest(version))
+        return cls(
+            max_bytes,
+            operator.names(version),
+            tuple(popular),
+            operator.digest(version),
+            tuple(previous),
+        )
 
 
 def fallback_job(
@@ -353,7 +368,10 @@ async def build_fallback(
     ranked = rank(candidates, plan.operator, plan.popular, entry_point_paths(package))
     if not ranked:
         raise BuildFailed(f"version {version} has no JavaScript modules")
-    if early is not None:
+    quick = await _as_before(builder, root, version, options, plan, candidates) if early else None
+    if early is not None and quick is not None:
+        await early(quick)
+    elif early is not None:
         count = survey_prefix(ranked, candidates, FIRST_SURVEY_FACTOR * plan.max_bytes)
         survey = await run_survey(
             builder, root, version, ranked[:count], options, candidates, map_url(version)
@@ -406,6 +424,26 @@ async def build_fallback(
             selection = trimmed
             registrations = [(name, candidates.files[name]) for name in selection.names]
             output = await builder.build(fallback_job(version, registrations, options), root)
+    return _fallback_build(version, output, selection, candidates, plan)
+
+
+async def _as_before(
+    builder: Builder,
+    root: Path,
+    version: str,
+    options: BuildOptions,
+    plan: Plan,
+    candidates: Candidates,
+) -> FallbackBuild | None:
+    """The first part as the previous fallback was, of the names this version has too,
+    if that builds and fits (one esbuild run); None otherwise (then it is surveyed)."""
+    names = sorted(name for name in plan.previous if name in candidates.files)
+    if not names:
+        return None
+    selection = Selection(names, 0, {})
+    output = await _build_selection(builder, root, version, options, selection, candidates)
+    if output is None or len(output.code) > plan.max_bytes:
+        return None
     return _fallback_build(version, output, selection, candidates, plan)
 
 
@@ -516,6 +554,9 @@ class FallbackStore:
         # version -> part ("first", "all") -> seconds from its first need to its use
         self.ready_seconds: LRUCache[str, dict[str, float]] = LRUCache(maxsize=max_versions)
         self.builds = 0
+        # The last whole fallback made ready: (its version, its modules). At a release it
+        # is the old version's, and the new version's first part starts from it.
+        self._last_whole: tuple[str, frozenset[str]] = ("", frozenset())
         # Called the moment a fallback is loaded (the service reorders its queue then).
         self.on_loaded: Callable[[Fallback], None] | None = None
 
@@ -533,7 +574,9 @@ class FallbackStore:
 
     def plan(self, version: str) -> Plan:
         """Read on the loop: the popularity sketch is not safe to read from a thread."""
-        return Plan.make(version, self.max_bytes, self.operator, self.popular())
+        last_version, last_names = self._last_whole
+        previous = sorted(last_names) if last_version != version else ()
+        return Plan.make(version, self.max_bytes, self.operator, self.popular(), previous)
 
     def ensure(self, version: str) -> None:
         """Start loading or building the version's fallback unless it is under way; no wait."""
@@ -617,6 +660,7 @@ class FallbackStore:
         self._recompressing.add(recompress)
         recompress.add_done_callback(self._recompressing.discard)
         self._log_ready(fallback, time.perf_counter() - started, built=stored is None)
+        self._last_whole = (version, fallback.names)
         return fallback
 
     def published(self, version: str) -> asyncio.Future[None]:

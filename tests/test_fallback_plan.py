@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bundler import fallback as fallback_module
 from bundler.app import SERVICE, create_app
 from bundler.builder import Builder
 from bundler.errors import BuildFailed, ConfigError
@@ -37,6 +38,7 @@ from bundler.settings import Settings
 from bundler.spec import BuildOptions
 from tests.conftest import run_in_node, wait_ready
 from tests.packages import npm_tarball
+from tests.registry import StaticRegistry
 from tests.tarballs import ArtifactServer
 
 OPTIONS = BuildOptions(target="es2018", registry_name="__bundlerModules")
@@ -366,3 +368,69 @@ async def test_date_fns_is_ready_within_seconds_and_its_fallback_within_budget(
     job = fallback_job("4.1.0", list_registrations(root), OPTIONS)
     with pytest.raises(BuildFailed, match="test/vitest"):
         await builder(esbuild, tmp_path).build(job, root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("as_before", [True, False], ids=["service", "naive"])
+async def test_a_release_first_part_is_the_old_fallback_in_one_run(
+    aiohttp_server: Any,
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    as_before: bool,
+) -> None:
+    """rxjs 7.8.0 -> 7.8.1 (npm source, with its dependency tslib). Surveying rxjs takes
+    three esbuild runs before a first part (its TypeScript sources do not build on their
+    own); the old version's fallback says what builds and fits, so the new version's
+    first part is those modules, in one run and no survey. Naive: surveyed first."""
+    registry = StaticRegistry(tmp_path / "registry")
+    for version in ("7.8.0", "7.8.1"):
+        registry.publish_real("rxjs", version)
+    server = await aiohttp_server(registry.app())
+    registry.url = str(server.make_url("")).rstrip("/")
+    if not as_before:
+
+        async def surveyed(*args: Any) -> None:
+            return None
+
+        monkeypatch.setattr(fallback_module, "_as_before", surveyed)
+    settings = make_settings(
+        source="npm:rxjs",
+        npm_registry=registry.url,
+        default_version="7.8.0",
+        fallback_max_bytes=100_000,
+        build_timeout_s=60,
+    )
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    await wait_ready(client, timeout_s=60)
+    service = app[SERVICE]
+    old = service.fallbacks.loaded("7.8.0")
+    assert old is not None and len(old.names) >= 10
+    runs: list[str] = []  # the new version's fallback runs, in order
+    first_part: list[tuple[frozenset[str], list[str]]] = []
+    on_finish, on_loaded = service.builder.on_finish, service.fallbacks.on_loaded
+    assert on_finish is not None and on_loaded is not None
+
+    def finished(job: Any, seconds: float, result: str) -> None:
+        if job.version == "7.8.1" and job.key.startswith("fallback"):
+            runs.append(job.key.split(":")[0])
+        on_finish(job, seconds, result)
+
+    def loaded(fallback: Any) -> None:
+        if fallback.version == "7.8.1" and not first_part:
+            first_part.append((fallback.names, list(runs)))
+        on_loaded(fallback)
+
+    service.builder.on_finish, service.fallbacks.on_loaded = finished, loaded
+    module = "dist/esm5/internal/operators/map"
+    resp = await client.get(f"/bundle.js?modules={module}&v=7.8.1")
+    assert resp.status == 200
+    info = await (await client.get("/fallback.json?v=7.8.1")).json()
+    assert info["bytes"] <= 100_000
+    names, before = first_part[0]
+    if as_before:
+        assert before == ["fallback"] and names == old.names, before
+    else:
+        assert before[0] == "fallback-survey" and len(before) >= 2, before
