@@ -39,7 +39,9 @@ from bundler.entry import Registration
 from bundler.errors import BuildFailed, BundlerError, UnknownModule
 from bundler.extract import read_facts
 from bundler.fallback_plan import (
+    DOES_NOT_BUILD,
     FIRST_SURVEY_FACTOR,
+    IMPORTS_FAILING,
     SURVEY_SOURCE_FACTOR,
     UNKNOWN,
     Candidates,
@@ -77,6 +79,11 @@ PLAN_FORMAT = 2
 FAILURE_TTL_S = 30.0
 # The survey may look further (a larger share of the package) this many times at most.
 MAX_SURVEYS = 3
+NOT_BUILDING = (DOES_NOT_BUILD, IMPORTS_FAILING)
+# The previous fallback stands in for the first survey when it holds this share of the
+# most wanted modules (rxjs's in the storm, built before any page came, held under half;
+# one the same traffic chose holds most, less those over budget).
+STILL_WANTED = 0.5
 # A survey whose selection fills this share of the budget is enough.
 BUDGET_FILLED = 0.9
 # A fallback's brotli 11 waits for the builds to be done, checked this often, this long
@@ -98,6 +105,10 @@ class Fallback:
     def covers(self, modules: tuple[str, ...]) -> bool:
         return all(m in self.names for m in modules)
 
+    def not_built(self) -> list[str]:
+        """The modules left out because they (or what they import) do not build."""
+        return [name for name, why in self.left_out.items() if why.startswith(NOT_BUILDING)]
+
     def summary(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -116,10 +127,13 @@ class Plan:
     operator: tuple[str, ...] = ()
     popular: tuple[str, ...] = ()
     operator_digest: str = ""
-    # The modules of the fallback served before this one (another version's, whole): at
-    # a release, what built and fitted in the old version is the new one's quick first
-    # part, in one esbuild run instead of a survey and a build.
+    # The fallback served before this one (another version's, whole): at a release, its
+    # modules are the new version's quick first part (one esbuild run instead of a survey
+    # and a build) where they still hold what pages ask for most; and the modules it left
+    # out as not building are left out of the first survey (a run saved: rxjs ships
+    # TypeScript sources that fail it).
     previous: tuple[str, ...] = ()
+    failed_before: frozenset[str] = frozenset()
 
     @classmethod
     def make(
@@ -128,14 +142,15 @@ class Plan:
         max_bytes: int,
         operator: OperatorList,
         popular: Sequence[str],
-        previous: Sequence[str] = (),
+        previous: Fallback | None = None,
     ) -> Plan:
         return cls(
             max_bytes,
             operator.names(version),
             tuple(popular),
             operator.digest(version),
-            tuple(previous),
+            tuple(sorted(previous.names)) if previous else (),
+            frozenset(previous.not_built()) if previous else frozenset(),
         )
 
 
@@ -368,15 +383,18 @@ async def build_fallback(
     ranked = rank(candidates, plan.operator, plan.popular, entry_point_paths(package))
     if not ranked:
         raise BuildFailed(f"version {version} has no JavaScript modules")
-    quick = await _as_before(builder, root, version, options, plan, candidates) if early else None
+    quick = None
+    if early is not None and _still_wanted(plan, ranked):
+        quick = await _as_before(builder, root, version, options, plan, candidates)
     if early is not None and quick is not None:
         await early(quick)
     elif early is not None:
-        count = survey_prefix(ranked, candidates, FIRST_SURVEY_FACTOR * plan.max_bytes)
+        likely = [name for name in ranked if name not in plan.failed_before]
+        count = survey_prefix(likely, candidates, FIRST_SURVEY_FACTOR * plan.max_bytes)
         survey = await run_survey(
-            builder, root, version, ranked[:count], options, candidates, map_url(version)
+            builder, root, version, likely[:count], options, candidates, map_url(version)
         )
-        selection = select(ranked, survey, plan.max_bytes)
+        selection = select(likely, survey, plan.max_bytes)
         output = _survey_as_fallback(survey, selection, plan.max_bytes)
         if count == len(ranked) and output is not None:  # the whole package: done
             return _fallback_build(version, output, selection, candidates, plan)
@@ -425,6 +443,19 @@ async def build_fallback(
             registrations = [(name, candidates.files[name]) for name in selection.names]
             output = await builder.build(fallback_job(version, registrations, options), root)
     return _fallback_build(version, output, selection, candidates, plan)
+
+
+def _still_wanted(plan: Plan, ranked: Sequence[str]) -> bool:
+    """The previous fallback holds most of as many of this version's most wanted modules
+    as it has names: it was chosen by the same traffic (some of the most wanted do not
+    fit, and cheaper ones further down took their place). One built before pages came
+    (a fresh start) holds entry points instead, and is surveyed past."""
+    if not plan.previous:
+        return False
+    wanted = [name for name in ranked if name in plan.popular or name in plan.operator]
+    top = wanted[: len(plan.previous)]
+    held = set(plan.previous)
+    return sum(1 for name in top if name in held) >= STILL_WANTED * len(top)
 
 
 async def _as_before(
@@ -554,9 +585,9 @@ class FallbackStore:
         # version -> part ("first", "all") -> seconds from its first need to its use
         self.ready_seconds: LRUCache[str, dict[str, float]] = LRUCache(maxsize=max_versions)
         self.builds = 0
-        # The last whole fallback made ready: (its version, its modules). At a release it
-        # is the old version's, and the new version's first part starts from it.
-        self._last_whole: tuple[str, frozenset[str]] = ("", frozenset())
+        # The last whole fallback made ready: at a release, the old version's, which the
+        # new version's first part starts from.
+        self._last_whole: Fallback | None = None
         # Called the moment a fallback is loaded (the service reorders its queue then).
         self.on_loaded: Callable[[Fallback], None] | None = None
 
@@ -574,8 +605,9 @@ class FallbackStore:
 
     def plan(self, version: str) -> Plan:
         """Read on the loop: the popularity sketch is not safe to read from a thread."""
-        last_version, last_names = self._last_whole
-        previous = sorted(last_names) if last_version != version else ()
+        previous = (
+            self._last_whole if self._last_whole and self._last_whole.version != version else None
+        )
         return Plan.make(version, self.max_bytes, self.operator, self.popular(), previous)
 
     def ensure(self, version: str) -> None:
@@ -660,7 +692,7 @@ class FallbackStore:
         self._recompressing.add(recompress)
         recompress.add_done_callback(self._recompressing.discard)
         self._log_ready(fallback, time.perf_counter() - started, built=stored is None)
-        self._last_whole = (version, fallback.names)
+        self._last_whole = fallback
         return fallback
 
     def published(self, version: str) -> asyncio.Future[None]:
