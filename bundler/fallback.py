@@ -452,8 +452,8 @@ def _still_wanted(plan: Plan, ranked: Sequence[str]) -> bool:
     (a fresh start) holds entry points instead, and is surveyed past."""
     if not plan.previous:
         return False
-    wanted = [name for name in ranked if name in plan.popular or name in plan.operator]
-    top = wanted[: len(plan.previous)]
+    asked = {*plan.popular, *plan.operator}
+    top = [name for name in ranked if name in asked][: len(plan.previous)]
     held = set(plan.previous)
     return sum(1 for name in top if name in held) >= STILL_WANTED * len(top)
 

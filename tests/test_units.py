@@ -180,3 +180,39 @@ def test_redis_py_is_not_loaded_without_redis(tmp_path: Path) -> None:
             [sys.executable, "-c", script, redis_url], capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == loaded
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["service", "naive"])
+def test_package_json_is_parsed_once_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: bool
+) -> None:
+    """Every module name asked for the first time reads the package's package.json, on
+    the event loop (date-fns's is 200 KB). It is parsed once while the file stays the
+    same, and again once it changes (a directory source). Naive: once per name."""
+    from bundler import resolve
+
+    root = tmp_path / "pkg"
+    root.mkdir()
+    (root / "package.json").write_text('{"name": "pkg", "exports": {"./a": "./a.js"}}')
+    for i in range(50):
+        (root / f"m{i}.js").write_text(f"export const v = {i};\n")
+    parses = 0
+    real_loads = resolve.json.loads
+
+    def counting(data: str | bytes) -> object:
+        nonlocal parses
+        parses += 1
+        return real_loads(data)
+
+    monkeypatch.setattr(resolve.json, "loads", counting)
+    if not cached:  # as before: nothing kept
+
+        class Forgetful(dict[object, object]):
+            def __setitem__(self, key: object, value: object) -> None:
+                pass
+
+        monkeypatch.setattr(resolve, "_packages", Forgetful())
+    resolve.resolve_modules(root, "1.0.0", [f"m{i}" for i in range(50)])
+    assert parses == (1 if cached else 50), parses
+    (root / "package.json").write_text('{"name": "pkg", "version": "2"}')
+    assert resolve.read_package_json(root) == {"name": "pkg", "version": "2"}
