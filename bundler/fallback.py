@@ -384,7 +384,11 @@ async def build_fallback(
     if not ranked:
         raise BuildFailed(f"version {version} has no JavaScript modules")
     quick = None
-    if early is not None and _still_wanted(plan, ranked):
+    # A package the first survey takes whole gets its whole fallback from that one run.
+    whole_at_once = survey_prefix(ranked, candidates, FIRST_SURVEY_FACTOR * plan.max_bytes) == len(
+        ranked
+    )
+    if early is not None and not whole_at_once and _still_wanted(plan, ranked):
         quick = await _as_before(builder, root, version, options, plan, candidates)
     if early is not None and quick is not None:
         await early(quick)
