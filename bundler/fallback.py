@@ -384,12 +384,11 @@ async def build_fallback(
     if not ranked:
         raise BuildFailed(f"version {version} has no JavaScript modules")
     quick = None
-    # A package the first survey takes whole gets its whole fallback from that one run.
-    whole_at_once = survey_prefix(ranked, candidates, FIRST_SURVEY_FACTOR * plan.max_bytes) == len(
-        ranked
-    )
-    if early is not None and not whole_at_once and _still_wanted(plan, ranked):
-        quick = await _as_before(builder, root, version, options, plan, candidates)
+    if early is not None and plan.previous:
+        first_count = survey_prefix(ranked, candidates, FIRST_SURVEY_FACTOR * plan.max_bytes)
+        # A package the first survey takes whole gets its whole fallback from that one run.
+        if first_count < len(ranked) and _still_wanted(plan, ranked):
+            quick = await _as_before(builder, root, version, options, plan, candidates)
     if early is not None and quick is not None:
         await early(quick)
     elif early is not None:
@@ -472,7 +471,7 @@ async def _as_before(
 ) -> FallbackBuild | None:
     """The first part as the previous fallback was, of the names this version has too,
     if that builds and fits (one esbuild run); None otherwise (then it is surveyed)."""
-    names = sorted(name for name in plan.previous if name in candidates.files)
+    names = [name for name in plan.previous if name in candidates.files]  # sorted
     if not names:
         return None
     selection = Selection(names, 0, {})
