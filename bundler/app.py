@@ -112,7 +112,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             in_flight.idle.set()
 
 
-def bundle_response(
+async def bundle_response(
     request: web.Request,
     bundle: Bundle,
     headers: dict[str, str],
@@ -127,7 +127,8 @@ def bundle_response(
     if encoding != "identity":
         headers["Content-Encoding"] = encoding
     headers["Content-Type"] = content_type
-    return web.Response(body=bundle.body(encoding), headers=headers)
+    body = await request.app[SERVICE].body(bundle, encoding)
+    return web.Response(body=body, headers=headers)
 
 
 async def handle_bundle(request: web.Request) -> web.Response:
@@ -136,7 +137,7 @@ async def handle_bundle(request: web.Request) -> web.Response:
     answer, headers, _ = await answer_bundle(request, [p for p in pairs if p[0] != "css"])
     # css=link: the page links /bundle.css itself; the bundle does not add its CSS.
     bundle = await request.app[SERVICE].variant(answer.bundle, "js") if link else answer.bundle
-    return bundle_response(request, bundle, headers)
+    return await bundle_response(request, bundle, headers)
 
 
 async def handle_bundle_css(request: web.Request) -> web.Response:
@@ -146,7 +147,7 @@ async def handle_bundle_css(request: web.Request) -> web.Response:
     # The map is the tailored bundle's (as for /bundle.js): a fallback's CSS names none.
     map_url = f"bundle.css.map?{spec.query}" if answer.mode.tailored else None
     stylesheet = await request.app[SERVICE].variant(answer.bundle, "css", map_url)
-    return bundle_response(request, stylesheet, headers, CSS_CONTENT_TYPE)
+    return await bundle_response(request, stylesheet, headers, CSS_CONTENT_TYPE)
 
 
 async def handle_bundle_css_map(request: web.Request) -> web.Response:

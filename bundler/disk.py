@@ -2,7 +2,8 @@
 
 One file per bundle, ``<data>/cache/<key[:2]>/<key>.bundle``: a header line of
 JSON (each part's length and SHA-256), then the parts (code, gzip, brotli,
-source map). It is written to a temp file in the same directory, fsynced,
+source map; gzip is written empty since it is made on demand, and read past in
+entries written before). It is written to a temp file in the same directory, fsynced,
 ``os.replace``d into place, and the directory fsynced: a reader sees the old
 file or the new one, never half of one. Every read verifies every part's
 checksum; a torn or corrupt file (a crash mid-write on a filesystem that lies,
@@ -48,7 +49,7 @@ class CorruptEntry(Exception):
 def encode_entry(bundle: Bundle) -> bytes:
     parts = {
         "code": bundle.code,
-        "gzip": bundle.gzip,
+        "gzip": b"",
         "br": bundle.br,
         "sourcemap": bundle.sourcemap or b"",
     }
@@ -92,7 +93,6 @@ def decode_entry(raw: bytes, key: str) -> Bundle:
     return Bundle(
         key=key,
         code=code,
-        gzip=parts["gzip"],
         br=parts["br"],
         digest=digests[0],
         sourcemap=parts["sourcemap"] if header.get("has_sourcemap") else None,

@@ -23,7 +23,7 @@ from cachetools import LRUCache, TTLCache
 
 from bundler import css
 from bundler.builder import Builder, BuildJob, BuildOutput
-from bundler.cache import Bundle, MemoryCache
+from bundler.cache import Bundle, MemoryCache, gzip_body
 from bundler.combos import PopularCombos
 from bundler.disk import DiskCache
 from bundler.errors import (
@@ -59,6 +59,8 @@ MAX_REMEMBERED_FAILURES = 1024
 MAX_DEFERRED = 1024
 # Bundles' CSS-less JavaScript and stylesheets (css=link, /bundle.css), at most.
 VARIANTS_MAX_BYTES = 8 * 1024 * 1024
+# gzip forms, made on the first request that asks for one (browsers ask for brotli).
+GZIPPED_MAX_BYTES = 16 * 1024 * 1024
 # The maps LRU holds a bundle's CSS map under its key with this suffix.
 CSS_MAP_SUFFIX = ":css"
 # Parsed queries kept (a spec and its cache key), by the query as sent.
@@ -167,6 +169,10 @@ class BundleService:
         self._variants: LRUCache[tuple[str, str, str, str | None], Bundle] = LRUCache(
             maxsize=VARIANTS_MAX_BYTES, getsizeof=lambda b: b.size
         )
+        self._gzipped: LRUCache[tuple[str, str], bytes] = LRUCache(
+            maxsize=GZIPPED_MAX_BYTES, getsizeof=len
+        )
+        self._gzipping: SingleFlight[tuple[str, str], bytes] = SingleFlight("gzip")
         self._parsed: LRUCache[tuple[Any, ...], tuple[BundleSpec, bool]] = LRUCache(
             maxsize=PARSED_QUERIES
         )
@@ -385,6 +391,18 @@ class BundleService:
         if made is None:
             made = await asyncio.to_thread(_derive, bundle, kind, map_url)
             self._variants[key] = made
+        return made
+
+    async def body(self, bundle: Bundle, encoding: str) -> bytes:
+        """The bytes of ``bundle`` in ``encoding``; gzip is made once, in a thread, on the
+        first request for it, and kept in a small LRU of its own."""
+        if encoding != "gzip":
+            return bundle.body(encoding)
+        key = (bundle.key, bundle.digest)
+        made = self._gzipped.get(key)
+        if made is None:
+            made = await self._gzipping.do(key, lambda: asyncio.to_thread(gzip_body, bundle.code))
+            self._gzipped[key] = made
         return made
 
     async def _cached(self, spec: BundleSpec) -> Bundle | None:

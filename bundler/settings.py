@@ -151,7 +151,7 @@ class Settings:
         "How long a failed build (422) is remembered instead of re-running esbuild.", default=30.0
     )
     memory_cache_max_bytes: int = _opt(
-        "Bytes of bundles (plain + gzip) kept in memory.", default=256 * 1024 * 1024
+        "Bytes of bundles (plain + brotli) kept in memory.", default=256 * 1024 * 1024
     )
     disk_cache_max_bytes: int = _opt(
         "Bytes of bundles kept on disk under the data dir (survives restarts).",
