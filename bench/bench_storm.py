@@ -219,6 +219,7 @@ async def load_role(
             rng.shuffle(modules)
             record: dict[str, Any] = {
                 "t": sent_at,
+                "combo": picks[i],  # its rank by popularity (kept records: --keep)
                 "status": 0,
                 "mode": "",
                 "ttfb": None,
