@@ -226,6 +226,22 @@ def check_esbuild(path: str) -> str:
     return found
 
 
+def _renice(pgid: int, by: int) -> None:
+    """Make a just-started esbuild ``by`` nicer than the service, every thread of it.
+
+    Set on its process group (each run leads its own) rather than by starting it under
+    nice(1): that costs an extra exec, 0.85 ms of a 7.5 ms build. Linux keeps a nice value
+    per thread; the group call reaches each thread there is, and threads started later
+    inherit it. The run's first microseconds go at the service's own priority."""
+    if by <= 0:
+        return
+    try:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + by)
+        os.setpriority(os.PRIO_PGRP, pgid, target)
+    except ProcessLookupError:  # already gone: nothing to slow down
+        pass
+
+
 class Builder:
     def __init__(
         self,
@@ -246,7 +262,6 @@ class Builder:
         self.timeout_s = timeout_s
         self.niceness = niceness
         self.slots = PrioritySlots(pool_size)
-        self._nice = shutil.which("nice") if niceness else None
         self._running: set[asyncio.subprocess.Process] = set()
         self.batch_max = batch_max
         self.results: collections.Counter[str] = collections.Counter()
@@ -491,7 +506,7 @@ class Builder:
             cmd = self.command(entry, workdir / OUTPUT_NAME, job)
             self.runs["survey"] += 1
             cmd += ["--log-limit=0", *(f"--external:./{path}" for path in externals)]
-            returncode, stderr = await self._run(cmd, source_root, self._threads(job))
+            returncode, stderr = await self._run(cmd, source_root, job)
             if returncode != 0 and (returncode < 0 or "[ERROR]" not in stderr):
                 raise self._error(returncode, stderr, job, source_root, workdir)
             metafile = None
@@ -517,34 +532,28 @@ class Builder:
 
     def command(self, entry: Path, outfile: Path, job: BuildJob) -> list[str]:
         """The exact esbuild command line of a build (the benchmark runs it by hand too)."""
-        return self._niced(
-            job=job,
-            cmd=[
-                self.esbuild,
-                str(entry),
-                "--bundle",
-                f"--outfile={outfile}",
-                f"--metafile={outfile.with_name(METAFILE_NAME)}",
-                *self._flags(job),
-            ],
-        )
+        return [
+            self.esbuild,
+            str(entry),
+            "--bundle",
+            f"--outfile={outfile}",
+            f"--metafile={outfile.with_name(METAFILE_NAME)}",
+            *self._flags(job),
+        ]
 
     def command_many(self, workdir: Path, count: int, job: BuildJob) -> list[str]:
         """One run for ``count`` bundles: entry ``I/entry.js`` is written to ``I/bundle.js``,
         the layout of a single build, so a bundle and its map come out the same either way."""
         stem = OUTPUT_NAME.removesuffix(".js")
         entries = [f"{i}/{stem}={workdir / str(i) / ENTRY_NAME}" for i in range(count)]
-        return self._niced(
-            job=job,
-            cmd=[
-                self.esbuild,
-                *entries,
-                "--bundle",
-                f"--outdir={workdir}",
-                f"--metafile={workdir / METAFILE_NAME}",
-                *self._flags(job),
-            ],
-        )
+        return [
+            self.esbuild,
+            *entries,
+            "--bundle",
+            f"--outdir={workdir}",
+            f"--metafile={workdir / METAFILE_NAME}",
+            *self._flags(job),
+        ]
 
     @staticmethod
     def _flags(job: BuildJob) -> list[str]:
@@ -563,15 +572,14 @@ class Builder:
             flags.append("--sourcemap")
         return flags
 
-    def _niced(self, cmd: list[str], job: BuildJob) -> list[str]:
+    def _nice_by(self, job: BuildJob) -> int:
         """Every esbuild yields the CPU to the service; all but a fallback's yield it to
         the fallback too (everyone waits on a fallback, each page on its own bundle)."""
-        if not self._nice:
-            return cmd
-        niceness = self.niceness
+        if not self.niceness:
+            return 0
         if job.priority != Priority.FALLBACK:
-            niceness = min(19, niceness + FALLBACK_NICE_LEAD)
-        return [self._nice, "-n", str(niceness), *cmd]
+            return self.niceness + FALLBACK_NICE_LEAD
+        return self.niceness
 
     def _prepare(self, job: BuildJob, source_root: Path) -> Path:
         """The scratch dir and entry file (file system work: run in a thread)."""
@@ -625,7 +633,7 @@ class Builder:
             started = time.perf_counter()
             self.runs["batch" if len(jobs) > 1 else "single"] += 1
             returncode, stderr = await self._run(
-                self.command_many(workdir, len(jobs), jobs[0]), source_root, self._threads(jobs[0])
+                self.command_many(workdir, len(jobs), jobs[0]), source_root, jobs[0]
             )
             duration = time.perf_counter() - started
             if returncode != 0 and any(m in stderr.lower() for m in DISK_MESSAGES):
@@ -673,10 +681,10 @@ class Builder:
             return self.threads_per_build * self.pool_size
         return self.threads_per_build
 
-    async def _run(self, cmd: list[str], cwd: Path, threads: int) -> tuple[int, str]:
+    async def _run(self, cmd: list[str], cwd: Path, job: BuildJob) -> tuple[int, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GOMAXPROCS": str(threads),
+            "GOMAXPROCS": str(self._threads(job)),
             "NO_COLOR": "1",
             # A name the package publishes (the entry imports it as is) resolves through
             # the version's link to itself (extract.link_self), as in an application.
@@ -692,6 +700,7 @@ class Builder:
             start_new_session=True,  # its own process group, killed whole at the deadline
         )
         self._running.add(proc)
+        _renice(proc.pid, self._nice_by(job))
         try:
             _, stderr = await asyncio.wait_for(proc.communicate(), self.timeout_s)
         except TimeoutError:

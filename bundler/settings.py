@@ -146,7 +146,9 @@ class Settings:
         "Most queued builds of one version that share one esbuild run (1: never batch).",
         default=16,
     )
-    build_niceness: int = _opt("nice(1) increment for esbuild, so the server wins.", default=10)
+    build_niceness: int = _opt(
+        "Niceness increment for esbuild (as nice -n), so the server wins.", default=10
+    )
     build_failure_ttl_s: float = _opt(
         "How long a failed build (422) is remembered instead of re-running esbuild.", default=30.0
     )

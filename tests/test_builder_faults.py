@@ -128,9 +128,12 @@ async def test_crashing_build_is_500_and_not_remembered(
 
 
 RECORD = """#!/bin/sh
-# Records how it was started, then hands over to the real esbuild.
+# Runs the real esbuild, then records how it ran: its niceness is set just after the
+# start, on the whole process group, so it is read once the run is over.
+"{real}" "$@"
+status=$?
 echo "$(nice) $GOMAXPROCS $(pwd)" >> "{pids}"
-exec "{real}" "$@"
+exit $status
 """
 
 
