@@ -1,7 +1,8 @@
 """Core benchmark, one table per part (run with `make bench`):
 
-1. one 5-module bundle, cold and warm, against esbuild by hand; and five components
-   that bring CSS against five that bring none;
+1. one 5-module bundle, cold and warm, against esbuild by hand; the same for a page's
+   8 lodash-es functions (the real package's npm tarball, served by a local HTTP server);
+   and five components that bring CSS against five that bring none;
 2. warm hits: the service's CPU per request against a bare aiohttp handler serving
    the same bytes with the same headers (capacity = the inverse);
 3. a burst of distinct cold bundles: the service's build rate against esbuild alone
@@ -25,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -52,6 +54,9 @@ FIVE = (
     "components/nav",
     "components/tabs",
 )
+# A real page's pick of lodash-es (bench-storm's corpus), and another built first.
+LODASH_PAGE = ("cloneDeep", "debounce", "get", "groupBy", "merge", "sortBy", "throttle", "uniqBy")
+LODASH_FIRST = ("chunk", "filter", "map")
 LIB = [f"lib/{n}" for n in ("events", "format", "html", "i18n", "time", "version")]
 # A bare aiohttp server answering every GET with one body and fixed headers.
 BARE_SERVER = """
@@ -151,6 +156,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_idle(pid: int, timeout_s: float = 60) -> None:
+    """Until ``pid`` has no child process and used under 5 ms of CPU in 0.2 s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(0.2)
+        children = "".join(
+            p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children")
+        ).split()
+        if not children and cpu_seconds(pid) - before < 0.005:
+            return
+    raise RuntimeError("the server did not go idle")
+
+
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     for line in status.splitlines():
@@ -174,18 +193,20 @@ def get(port: int, path: str) -> float:
     return time.perf_counter() - started
 
 
-def bundle_path(modules: tuple[str, ...]) -> str:
-    return f"/bundle.js?modules={','.join(modules)}&v={VERSION}"
+def bundle_path(modules: tuple[str, ...], version: str = VERSION) -> str:
+    return f"/bundle.js?modules={','.join(modules)}&v={version}"
 
 
-def by_hand_command(work: Path, modules: tuple[str, ...]) -> tuple[list[str], Path]:
+def by_hand_command(
+    work: Path, modules: tuple[str, ...], source_root: Path | None = None, version: str = VERSION
+) -> tuple[list[str], Path]:
     """The command line the service runs for ``modules`` (one bundle, without its map,
     as tailored bundles are built), with its entry file written in ``work``."""
     settings = Settings()
     spec = BundleSpec(
-        VERSION, modules, BuildOptions(settings.esbuild_target, settings.registry_name)
+        version, modules, BuildOptions(settings.esbuild_target, settings.registry_name)
     )
-    source_root = Path(settings.source) / VERSION
+    source_root = source_root or Path(settings.source) / version
     builder = Builder(
         settings.esbuild,
         Path(tempfile.gettempdir()),
@@ -196,16 +217,22 @@ def by_hand_command(work: Path, modules: tuple[str, ...]) -> tuple[list[str], Pa
     )
     work.mkdir(parents=True, exist_ok=True)
     entry = work / "entry.js"
-    job = BuildJob.tailored(spec, resolve_modules(source_root, VERSION, spec.modules))
+    job = BuildJob.tailored(spec, resolve_modules(source_root, version, spec.modules))
     entry.write_text(
         entry_source(
-            job.registrations, source_root, settings.registry_name, version=VERSION, mode=job.mode
+            job.registrations, source_root, settings.registry_name, version=version, mode=job.mode
         )
     )
     return builder.command(entry, work / "bundle.js", job), source_root
 
 
-def esbuild_by_hand(runs: int, threads: int = 1) -> list[float]:
+def esbuild_by_hand(
+    runs: int,
+    threads: int = 1,
+    modules: tuple[str, ...] = FIVE,
+    source_root: Path | None = None,
+    version: str = VERSION,
+) -> list[float]:
     """The same command line the service runs, started by hand, same entry file, with
     ``threads`` (GOMAXPROCS; 0: esbuild's default, every CPU)."""
     env = {"PATH": os.environ["PATH"]}
@@ -213,10 +240,10 @@ def esbuild_by_hand(runs: int, threads: int = 1) -> list[float]:
         env["GOMAXPROCS"] = str(threads)
     times = []
     with tempfile.TemporaryDirectory() as work:
-        cmd, source_root = by_hand_command(Path(work), FIVE)
+        cmd, root = by_hand_command(Path(work), modules, source_root, version)
         for _ in range(runs):
             started = time.perf_counter()
-            subprocess.run(cmd, cwd=source_root, env=env, check=True, capture_output=True)
+            subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
             times.append(time.perf_counter() - started)
     return times
 
@@ -247,17 +274,22 @@ def ms(seconds: float) -> str:
 
 
 def cold_and_warm(
-    combo: tuple[str, ...], runs: int, first: tuple[str, ...]
+    combo: tuple[str, ...],
+    runs: int,
+    first: tuple[str, ...],
+    flags: tuple[str, ...] = (),
+    version: str = VERSION,
 ) -> tuple[list[float], list[float]]:
     """``combo`` built on ``runs`` fresh, ready servers (each after one other build,
     ``first``: the process's first build warms its threads and caches), then 10 hits."""
     cold: list[float] = []
     warm: list[float] = []
     for _ in range(runs):
-        with server() as port:
-            get(port, bundle_path(first))
-            cold.append(get(port, bundle_path(combo)))
-            warm.extend(get(port, bundle_path(combo)) for _ in range(10))
+        with served(*flags) as (port, proc):
+            get(port, bundle_path(first, version))
+            wait_idle(proc.pid)  # ready with its fallback's first part; the rest builds now
+            cold.append(get(port, bundle_path(combo, version)))
+            warm.extend(get(port, bundle_path(combo, version)) for _ in range(10))
     return cold, warm
 
 
@@ -290,8 +322,51 @@ def part_latency(runs: int) -> None:
     # under load each gets one, the pool's share.
     hand_all = esbuild_by_hand(runs * 3, threads=0)
     hand_one = esbuild_by_hand(runs * 3, threads=1)
+    title = f"One 5-module bundle ({', '.join(m.split('/')[1] for m in FIVE)}), v={VERSION}"
+    latency_table(title, hand_all, hand_one, cold, warm)
+
+
+def part_real_latency(runs: int) -> None:
+    """The same on a real package: a page's 8 lodash-es functions, served from its npm
+    tarball (npm pack, cached in bench/.cache) by a local HTTP server, as in bench-storm."""
+    from bench_storm import CACHE, CORPORA, ensure_corpus
+
+    corpus = CORPORA["lodash-es"]
+    version = corpus.release
+    ensure_corpus(corpus)
+    port = free_port()
+    artifacts = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+        cwd=CACHE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        flags = (
+            "--source",
+            f"http://127.0.0.1:{port}/{corpus.package}-{{version}}.tgz",
+            "--default-version",
+            version,
+        )
+        cold, warm = cold_and_warm(LODASH_PAGE, runs, LODASH_FIRST, flags, version)
+    finally:
+        artifacts.terminate()
+        artifacts.wait()
+    with tempfile.TemporaryDirectory() as unpacked:
+        with tarfile.open(CACHE / f"{corpus.package}-{version}.tgz") as tar:
+            tar.extractall(unpacked, filter="data")
+        root = Path(unpacked) / "package"
+        hand_all = esbuild_by_hand(runs * 3, 0, LODASH_PAGE, root, version)
+        hand_one = esbuild_by_hand(runs * 3, 1, LODASH_PAGE, root, version)
+    title = f"A page's 8 lodash-es functions ({', '.join(LODASH_PAGE)}), v={version}"
+    latency_table(title, hand_all, hand_one, cold, warm)
+
+
+def latency_table(
+    title: str, hand_all: list[float], hand_one: list[float], cold: list[float], warm: list[float]
+) -> None:
     by_all, by_one = statistics.median(hand_all), statistics.median(hand_one)
-    print(f"\nOne 5-module bundle ({', '.join(m.split('/')[1] for m in FIVE)}), v={VERSION}")
+    print(f"\n{title}")
     print(f"{'':32}{'median ms':>10}{'min ms':>10}{'runs':>6}{'vs by hand':>12}{'vs 1 CPU':>10}")
     for label, data in (
         ("esbuild by hand, every CPU", hand_all),
@@ -486,13 +561,15 @@ def main() -> None:
     parser.add_argument("--rss-bound-mib", type=int, default=32)
     parser.add_argument(
         "--parts",
-        default="latency,css,hits,rate,pools,memory",
+        default="latency,real,css,hits,rate,pools,memory",
         help="comma-separated parts to run",
     )
     args = parser.parse_args()
     parts = args.parts.split(",")
     if "latency" in parts:
         part_latency(args.runs)
+    if "real" in parts:
+        part_real_latency(args.runs)
     if "css" in parts:
         part_css(args.runs)
     if "hits" in parts:
