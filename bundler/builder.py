@@ -238,7 +238,7 @@ def _renice(pgid: int, by: int) -> None:
     try:
         target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + by)
         os.setpriority(os.PRIO_PGRP, pgid, target)
-    except ProcessLookupError:  # already gone: nothing to slow down
+    except OSError:  # gone already, or not allowed here: it runs at the service's priority
         pass
 
 
