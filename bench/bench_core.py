@@ -329,29 +329,14 @@ def part_latency(runs: int) -> None:
 def part_real_latency(runs: int) -> None:
     """The same on a real package: a page's 8 lodash-es functions, served from its npm
     tarball (npm pack, cached in bench/.cache) by a local HTTP server, as in bench-storm."""
-    from bench_storm import CACHE, CORPORA, ensure_corpus
+    from bench_storm import CACHE, CORPORA, artifact_server, ensure_corpus, source_flags
 
     corpus = CORPORA["lodash-es"]
     version = corpus.release
     ensure_corpus(corpus)
-    port = free_port()
-    artifacts = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
-        cwd=CACHE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        flags = (
-            "--source",
-            f"http://127.0.0.1:{port}/{corpus.package}-{{version}}.tgz",
-            "--default-version",
-            version,
-        )
+    with artifact_server(free_port()) as artifact_url:
+        flags = (*source_flags(corpus, artifact_url), "--default-version", version)
         cold, warm = cold_and_warm(LODASH_PAGE, runs, LODASH_FIRST, flags, version)
-    finally:
-        artifacts.terminate()
-        artifacts.wait()
     with tempfile.TemporaryDirectory() as unpacked:
         with tarfile.open(CACHE / f"{corpus.package}-{version}.tgz") as tar:
             tar.extractall(unpacked, filter="data")

@@ -311,32 +311,24 @@ def main() -> None:
     storm.ensure_corpus(corpus)
     artifact_port = storm.free_port()
     storm.fill_registry([corpus], f"http://127.0.0.1:{artifact_port}")
-    artifacts = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(artifact_port), "--bind", "127.0.0.1", "--directory", str(storm.CACHE)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(0.5)
     rows: dict[str, dict[str, str]] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            combos_file = Path(tmp) / "combos.json"
-            combos_file.write_text(json.dumps(storm.make_combos(corpus, args.combos, args.seed)))
-            second_file = Path(tmp) / "second.json"
-            second_file.write_text(
-                json.dumps(storm.make_combos(corpus, args.combos, args.seed + 100))
+    with (
+        storm.artifact_server(artifact_port) as artifact_url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        combos_file = Path(tmp) / "combos.json"
+        combos_file.write_text(json.dumps(storm.make_combos(corpus, args.combos, args.seed)))
+        second_file = Path(tmp) / "second.json"
+        second_file.write_text(json.dumps(storm.make_combos(corpus, args.combos, args.seed + 100)))
+        for with_redis in (True,) if args.only_redis else (True, False):
+            rows["redis" if with_redis else "no redis"] = run_fleet(
+                with_redis,
+                artifact_url,
+                combos_file,
+                second_file,
+                args,
+                corpus,
             )
-            for with_redis in (True,) if args.only_redis else (True, False):
-                rows["redis" if with_redis else "no redis"] = run_fleet(
-                    with_redis,
-                    f"http://127.0.0.1:{artifact_port}",
-                    combos_file,
-                    second_file,
-                    args,
-                    corpus,
-                )
-    finally:
-        artifacts.terminate()
-        artifacts.wait()
     print(
         f"\nFleet: {args.replicas} replicas behind HAProxy (round robin), release storm "
         f"{corpus.package} {corpus.warm} -> {corpus.release}, {args.rate:g} req/s for "

@@ -36,6 +36,8 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,22 @@ def ensure_corpus(corpus: Corpus) -> None:
                 check=True,
                 capture_output=True,
             )
+
+
+@contextmanager
+def artifact_server(port: int) -> Iterator[str]:
+    """CACHE (the tarballs and the static registry) served on loopback by python -m
+    http.server; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(CACHE)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def source_flags(corpus: Corpus, artifact_url: str) -> list[str]:
@@ -623,17 +641,11 @@ def main() -> None:
         ensure_corpus(corpus)
     artifact_port = free_port()
     fill_registry(corpora, f"http://127.0.0.1:{artifact_port}")
-    artifacts = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(artifact_port), "--bind", "127.0.0.1", "--directory", str(CACHE)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(0.5)
-    artifact_url = f"http://127.0.0.1:{artifact_port}"
     configs = {"tuned": args.serve_flags.split(), "naive": NAIVE_FLAGS}
     if args.only:
         configs = {args.only: configs[args.only]}
     tables: dict[str, dict[str, dict[str, str]]] = {}
-    try:
+    with artifact_server(artifact_port) as artifact_url:
         for corpus in corpora:
             combos = make_combos(corpus, args.combos, args.seed)
             rows = tables[corpus.package] = {}
@@ -645,9 +657,6 @@ def main() -> None:
                         run_storm(label, flags, artifact_url, Path(combos_file.name), args, corpus),
                         args.duration,
                     )
-    finally:
-        artifacts.terminate()
-        artifacts.wait()
     for corpus in corpora:
         rows = tables[corpus.package]
         print(
