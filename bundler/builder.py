@@ -48,6 +48,7 @@ from bundler.errors import (
     DiskFault,
     UnknownModule,
 )
+from bundler.esbuild_service import EsbuildService, ServiceGone
 from bundler.fsutil import atomic_write
 from bundler.settings import Settings
 from bundler.slots import Priority, PrioritySlots
@@ -63,8 +64,6 @@ SOURCE_MAP_COMMENT = re.compile(rb"//# sourceMappingURL=\S+\s*$")
 MAX_ERROR_CHARS = 4000
 ENTRY_NAME = "entry.js"
 OUTPUT_NAME = "bundle.js"
-# ...and how esbuild reports them when writing its output.
-DISK_MESSAGES = ("no space left on device", "read-only file system", "disk quota exceeded")
 # A file seen in a build that failed keeps its builds out of batches this long.
 SUSPECT_TTL_S = 300.0
 MAX_SUSPECTS = 4096
@@ -72,6 +71,9 @@ MAX_SUSPECTS = 4096
 # is about 1.25 x less CPU share when they compete).
 FALLBACK_NICE_LEAD = 5
 METAFILE_NAME = "meta.json"
+# A long-lived esbuild with nothing to build for this long ends (a fallback's build, say,
+# leaves it holding memory); the next build starts another (2 ms).
+SERVICE_IDLE_S = 30.0
 # How a run ended, for the bundler_builds_total{result} metric.
 RESULTS: dict[type[BaseException], str] = {
     DiskFault: "disk_fault",
@@ -139,6 +141,9 @@ class SurveyRun:
     metafile: dict[str, Any] | None
     entry_key: str  # the entry file as the metafile names it
     stderr: str
+    # The output directory as the metafile names files: external imports are written
+    # relative to it.
+    outdir_key: str = "."
     # The bundle itself, when the job asked for a source map and nothing came from outside.
     output: BuildOutput | None = None
 
@@ -243,6 +248,9 @@ def _renice(pgid: int, by: int) -> None:
 
 
 class Builder:
+    # A build whose esbuild was killed for another build's deadline runs again this often.
+    ATTEMPTS_AFTER_A_KILL = 1
+
     def __init__(
         self,
         esbuild: str,
@@ -262,11 +270,16 @@ class Builder:
         self.timeout_s = timeout_s
         self.niceness = niceness
         self.slots = PrioritySlots(pool_size)
-        self._running: set[asyncio.subprocess.Process] = set()
+        # The long-lived esbuilds, by how much nicer than the service they run.
+        self._services: dict[int, EsbuildService] = {}
+        self._starting: dict[int, asyncio.Lock] = {}
+        self._version: str | None = None
+        self._closed = False
         self.batch_max = batch_max
         self.results: collections.Counter[str] = collections.Counter()
-        # esbuild processes started, by kind: single, batch, survey.
+        # Builds asked of esbuild, by kind: single, batch, survey.
         self.runs: collections.Counter[str] = collections.Counter()
+        self.starts = 0  # esbuild processes started
         self._waiting: dict[tuple[str, BuildOptions, str, bool], list[_Waiting]] = {}
         self._by_key: dict[str, _Waiting] = {}
         self._arrivals = itertools.count()
@@ -301,7 +314,8 @@ class Builder:
 
     @property
     def busy(self) -> int:
-        return len(self._running)
+        """Builds in flight on an esbuild."""
+        return sum(service.in_flight for service in self._services.values())
 
     @property
     def queued(self) -> int:
@@ -500,38 +514,36 @@ class Builder:
     async def _survey(
         self, job: BuildJob, source_root: Path, externals: Sequence[str]
     ) -> SurveyRun:
-        workdir = await asyncio.to_thread(self._prepare, job, source_root)
+        workdir = await asyncio.to_thread(self._prepare_many, [job], source_root)
         try:
-            entry = workdir / ENTRY_NAME
-            cmd = self.command(entry, workdir / OUTPUT_NAME, job)
+            entry = workdir / "0" / ENTRY_NAME
             self.runs["survey"] += 1
-            cmd += ["--log-limit=0", *(f"--external:./{path}" for path in externals)]
-            returncode, stderr = await self._run(cmd, source_root, job)
-            if returncode != 0 and (returncode < 0 or "[ERROR]" not in stderr):
-                raise self._error(returncode, stderr, job, source_root, workdir)
+            flags = [f"--external:./{path}" for path in externals]
+            result = await self._esbuild(job, workdir, 1, source_root, flags)
             metafile = None
             output = None
-            if returncode == 0:
-                raw = await asyncio.to_thread((workdir / METAFILE_NAME).read_bytes)
-                metafile = json.loads(raw)
+            if result.report is None:
+                metafile = result.metafile
                 if job.map_url and job.with_map and not externals:
                     read = await asyncio.to_thread(
-                        _read_output, workdir / OUTPUT_NAME, entry, source_root, job, self.assets
+                        _read_output, result, workdir / "0", source_root, job, self.assets
                     )
                     if not read.outside:
                         output = BuildOutput(read.code, read.sourcemap, 0.0, read.css_map)
             return SurveyRun(
-                ok=returncode == 0,
+                ok=result.report is None,
                 metafile=metafile,
                 entry_key=_relative(entry, source_root),
-                stderr=stderr,
+                stderr=result.report or "",
+                outdir_key=_relative(workdir, source_root),
                 output=output,
             )
         finally:
             self._remove_later(workdir)
 
     def command(self, entry: Path, outfile: Path, job: BuildJob) -> list[str]:
-        """The exact esbuild command line of a build (the benchmark runs it by hand too)."""
+        """The esbuild command line of a build: what the service asks its long-lived
+        esbuild for, as one would run it by hand (the benchmark does)."""
         return [
             self.esbuild,
             str(entry),
@@ -539,21 +551,37 @@ class Builder:
             f"--outfile={outfile}",
             f"--metafile={outfile.with_name(METAFILE_NAME)}",
             *self._flags(job),
+            "--log-level=error",
         ]
 
-    def command_many(self, workdir: Path, count: int, job: BuildJob) -> list[str]:
-        """One run for ``count`` bundles: entry ``I/entry.js`` is written to ``I/bundle.js``,
-        the layout of a single build, so a bundle and its map come out the same either way."""
+    def _request(
+        self, workdir: Path, count: int, job: BuildJob, source_root: Path, extra: Sequence[str]
+    ) -> dict[str, Any]:
+        """One build request for ``count`` bundles: entry ``I/entry.js`` comes back as
+        ``I/bundle.js``, the layout of a single build, so a bundle and its map come out
+        the same either way. Nothing is written: the outputs come back in the answer."""
         stem = OUTPUT_NAME.removesuffix(".js")
-        entries = [f"{i}/{stem}={workdir / str(i) / ENTRY_NAME}" for i in range(count)]
-        return [
-            self.esbuild,
-            *entries,
-            "--bundle",
-            f"--outdir={workdir}",
-            f"--metafile={workdir / METAFILE_NAME}",
-            *self._flags(job),
-        ]
+        return {
+            "command": "build",
+            "key": 0,  # the service gives each build in flight its own
+            "entries": [[f"{i}/{stem}", str(workdir / str(i) / ENTRY_NAME)] for i in range(count)],
+            "flags": [
+                "--bundle",
+                f"--outdir={workdir}",
+                "--metafile",
+                *self._flags(job),
+                "--log-level=silent",  # the errors come back in the answer
+                *extra,
+            ],
+            "write": False,
+            "stdinContents": None,
+            "stdinResolveDir": None,
+            "absWorkingDir": str(source_root),  # reports name files relative to it
+            # A name the package publishes (the entry imports it as is) resolves through
+            # the version's link to itself (extract.link_self), as in an application.
+            "nodePaths": [str(source_root / "node_modules")],
+            "context": False,
+        }
 
     @staticmethod
     def _flags(job: BuildJob) -> list[str]:
@@ -562,7 +590,6 @@ class Builder:
             "--platform=browser",
             f"--target={job.options.target}",
             "--charset=utf8",
-            "--log-level=error",
             "--color=false",
         ]
         flags += css.loader_flags()
@@ -580,12 +607,6 @@ class Builder:
         if job.priority != Priority.FALLBACK:
             return self.niceness + FALLBACK_NICE_LEAD
         return self.niceness
-
-    def _prepare(self, job: BuildJob, source_root: Path) -> Path:
-        """The scratch dir and entry file (file system work: run in a thread)."""
-        workdir = self._scratch()
-        (workdir / ENTRY_NAME).write_text(self._entry(job, source_root))
-        return workdir
 
     def _prepare_many(self, jobs: Sequence[BuildJob], source_root: Path) -> Path:
         workdir = self._scratch()
@@ -621,8 +642,8 @@ class Builder:
     async def _build_many(
         self, jobs: Sequence[BuildJob], source_root: Path
     ) -> list[BuildOutput | BuildFailed]:
-        """One esbuild run for ``jobs`` (same version and options). A failed run raises;
-        for several jobs the error says nothing about any one of them."""
+        """One esbuild build for ``jobs`` (same version and options). A failed build
+        raises; for several jobs the error says nothing about any one of them."""
         try:
             workdir = await asyncio.to_thread(self._prepare_many, jobs, source_root)
         except OSError as exc:
@@ -632,18 +653,16 @@ class Builder:
         try:
             started = time.perf_counter()
             self.runs["batch" if len(jobs) > 1 else "single"] += 1
-            returncode, stderr = await self._run(
-                self.command_many(workdir, len(jobs), jobs[0]), source_root, jobs[0]
-            )
+            result = await self._esbuild(jobs[0], workdir, len(jobs), source_root)
             duration = time.perf_counter() - started
-            if returncode != 0 and any(m in stderr.lower() for m in DISK_MESSAGES):
-                raise DiskFault("esbuild output", "no space left or read-only")
-            if returncode != 0:
+            if result.report is not None:
                 if len(jobs) == 1:
-                    raise self._error(returncode, stderr, jobs[0], source_root, workdir / "0")
+                    raise self._failed(result.report, jobs[0], source_root, workdir / "0")
                 logger.info("batch build failed; its builds run alone", extra={"builds": len(jobs)})
                 raise BuildFailed("a batch failed")
-            reads = await asyncio.to_thread(_read_outputs, workdir, jobs, source_root, self.assets)
+            reads = await asyncio.to_thread(
+                _read_outputs, result, workdir, jobs, source_root, self.assets
+            )
         finally:
             self._remove_later(workdir)
         results: list[BuildOutput | BuildFailed] = []
@@ -670,51 +689,104 @@ class Builder:
             results.append(BuildOutput(read.code, read.sourcemap, duration, read.css_map))
         return results
 
-    def _threads(self, job: BuildJob) -> int:
-        """GOMAXPROCS of one run. Pool size x threads = the CPUs we may use. A run may use
-        them all (esbuild parses in parallel) when it is a fallback (everything waits on
-        it), or when it starts alone, nothing else running or queued: a quiet server's
-        cold build then uses the idle CPUs (five example components on 2 CPUs: 11.0 ms
-        of esbuild instead of 12.6). Under load every slot is taken, and each run gets its share."""
-        alone = self.slots.in_use <= 1 and self.slots.queued == 0
-        if job.priority == Priority.FALLBACK or alone:
-            return self.threads_per_build * self.pool_size
-        return self.threads_per_build
+    async def _esbuild(
+        self,
+        job: BuildJob,
+        workdir: Path,
+        count: int,
+        source_root: Path,
+        extra: Sequence[str] = (),
+    ) -> _Result:
+        """One build on the long-lived esbuild of the job's priority, within the deadline.
 
-    async def _run(self, cmd: list[str], cwd: Path, job: BuildJob) -> tuple[int, str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GOMAXPROCS": str(self._threads(job)),
-            "NO_COLOR": "1",
-            # A name the package publishes (the entry imports it as is) resolves through
-            # the version's link to itself (extract.link_self), as in an application.
-            "NODE_PATH": str(cwd / "node_modules"),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            cwd=cwd,  # esbuild reports paths relative to this: the version's source root
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group, killed whole at the deadline
-        )
-        self._running.add(proc)
-        _renice(proc.pid, self._nice_by(job))
-        try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), self.timeout_s)
-        except TimeoutError:
-            raise BuildTimeout(
-                f"esbuild did not finish within {self.timeout_s:g} s and was stopped; "
-                "try fewer modules or retry later"
-            ) from None
-        finally:
-            self._running.discard(proc)
-            if proc.returncode is None:
-                await self._kill(proc)
-        returncode = proc.returncode
-        assert returncode is not None  # communicate() returned, so the process was reaped
-        return returncode, stderr.decode("utf-8", "replace")
+        At the deadline the esbuild is killed whole (a build cannot be stopped alone);
+        the other builds it had in flight did nothing wrong and run once more on a new
+        one. A crash fails every build in flight: which one caused it cannot be told."""
+        request = self._request(workdir, count, job, source_root, extra)
+        for attempt in range(1 + self.ATTEMPTS_AFTER_A_KILL):
+            service: EsbuildService | None = None
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    service = await self._service_for(self._nice_by(job))
+                    response = await service.request(request)
+                    if not response.get("errors"):
+                        return _Result(
+                            None,
+                            json.loads(response["metafile"]),
+                            {f["path"]: f["contents"] for f in response["outputFiles"]},
+                        )
+                    formatted = await service.request(
+                        {
+                            "command": "format-msgs",
+                            "messages": response["errors"],
+                            "isWarning": False,
+                            "color": False,
+                        }
+                    )
+                    return _Result("".join(formatted["messages"]), {}, {})
+            except TimeoutError:
+                if service is not None:
+                    service.kill()
+                raise BuildTimeout(
+                    f"esbuild did not finish within {self.timeout_s:g} s and was stopped; "
+                    "try fewer modules or retry later"
+                ) from None
+            except ServiceGone as gone:
+                if gone.killed and attempt < self.ATTEMPTS_AFTER_A_KILL and not self._closed:
+                    continue  # another build's deadline: this one runs again
+                raise self._crashed(gone, job, source_root, workdir) from None
+        raise AssertionError("unreachable")
+
+    async def _service_for(self, by: int) -> EsbuildService:
+        """The running esbuild whose builds run ``by`` nicer than the service, started
+        (once, however many builds ask at once) if there is none."""
+        service = self._services.get(by)
+        if service is not None and service.alive:
+            return service
+        async with self._starting.setdefault(by, asyncio.Lock()):
+            service = self._services.get(by)
+            if service is not None and service.alive:
+                return service
+            if self._closed:
+                raise ServiceGone(None, "", killed=True)
+            service = EsbuildService(
+                self.esbuild,
+                await self._esbuild_version(),
+                {
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    # Builds in flight share the pool's CPUs: one build alone (a quiet
+                    # server's cold build, a fallback) has them all.
+                    "GOMAXPROCS": str(self.threads_per_build * self.pool_size),
+                    "NO_COLOR": "1",
+                },
+                idle_s=SERVICE_IDLE_S,
+                on_start=lambda pid: _renice(pid, by),
+            )
+            self.starts += 1
+            await service.start()
+            self._services[by] = service
+            return service
+
+    async def _esbuild_version(self) -> str:
+        """The binary's version, which its service must be started with (asked once)."""
+        if self._version is None:
+            proc = await asyncio.create_subprocess_exec(
+                self.esbuild,
+                "--version",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+            try:
+                out, err = await proc.communicate()
+            finally:
+                if proc.returncode is None:
+                    await self._kill(proc)
+            if proc.returncode != 0:
+                raise ServiceGone(proc.returncode, err.decode("utf-8", "replace"), killed=False)
+            self._version = out.decode().strip()
+        return self._version
 
     @staticmethod
     async def _kill(proc: asyncio.subprocess.Process) -> None:
@@ -722,32 +794,35 @@ class Builder:
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
 
-    def _error(
-        self, returncode: int, stderr: str, job: BuildJob, source_root: Path, workdir: Path
-    ) -> BuildFailed | UnknownModule | BuildCrashed:
-        if returncode < 0 or "[ERROR]" not in stderr:
-            logger.error(
-                "esbuild crashed",
-                extra={
-                    "key": job.key,
-                    "returncode": returncode,
-                    "stderr": sanitize(stderr[-MAX_ERROR_CHARS:], source_root, workdir),
-                },
-            )
-            return BuildCrashed(
-                f"esbuild exited with status {returncode} without an error report; "
-                "the service logged it, retry later"
-            )
+    def _crashed(
+        self, gone: ServiceGone, job: BuildJob, source_root: Path, workdir: Path
+    ) -> BuildCrashed:
+        logger.error(
+            "esbuild crashed",
+            extra={
+                "key": job.key,
+                "returncode": gone.returncode,
+                "stderr": sanitize(gone.stderr[-MAX_ERROR_CHARS:], source_root, workdir),
+            },
+        )
+        return BuildCrashed(
+            f"esbuild exited with status {gone.returncode} without an error report; "
+            "the service logged it, retry later"
+        )
+
+    def _failed(
+        self, report: str, job: BuildJob, source_root: Path, workdir: Path
+    ) -> BuildFailed | UnknownModule:
         unknown = sorted(
             {
                 name
-                for specifier in UNRESOLVED.findall(stderr)
+                for specifier in UNRESOLVED.findall(report)
                 for name in names_for_specifier(specifier, job.registrations, source_root)
             }
         )
         if unknown:
             return UnknownModule(job.version, unknown)
-        missing = missing_packages(sanitize(stderr, source_root, workdir))
+        missing = missing_packages(sanitize(report, source_root, workdir))
         if missing:
             logger.warning("build failed", extra={"key": job.key, "bundle": job.label})
             return BuildFailed(
@@ -757,13 +832,30 @@ class Builder:
                 "A package that a module imports must be one of the published package's "
                 '"dependencies" (not a devDependency), so that it is installed with it'
             )
-        message = sanitize(stderr, source_root, workdir)
+        message = sanitize(report, source_root, workdir)
         logger.warning("build failed", extra={"key": job.key, "bundle": job.label})
         return BuildFailed(f"esbuild could not build version {job.version}:\n{message}")
 
     async def kill_all(self) -> None:
-        for proc in list(self._running):
-            await self._kill(proc)
+        """Kills every esbuild now (the builds in flight fail; none starts again)."""
+        self._closed = True
+        for service in self._services.values():
+            service.kill()
+        await self.close()
+
+    async def close(self) -> None:
+        """Stops every esbuild once its builds in flight are answered."""
+        self._closed = True
+        await asyncio.gather(*(s.close() for s in self._services.values()))
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What one build request gave: esbuild's report if it failed, else its outputs."""
+
+    report: str | None
+    metafile: dict[str, Any]
+    files: dict[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -775,33 +867,38 @@ class _Output:
 
 
 def _read_output(
-    outfile: Path,
-    entry: Path,
+    result: _Result,
+    outdir: Path,
     source_root: Path,
     job: BuildJob,
     assets: AssetStore,
-    meta: dict[str, Any] | None = None,
+    whole_run: bool = False,
 ) -> _Output:
-    """The bundle, its map, and the inputs esbuild took from outside the source root.
+    """The bundle esbuild made in ``outdir`` (its entry beside it), its map, and the
+    inputs esbuild took from outside the source root.
 
     esbuild resolves bare imports by walking up parent directories; a version must
     not pick up whatever node_modules happens to sit above the data directory.
-    ``meta``: the run's metafile when it wrote several bundles (each has its inputs).
+    ``whole_run``: every input of the run counts (it made this one bundle), not only
+    those that ended up in this bundle.
     """
-    if meta is None:
-        meta = json.loads(outfile.with_name(METAFILE_NAME).read_bytes())
+    meta = result.metafile
+    outfile = outdir / OUTPUT_NAME
+    entry = outdir / ENTRY_NAME
+    if whole_run:
         inputs = dict(meta.get("inputs", {}))
     else:
         inputs = dict(meta["outputs"][_relative(outfile, source_root)]["inputs"])
     css_file = outfile.with_name(css.CSS_NAME)
     css_pieces: list[bytes] = []
     css_edits: css.Edits = {}
-    if css_file.exists():  # its modules import CSS: it travels inside the bundle
+    css_bytes = result.files.get(str(css_file))
+    if css_bytes is not None:  # its modules import CSS: it travels inside the bundle
         css_output = meta.get("outputs", {}).get(_relative(css_file, source_root), {})
         css_from = css_output.get("inputs", {})
         inputs.update(css_from)
         css_pieces, css_edits = css.move_out_css(
-            css.pieces(css_file.read_bytes(), css.css_inputs(css_from)),
+            css.pieces(css_bytes, css.css_inputs(css_from)),
             job.options.asset_inline_max_bytes,
             job.version,
             assets.put,
@@ -821,18 +918,18 @@ def _read_output(
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
     code, js_edits = css.move_out_js(
-        outfile.read_bytes(), job.options.asset_inline_max_bytes, job.version, assets.put
+        result.files[str(outfile)], job.options.asset_inline_max_bytes, job.version, assets.put
     )
     map_bytes = css_map = None
     if css_pieces and job.map_url and job.with_map:
-        raw = _relative_sourcemap(outfile.with_name(css.CSS_NAME + ".map"), entry, source_root)
-        css_map = css.shift_map(raw, css_edits)
+        raw = result.files[str(css_file) + ".map"]
+        css_map = css.shift_map(_relative_sourcemap(raw, outdir, source_root), css_edits)
     if css_pieces:  # after the last mapped line: the source map stays exact
         code = SOURCE_MAP_COMMENT.sub(b"", code).rstrip() + b"\n" + css.injector(css_pieces)
     if job.map_url:
         if job.with_map:
-            map_file = outfile.with_name(OUTPUT_NAME + ".map")
-            map_bytes = css.shift_map(_relative_sourcemap(map_file, entry, source_root), js_edits)
+            raw = result.files[str(outfile) + ".map"]
+            map_bytes = css.shift_map(_relative_sourcemap(raw, outdir, source_root), js_edits)
         code = (
             SOURCE_MAP_COMMENT.sub(b"", code).rstrip()
             + f"\n//# sourceMappingURL={job.map_url}\n".encode()
@@ -841,19 +938,15 @@ def _read_output(
 
 
 def _read_outputs(
-    workdir: Path, jobs: Sequence[BuildJob], source_root: Path, assets: AssetStore
+    result: _Result,
+    workdir: Path,
+    jobs: Sequence[BuildJob],
+    source_root: Path,
+    assets: AssetStore,
 ) -> list[_Output]:
-    """Every bundle of one run (the layout of Builder.command_many)."""
-    meta = json.loads((workdir / METAFILE_NAME).read_bytes())
+    """Every bundle of one build (the layout of Builder._request)."""
     return [
-        _read_output(
-            workdir / str(i) / OUTPUT_NAME,
-            workdir / str(i) / ENTRY_NAME,
-            source_root,
-            job,
-            assets,
-            meta,
-        )
+        _read_output(result, workdir / str(i), source_root, job, assets)
         for i, job in enumerate(jobs)
     ]
 
@@ -867,7 +960,7 @@ def _settle(future: asyncio.Future[BuildOutput], outcome: BuildOutput | BaseExce
         future.set_result(outcome)
 
 
-def _relative_sourcemap(map_file: Path, entry: Path, source_root: Path) -> bytes:
+def _relative_sourcemap(raw: bytes, outdir: Path, source_root: Path) -> bytes:
     """Map sources as paths under the version root, and no machine path anywhere.
 
     esbuild writes sources relative to the map's directory (our scratch dir):
@@ -875,8 +968,7 @@ def _relative_sourcemap(map_file: Path, entry: Path, source_root: Path) -> bytes
     avoids parsing maps that run to hundreds of KB (their sourcesContent) in
     Python while the loop wants the GIL.
     """
-    raw = map_file.read_bytes()
-    prefix = os.path.relpath(source_root, map_file.parent) + "/"
+    prefix = os.path.relpath(source_root, outdir) + "/"
     raw = raw.replace(b'"' + prefix.encode(), b'"')
     raw = raw.replace(b'"' + ENTRY_NAME.encode() + b'"', b'"<entry>"')
     # The generated entry's own text names modules by absolute path.

@@ -195,6 +195,7 @@ async def _build_fallback(
                 build, source_sha256=await asyncio.to_thread(version_digest, root)
             )
     finally:
+        await builder.close()
         await source.close()
     target = out_dir / version
     await asyncio.to_thread(write_fallback, target, options, build)

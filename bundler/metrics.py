@@ -119,8 +119,14 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
     "bundler_builds": ("counter", "Bundles built, by result.", "result"),
     "bundler_esbuild_runs": (
         "counter",
-        "esbuild processes started: single (one bundle), batch (several), survey.",
+        "Builds asked of esbuild: single (one bundle), batch (several), survey.",
         "kind",
+    ),
+    "bundler_esbuild_starts": (
+        "counter",
+        "Long-lived esbuild processes started (one per priority; again after an idle "
+        "spell, a crash or a deadline).",
+        "",
     ),
     "bundler_source_pulls": ("counter", "Version source pulls by result.", "result"),
     "bundler_source_pull_seconds": (
@@ -129,8 +135,8 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "",
     ),
     "bundler_build_queue_depth": ("gauge", "Builds waiting for a pool slot.", ""),
-    "bundler_build_pool_busy": ("gauge", "esbuild processes running.", ""),
-    "bundler_build_pool_size": ("gauge", "Concurrent esbuild processes allowed.", ""),
+    "bundler_build_pool_busy": ("gauge", "Builds in flight on esbuild.", ""),
+    "bundler_build_pool_size": ("gauge", "Concurrent builds allowed.", ""),
     "bundler_cache_entries": ("gauge", "Bundles in the cache, by tier.", "tier"),
     "bundler_cache_bytes": ("gauge", "Bytes in the cache, by tier.", "tier"),
     "bundler_cache_corrupt_entries": ("counter", "Disk entries that failed their checksum.", ""),

@@ -744,6 +744,7 @@ class BundleService:
             "bundler_cache_lookups": dict(self.lookups),
             "bundler_builds": dict(self.builder.results),
             "bundler_esbuild_runs": dict(self.builder.runs),
+            "bundler_esbuild_starts": float(self.builder.starts),
             "bundler_source_pulls": dict(self.source.pull_results),
             "bundler_source_pull_seconds": self.source.pull_seconds,
             "bundler_build_queue_depth": self.builder.queued,

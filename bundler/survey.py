@@ -147,9 +147,8 @@ def _survey(
             if not record.get("external"):
                 deps.append(path)
                 continue
-            # esbuild writes an external path relative to the output file's directory
-            # (the scratch dir, where the entry is too).
-            out_dir = os.path.join(root, os.path.dirname(run.entry_key))
+            # esbuild writes an external path relative to the output directory.
+            out_dir = os.path.join(root, run.outdir_key)
             targets = (
                 os.path.relpath(os.path.normpath(os.path.join(out_dir, path)), root),
                 os.path.normpath(os.path.join(os.path.dirname(key), path)),

@@ -151,6 +151,7 @@ class OfflineTarget:
 
     async def close(self) -> None:
         await self.fallbacks.close()  # waits for its write into the data dir
+        await self.builder.close()
         await self.source.close()
         await asyncio.to_thread(self.disk.close)
 

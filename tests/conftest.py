@@ -58,16 +58,22 @@ def make_settings(tmp_path: Path, esbuild: str) -> Callable[..., Settings]:
     return make
 
 
+# How a build request says what it is, in esbuild's service protocol: the key "command"
+# (its length, then its bytes) and a string value (kind 3, length, bytes).
+BUILD_REQUEST = b"\x07\x00\x00\x00command\x03\x05\x00\x00\x00build"
+
+
 @pytest.fixture
 def counting_esbuild(tmp_path: Path, esbuild: str) -> tuple[str, Callable[[], int]]:
-    """The real esbuild behind a wrapper that logs each run, so tests count real processes."""
-    log = tmp_path / "esbuild-runs.log"
+    """The real esbuild behind a wrapper that keeps a copy of what it is sent, so tests
+    count the builds it was really asked for (each a packet on its service's stdin)."""
+    log = tmp_path / "esbuild-stdin.log"
     wrapper = tmp_path / "esbuild-counting"
-    wrapper.write_text(f'#!/bin/sh\necho "run $GOMAXPROCS" >> "{log}"\nexec "{esbuild}" "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\ntee -a "{log}" | "{esbuild}" "$@"\n')
     wrapper.chmod(0o755)
 
     def runs() -> int:
-        return len(log.read_text().splitlines()) if log.exists() else 0
+        return log.read_bytes().count(BUILD_REQUEST) if log.exists() else 0
 
     return str(wrapper), runs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,11 @@ from typing import Any
 import pytest
 
 from bundler.app import create_app
+from bundler.builder import Builder, BuildJob, BuildOutput
+from bundler.errors import BuildCrashed, BuildTimeout
+from bundler.resolve import resolve_modules
 from bundler.settings import Settings
+from bundler.spec import BuildOptions, BundleSpec
 from tests.conftest import wait_ready
 
 HANG = """#!/bin/sh
@@ -127,34 +132,104 @@ async def test_crashing_build_is_500_and_not_remembered(
         assert len(runs_file.read_text().split()) == attempt
 
 
-RECORD = """#!/bin/sh
-# Runs the real esbuild, then records how it ran: its niceness is set just after the
-# start, on the whole process group, so it is read once the run is over.
-"{real}" "$@"
-status=$?
-echo "$(nice) $GOMAXPROCS $(pwd)" >> "{pids}"
-exit $status
-"""
+def esbuild_children() -> dict[int, tuple[set[int], str]]:
+    """{pid: (the nice value of each of its threads, its GOMAXPROCS)} of every esbuild
+    this process started."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            if int(fields[1]) != os.getpid() or "esbuild" not in os.readlink(f"/proc/{pid}/exe"):
+                continue
+            nices = {
+                int(t.read_text().rsplit(")", 1)[1].split()[16])
+                for t in Path(f"/proc/{pid}/task").glob("*/stat")
+            }
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        gomaxprocs = next((e[11:].decode() for e in env if e.startswith(b"GOMAXPROCS=")), "")
+        found[pid] = (nices, gomaxprocs)
+    return found
 
 
-async def test_esbuild_runs_niced_with_gomaxprocs_in_the_source_root(
-    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path, esbuild: str
+async def test_esbuild_runs_niced_with_the_pools_cpus(
+    aiohttp_client: Any, make_settings: Callable[..., Settings]
 ) -> None:
-    script = RECORD.replace("{real}", esbuild)
-    fake_path, record = fake(tmp_path, script)
-    settings = make_settings(
-        esbuild=fake_path, build_pool_size=3, build_threads=2, build_niceness=7, fallback_dir=""
-    )
+    """A fallback's esbuild and the one every other build goes to: each nicer than the
+    service (the other nicer still: it yields to a fallback's build), every thread of it,
+    and with the pool's CPUs (builds in flight on it share them)."""
+    settings = make_settings(build_pool_size=3, build_threads=2, build_niceness=7, fallback_dir="")
+    before = set(esbuild_children())  # other tests' builders, not yet ended
     client = await aiohttp_client(create_app(settings))
     await wait_ready(client)  # the default version's fallback: built, everyone waits on it
     resp = await client.get("/bundle.js?modules=components/hero&v=1.0.0")
     assert resp.status == 200
-    fallback_run, tailored_run = record.read_text().splitlines()
-    niceness, gomaxprocs, cwd = tailored_run.split()
-    assert int(niceness) == os.nice(0) + 7 + 5  # and yields to a fallback's build
-    assert gomaxprocs == "6"  # alone: the idle CPUs (its share, 2, under load: test_batch)
-    assert Path(cwd) == Path(settings.source).resolve() / "1.0.0"
-    niceness, gomaxprocs, cwd = fallback_run.split()
-    assert int(niceness) == os.nice(0) + 7
-    assert gomaxprocs == "6"  # the whole pool's CPUs
-    assert Path(cwd) == Path(settings.source).resolve() / "1.1.0"
+    own = os.nice(0)
+    ours = [v for pid, v in esbuild_children().items() if pid not in before]
+    assert sorted(ours) == [({own + 7}, "6"), ({own + 7 + 5}, "6")]
+
+
+# A fake esbuild that is the real one behind a relay; the first one started answers
+# nothing once it has said its version (every build on it hangs), later ones relay all.
+HANG_FIRST = """#!{python}
+import os, subprocess, sys, threading, time
+real = subprocess.Popen(["{real}", *sys.argv[1:]], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+hang = "--version" not in sys.argv
+if hang:
+    try:
+        os.close(os.open("{marker}", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        hang = False
+def forward():
+    while data := os.read(0, 65536):
+        real.stdin.write(data)
+        real.stdin.flush()
+    real.stdin.close()
+threading.Thread(target=forward, daemon=True).start()
+first = True
+while data := os.read(real.stdout.fileno(), 65536):
+    if first or not hang:
+        os.write(1, data)
+    first = False
+real.wait()
+"""
+
+
+@pytest.mark.parametrize("rerun", [True, False], ids=["rerun", "naive"])
+async def test_a_deadline_kills_its_esbuild_and_the_other_builds_on_it_run_again(
+    tmp_path: Path, esbuild: str, monkeypatch: pytest.MonkeyPatch, rerun: bool
+) -> None:
+    """A build cannot be stopped alone: at its deadline its esbuild is killed, with the
+    builds in flight beside it. Those did nothing wrong and run again on a new esbuild;
+    naive (no second attempt), they fail as crashed."""
+    path = tmp_path / "esbuild-hang-first"
+    path.write_text(
+        HANG_FIRST.format(python=sys.executable, real=esbuild, marker=tmp_path / "hung")
+    )
+    path.chmod(0o755)
+    if not rerun:
+        monkeypatch.setattr(Builder, "ATTEMPTS_AFTER_A_KILL", 0)
+    builder = Builder(
+        str(path), tmp_path / "tmp", pool_size=2, threads_per_build=1, timeout_s=1, niceness=0
+    )
+    root = Path(__file__).resolve().parent.parent / "examples" / "components" / "1.1.0"
+
+    def build(modules: tuple[str, ...]) -> Any:
+        spec = BundleSpec("1.1.0", modules, BuildOptions("es2018", "bundler"))
+        registrations = resolve_modules(root, "1.1.0", spec.modules)
+        return builder.build(BuildJob.tailored(spec, registrations), root)
+
+    try:
+        first = asyncio.ensure_future(build(("components/hero",)))
+        await asyncio.sleep(0.3)  # in flight when the first one's deadline comes
+        second = await asyncio.gather(build(("components/card",)), return_exceptions=True)
+        with pytest.raises(BuildTimeout):
+            await first
+        if rerun:
+            assert isinstance(second[0], BuildOutput) and b"card" in second[0].code
+        else:
+            assert isinstance(second[0], BuildCrashed)
+    finally:
+        await builder.close()

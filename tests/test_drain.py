@@ -11,19 +11,15 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port, start_service, wait_process_ready
+from tests.fakes import delayed_esbuild
 
 pytestmark = pytest.mark.slow
-
-
-SLOW = '#!/bin/sh\nsleep 1\nexec "{real}" "$@"\n'
 
 
 async def test_sigterm_during_50_in_flight_requests_drops_none(
     tmp_path: Path, esbuild: str
 ) -> None:
-    slow = tmp_path / "esbuild-slow"
-    slow.write_text(SLOW.format(real=esbuild))
-    slow.chmod(0o755)
+    slow, _ = delayed_esbuild(tmp_path, esbuild, fallback_delay=1, tailored_delay=1)
     port = free_port()
     log = tmp_path / "server.log"
     proc = start_service(

@@ -23,24 +23,18 @@ from bundler.app import SERVICE, create_app
 from bundler.fallback import FallbackStore
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, ROOT, run_in_node, wait_ready
+from tests.fakes import delayed_esbuild
 from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
-
-SLOW = """#!/bin/sh
-# The real esbuild, started late: a build that takes longer than the budget.
-echo run >> "{log}"
-sleep {delay}
-exec "{real}" "$@"
-"""
 
 
 @pytest.fixture
 def slow_esbuild(tmp_path: Path, esbuild: str) -> Callable[[float], tuple[str, Callable[[], int]]]:
     def make(delay_s: float) -> tuple[str, Callable[[], int]]:
-        log = tmp_path / f"slow-{delay_s}.log"
-        path = tmp_path / f"esbuild-slow-{delay_s}"
-        path.write_text(SLOW.format(log=log, delay=delay_s, real=esbuild))
-        path.chmod(0o755)
-        return str(path), lambda: len(log.read_text().splitlines()) if log.exists() else 0
+        """Every build takes ``delay_s`` longer than the budget allows."""
+        path, log = delayed_esbuild(
+            tmp_path, esbuild, fallback_delay=delay_s, tailored_delay=delay_s
+        )
+        return path, lambda: len(log.read_text().splitlines()) if log.exists() else 0
 
     return make
 
@@ -352,22 +346,13 @@ async def test_warm_and_map_requests_are_bounded_by_the_queue_too(
     assert [r.status for r in await asyncio.gather(*busy)] == [200, 200]
 
 
-SPLIT = """#!/bin/sh
-# The real esbuild, started late: fallback runs (their entry says mode "fallback") wait
-# {fallback_delay} s, tailored ones {tailored_delay} s.
-for arg in "$@"; do case "$arg" in *entry.js) entry="${{arg##*=}}";; esac; done
-if grep -q 'mode: "fallback"' "$entry"; then sleep {fallback_delay}; else sleep {tailored_delay}; fi
-exec "{real}" "$@"
-"""
-
-
 def split_esbuild(tmp_path: Path, real: str, fallback_delay: float, tailored_delay: float) -> str:
-    path = tmp_path / "esbuild-split"
-    path.write_text(
-        SPLIT.format(fallback_delay=fallback_delay, tailored_delay=tailored_delay, real=real)
+    """The real esbuild, each build held back: a fallback's ``fallback_delay`` s,
+    a tailored one's ``tailored_delay`` s."""
+    path, _ = delayed_esbuild(
+        tmp_path, real, fallback_delay=fallback_delay, tailored_delay=tailored_delay
     )
-    path.chmod(0o755)
-    return str(path)
+    return path
 
 
 async def new_version_app(
