@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -30,7 +31,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,9 +55,12 @@ FIVE = (
     "components/nav",
     "components/tabs",
 )
-# A real page's pick of lodash-es (bench-storm's corpus), and another built first.
+# A real page's pick of lodash-es (bench-storm's corpus).
 LODASH_PAGE = ("cloneDeep", "debounce", "get", "groupBy", "merge", "sortBy", "throttle", "uniqBy")
-LODASH_FIRST = ("chunk", "filter", "map")
+# What other pages asked the server for before (the warm-ups of a cold measurement).
+LODASH_OTHERS = ("chunk", "filter", "map", "reduce", "pick", "omit", "flatten", "range", "zip")
+# A cold build is measured on a server that has built this many other bundles.
+WARM_UPS = 10
 LIB = [f"lib/{n}" for n in ("events", "format", "html", "i18n", "time", "version")]
 # A bare aiohttp server answering every GET with one body and fixed headers.
 BARE_SERVER = """
@@ -156,17 +160,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    return [
+        int(c) for p in Path(f"/proc/{pid}/task").glob("*/children") for c in p.read_text().split()
+    ]
+
+
 def wait_idle(pid: int, timeout_s: float = 60) -> None:
-    """Until ``pid`` has no child process and used under 5 ms of CPU in 0.2 s."""
+    """Until ``pid`` and its children (its long-lived esbuilds) used under 5 ms of CPU in
+    0.2 s."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        before = cpu_seconds(pid)
+        family = [pid, *children(pid)]
+        before = sum(cpu_seconds(p) for p in family)
         time.sleep(0.2)
-        children = "".join(
-            p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children")
-        ).split()
-        if not children and cpu_seconds(pid) - before < 0.005:
-            return
+        with contextlib.suppress(FileNotFoundError):
+            if sum(cpu_seconds(p) for p in family) - before < 0.005:
+                return
     raise RuntimeError("the server did not go idle")
 
 
@@ -273,20 +283,34 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f}"
 
 
+def warm_ups(
+    names: Sequence[str], combo: tuple[str, ...], count: int = WARM_UPS
+) -> list[tuple[str, ...]]:
+    """``count`` distinct bundles of 3 of ``names``, none of them ``combo``."""
+    rng = random.Random(7)
+    picked: set[tuple[str, ...]] = set()
+    while len(picked) < count:
+        picked.add(tuple(sorted(rng.sample(list(names), 3))))
+    picked.discard(combo)
+    return sorted(picked)
+
+
 def cold_and_warm(
     combo: tuple[str, ...],
     runs: int,
-    first: tuple[str, ...],
+    before: list[tuple[str, ...]],
     flags: tuple[str, ...] = (),
     version: str = VERSION,
 ) -> tuple[list[float], list[float]]:
-    """``combo`` built on ``runs`` fresh, ready servers (each after one other build,
-    ``first``: the process's first build warms its threads and caches), then 10 hits."""
+    """``combo`` built on ``runs`` fresh, ready servers, each a server that has been at
+    work: ``before`` built first (the first builds of a process warm its threads, caches
+    and esbuild's runtime), then idle; then 10 hits."""
     cold: list[float] = []
     warm: list[float] = []
     for _ in range(runs):
         with served(*flags) as (port, proc):
-            get(port, bundle_path(first, version))
+            for other in before:
+                get(port, bundle_path(other, version))
             wait_idle(proc.pid)  # ready with its fallback's first part; the rest builds now
             cold.append(get(port, bundle_path(combo, version)))
             warm.extend(get(port, bundle_path(combo, version)) for _ in range(10))
@@ -298,11 +322,11 @@ def part_css(runs: int) -> None:
     five that bring none, cold and warm."""
     print("\nCSS: five components with CSS against five without, v=1.1.0")
     print(f"{'':34}{'cold ms':>9}{'warm ms':>9}{'bytes':>8}{'br bytes':>10}")
-    for label, combo, first in (
-        ("five without CSS", NO_CSS, WITH_CSS),
-        ("five with CSS (hero: an SVG too)", WITH_CSS, NO_CSS),
+    for label, combo in (
+        ("five without CSS", NO_CSS),
+        ("five with CSS (hero: an SVG too)", WITH_CSS),
     ):
-        cold, warm = cold_and_warm(combo, runs, first)
+        cold, warm = cold_and_warm(combo, runs, warm_ups(COMPONENTS, combo))
         with server() as port:
             plain = urllib.request.urlopen(f"http://127.0.0.1:{port}{bundle_path(combo)}").read()
             request = urllib.request.Request(
@@ -316,8 +340,7 @@ def part_css(runs: int) -> None:
 
 
 def part_latency(runs: int) -> None:
-    other = tuple(sorted(set(COMPONENTS) - set(FIVE)))[:5]
-    cold, warm = cold_and_warm(FIVE, runs, other)
+    cold, warm = cold_and_warm(FIVE, runs, warm_ups(COMPONENTS + LIB, FIVE))
     # A build that starts alone uses every CPU (as esbuild by hand does by default);
     # under load each gets one, the pool's share.
     hand_all = esbuild_by_hand(runs * 3, threads=0)
@@ -336,7 +359,8 @@ def part_real_latency(runs: int) -> None:
     ensure_corpus(corpus)
     with artifact_server(free_port()) as artifact_url:
         flags = (*source_flags(corpus, artifact_url), "--default-version", version)
-        cold, warm = cold_and_warm(LODASH_PAGE, runs, LODASH_FIRST, flags, version)
+        before = warm_ups(LODASH_OTHERS, LODASH_PAGE)
+        cold, warm = cold_and_warm(LODASH_PAGE, runs, before, flags, version)
     with tempfile.TemporaryDirectory() as unpacked:
         with tarfile.open(CACHE / f"{corpus.package}-{version}.tgz") as tar:
             tar.extractall(unpacked, filter="data")
@@ -481,9 +505,17 @@ def part_memory(builds: int, bound_mib: int, seed: int) -> None:
     combos = sorted(seen)
     rng.shuffle(combos)
     step = max(1, builds // 10)
-    samples: list[tuple[int, float]] = []
+    samples: list[tuple[int, float, float]] = []
+
+    def sample(done: int, pid: int) -> tuple[int, float, float]:
+        esbuilds = 0.0
+        for child in children(pid):
+            with contextlib.suppress(FileNotFoundError, RuntimeError):
+                esbuilds += rss_mib(child)
+        return done, rss_mib(pid), esbuilds
+
     with served("--memory-cache-max-bytes", str(bound_mib * 1024 * 1024)) as (port, proc):
-        samples.append((0, rss_mib(proc.pid)))
+        samples.append(sample(0, proc.pid))
 
         async def run() -> None:
             room = asyncio.Semaphore(64)
@@ -499,7 +531,7 @@ def part_memory(builds: int, bound_mib: int, seed: int) -> None:
                 for start in range(0, builds, step):
                     chunk = combos[start : start + step]
                     await asyncio.gather(*(one(c) for c in chunk))
-                    samples.append((start + len(chunk), rss_mib(proc.pid)))
+                    samples.append(sample(start + len(chunk), proc.pid))
 
         started = time.perf_counter()
         asyncio.run(run())
@@ -508,10 +540,10 @@ def part_memory(builds: int, bound_mib: int, seed: int) -> None:
         f"\nMemory: {builds} distinct bundles built ({builds / wall:.0f}/s), "
         f"memory tier bound {bound_mib} MiB"
     )
-    print(f"{'builds':>8}{'RSS MiB':>10}{'RSS - bound':>13}")
-    for done, rss in samples:
-        print(f"{done:>8}{rss:>10.0f}{rss - bound_mib:>13.0f}")
-    tail = [rss for done, rss in samples if done >= builds // 2]
+    print(f"{'builds':>8}{'RSS MiB':>10}{'RSS - bound':>13}{'esbuild RSS MiB':>17}")
+    for done, rss, esbuilds in samples:
+        print(f"{done:>8}{rss:>10.0f}{rss - bound_mib:>13.0f}{esbuilds:>17.0f}")
+    tail = [rss for done, rss, _ in samples if done >= builds // 2]
     print(f"second half: RSS {min(tail):.0f} to {max(tail):.0f} MiB (flat if close)")
 
 

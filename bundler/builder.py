@@ -261,6 +261,7 @@ class Builder:
         timeout_s: float,
         niceness: int,
         batch_max: int = 1,
+        memory_mib: int = 0,
     ) -> None:
         self.esbuild = esbuild
         self.scratch_dir = scratch_dir
@@ -269,6 +270,7 @@ class Builder:
         self.threads_per_build = threads_per_build
         self.timeout_s = timeout_s
         self.niceness = niceness
+        self.memory_mib = memory_mib
         self.slots = PrioritySlots(pool_size)
         # The long-lived esbuilds, by how much nicer than the service they run.
         self._services: dict[int, EsbuildService] = {}
@@ -306,6 +308,7 @@ class Builder:
             "timeout_s": settings.build_timeout_s,
             "niceness": settings.build_niceness,
             "batch_max": settings.build_batch_max,
+            "memory_mib": settings.esbuild_memory_mib,
         }
         values.update(overrides)
         return cls(
@@ -758,6 +761,7 @@ class Builder:
                     # server's cold build, a fallback) has them all.
                     "GOMAXPROCS": str(self.threads_per_build * self.pool_size),
                     "NO_COLOR": "1",
+                    **self._gc_env(),
                 },
                 idle_s=SERVICE_IDLE_S,
                 on_start=lambda pid: _renice(pid, by),
@@ -766,6 +770,15 @@ class Builder:
             await service.start()
             self._services[by] = service
             return service
+
+    def _gc_env(self) -> dict[str, str]:
+        """esbuild's CLI turns Go's garbage collector off (it exits after one build); a
+        long-lived one collects by default, every time its heap doubles, which made a
+        lodash-es page's build 38 ms instead of 25. Off, with a soft memory limit, it
+        collects only as its heap nears the limit, which bounds its memory."""
+        if not self.memory_mib:
+            return {}
+        return {"GOGC": "off", "GOMEMLIMIT": f"{self.memory_mib}MiB"}
 
     async def _esbuild_version(self) -> str:
         """The binary's version, which its service must be started with (asked once)."""

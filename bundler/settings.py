@@ -134,13 +134,20 @@ class Settings:
     max_modules: int = _opt("Most modules one request may name.", default=50)
     max_module_name_chars: int = _opt("Longest module name accepted.", default=200)
     build_pool_size: int = _opt(
-        "Concurrent esbuild processes (default: the CPUs this process may use).", default=0
+        "Concurrent builds (default: the CPUs this process may use).", default=0
     )
     build_threads: int = _opt(
-        "GOMAXPROCS of each esbuild (default: CPUs / pool size, at least 1).", default=0
+        "CPUs per build: esbuild's GOMAXPROCS is pool size x this (default: CPUs / pool "
+        "size, at least 1).",
+        default=0,
     )
     build_timeout_s: float = _opt(
-        "Deadline of one esbuild run; past it, it is killed.", default=20.0
+        "Deadline of one build; past it, its esbuild is killed.", default=20.0
+    )
+    esbuild_memory_mib: int = _opt(
+        "Heap at which each long-lived esbuild collects its garbage (Go's GOMEMLIMIT, with "
+        "GOGC off); 0: Go's default collector, slower builds, less memory.",
+        default=256,
     )
     build_batch_max: int = _opt(
         "Most queued builds of one version that share one esbuild run (1: never batch).",
@@ -282,6 +289,7 @@ class Settings:
             "shutdown_timeout_s",
             "combos_save_interval_s",
             "asset_inline_max_bytes",
+            "esbuild_memory_mib",
         ):
             if getattr(self, name) < 0:
                 out.append(f"{name} must not be negative")
