@@ -148,7 +148,8 @@ class EsbuildService:
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self._gone is None
+        """Started, and neither ended nor asked to end."""
+        return self.proc is not None and self._gone is None and not self._killed
 
     @property
     def pid(self) -> int | None:
