@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bundler import builder as builder_module
 from bundler.app import create_app
 from bundler.builder import Builder, BuildJob, BuildOutput
 from bundler.errors import BuildCrashed, BuildTimeout
@@ -231,5 +232,35 @@ async def test_a_deadline_kills_its_esbuild_and_the_other_builds_on_it_run_again
             assert isinstance(second[0], BuildOutput) and b"card" in second[0].code
         else:
             assert isinstance(second[0], BuildCrashed)
+    finally:
+        await builder.close()
+
+
+@pytest.mark.parametrize("idle_s", [0.2, 3600.0], ids=["ends-when-idle", "naive"])
+async def test_an_idle_esbuild_ends_and_the_next_build_starts_another(
+    tmp_path: Path, esbuild: str, monkeypatch: pytest.MonkeyPatch, idle_s: float
+) -> None:
+    """A fallback's build leaves its esbuild holding memory; with nothing to build it ends
+    (naive: it stays), and the next build starts another."""
+    monkeypatch.setattr(builder_module, "SERVICE_IDLE_S", idle_s)
+    builder = Builder(
+        esbuild, tmp_path / "tmp", pool_size=1, threads_per_build=1, timeout_s=20, niceness=0
+    )
+    root = Path(__file__).resolve().parent.parent / "examples" / "components" / "1.1.0"
+
+    def job(modules: tuple[str, ...]) -> BuildJob:
+        spec = BundleSpec("1.1.0", modules, BuildOptions("es2018", "bundler"))
+        return BuildJob.tailored(spec, resolve_modules(root, "1.1.0", spec.modules))
+
+    before = set(esbuild_children())
+    try:
+        await builder.build(job(("components/card",)), root)
+        assert len(set(esbuild_children()) - before) == 1
+        await asyncio.sleep(0.6)
+        left = set(esbuild_children()) - before
+        assert len(left) == (0 if idle_s < 1 else 1)
+        output = await builder.build(job(("components/hero",)), root)
+        assert b"hero" in output.code
+        assert builder.starts == (2 if idle_s < 1 else 1)
     finally:
         await builder.close()
