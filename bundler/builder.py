@@ -46,6 +46,7 @@ from bundler.errors import (
     BuildTimeout,
     ConfigError,
     DiskFault,
+    Unavailable,
     UnknownModule,
 )
 from bundler.esbuild_service import EsbuildService, ServiceGone
@@ -735,7 +736,9 @@ class Builder:
                     "try fewer modules or retry later"
                 ) from None
             except ServiceGone as gone:
-                if gone.killed and attempt < self.ATTEMPTS_AFTER_A_KILL and not self._closed:
+                if self._closed:
+                    raise Unavailable("the service is shutting down; retry") from None
+                if gone.killed and attempt < self.ATTEMPTS_AFTER_A_KILL:
                     continue  # another build's deadline: this one runs again
                 raise self._crashed(gone, job, source_root, workdir) from None
         raise AssertionError("unreachable")

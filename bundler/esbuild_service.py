@@ -254,6 +254,8 @@ class EsbuildService:
                     future.set_result(value)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except (ValueError, IndexError, struct.error):  # not its protocol: treated as a crash
+            logger.error("esbuild sent a packet its protocol does not allow; it is stopped")
         gone = await self._ended()
         for future in self._pending.values():
             if not future.done():
@@ -263,8 +265,9 @@ class EsbuildService:
 
     async def _ended(self) -> ServiceGone:
         assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # anything it left behind
+        if self.proc.returncode is None:  # not reaped yet: its group id is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # anything it left behind
         returncode = await self.proc.wait()
         await asyncio.sleep(0)  # the stderr reader's last lines
         self._gone = ServiceGone(returncode, "".join(self._stderr), self._killed)

@@ -264,3 +264,36 @@ async def test_an_idle_esbuild_ends_and_the_next_build_starts_another(
         assert builder.starts == (2 if idle_s < 1 else 1)
     finally:
         await builder.close()
+
+
+# A fake esbuild that speaks its protocol's first packet, then answers a request with a
+# value of a kind the protocol has not got.
+GARBAGE = """#!{python}
+import os, struct, sys
+if "--version" in sys.argv:
+    print("0.0.0-fake")
+    sys.exit(0)
+version = b"0.0.0-fake"
+os.write(1, struct.pack("<I", len(version)) + version)
+size = struct.unpack("<I", sys.stdin.buffer.read(4))[0]
+(head,) = struct.unpack_from("<I", sys.stdin.buffer.read(size))
+body = struct.pack("<I", head | 1) + b"\\x09"
+os.write(1, struct.pack("<I", len(body)) + body)
+sys.stdin.buffer.read()
+"""
+
+
+async def test_an_esbuild_that_breaks_its_protocol_fails_the_build_at_once(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Not a hang until the deadline: what cannot be read is a crash, answered at once."""
+    path = tmp_path / "esbuild-garbage"
+    path.write_text(GARBAGE.format(python=sys.executable))
+    path.chmod(0o755)
+    settings = make_settings(esbuild=str(path), build_timeout_s=10, fallback_dir="")
+    client = await aiohttp_client(create_app(settings))
+    started = time.monotonic()
+    resp = await client.get("/bundle.js?modules=components/hero&v=1.0.0")
+    assert resp.status == 500
+    assert "without an error report" in await resp.text()
+    assert time.monotonic() - started < 5
