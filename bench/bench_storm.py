@@ -296,12 +296,24 @@ def labelled(url: str, name: str, labels: dict[str, str]) -> float | None:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU time of a process (user + system) and of its reaped children (esbuild)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU time of a process (user + system) and of its children (esbuild), those still
+    running (its long-lived esbuilds) and those reaped."""
     tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(of: int) -> list[str]:
+        return Path(f"/proc/{of}/stat").read_text().rsplit(")", 1)[1].split()
+
     # fields[11:15] are utime, stime, cutime, cstime (stat(5) fields 14-17)
-    own = (int(fields[11]) + int(fields[12])) / tick
-    children = (int(fields[13]) + int(fields[14])) / tick
+    mine = fields(pid)
+    own = (int(mine[11]) + int(mine[12])) / tick
+    children = (int(mine[13]) + int(mine[14])) / tick
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in listing.read_text().split():
+            try:
+                theirs = fields(int(child))
+            except FileNotFoundError:  # reaped since: counted above next time
+                continue
+            children += sum(int(v) for v in theirs[11:15]) / tick
     return own, children
 
 

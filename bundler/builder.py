@@ -1,8 +1,9 @@
-"""Run esbuild in a subprocess: a bounded pool, a deadline, a lower CPU priority.
+"""Builds on esbuild in a subprocess: a bounded pool, a deadline, a lower CPU priority.
 
-The event loop never bundles: it starts esbuild with asyncio (no shell), waits,
-and reads the result. No request string is ever an argument: the module list
-goes into a generated entry file in this service's own scratch directory.
+The event loop never bundles: it asks a long-lived esbuild (bundler.esbuild_service,
+started with asyncio, no shell) for each build and waits for the answer, which
+carries the outputs. No request string is ever an argument: the module list goes
+into a generated entry file in this service's own scratch directory.
 
 Tailored builds of one version that wait for a slot together go to esbuild
 together: the first to get a slot takes up to ``batch_max`` of the others along,
@@ -20,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
 import hashlib
 import itertools
 import json
@@ -235,10 +237,10 @@ def check_esbuild(path: str) -> str:
 def _renice(pgid: int, by: int) -> None:
     """Make a just-started esbuild ``by`` nicer than the service, every thread of it.
 
-    Set on its process group (each run leads its own) rather than by starting it under
-    nice(1): that costs an extra exec, 0.85 ms of a 7.5 ms build. Linux keeps a nice value
-    per thread; the group call reaches each thread there is, and threads started later
-    inherit it. The run's first microseconds go at the service's own priority."""
+    Set on its process group (each esbuild leads its own) rather than by starting it under
+    nice(1), an extra exec. Linux keeps a nice value per thread; the group call reaches
+    each thread there is, and threads started later inherit it. Its first microseconds
+    go at the service's own priority."""
     if by <= 0:
         return
     try:
@@ -293,7 +295,7 @@ class Builder:
         self._removals: set[asyncio.Future[None]] = set()
 
     def _remove_later(self, workdir: Path) -> None:
-        """A run's scratch dir goes once its slot is given back and its outcome is out
+        """A build's scratch dir goes once its slot is given back and its outcome is out
         (thousands of files' delete would otherwise be waited out in the slot; one that
         a crash leaves behind is cleaned at the next start)."""
         removal = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, workdir, True))
@@ -527,7 +529,7 @@ class Builder:
             metafile = None
             output = None
             if result.report is None:
-                metafile = result.metafile
+                metafile = await asyncio.to_thread(lambda: result.metafile)
                 if job.map_url and job.with_map and not externals:
                     read = await asyncio.to_thread(
                         _read_output, result, workdir / "0", source_root, job, self.assets
@@ -716,7 +718,7 @@ class Builder:
                     if not response.get("errors"):
                         return _Result(
                             None,
-                            json.loads(response["metafile"]),
+                            response["metafile"],
                             {f["path"]: f["contents"] for f in response["outputFiles"]},
                         )
                     formatted = await service.request(
@@ -727,7 +729,7 @@ class Builder:
                             "color": False,
                         }
                     )
-                    return _Result("".join(formatted["messages"]), {}, {})
+                    return _Result("".join(formatted["messages"]), "{}", {})
             except TimeoutError:
                 if service is not None:
                     service.kill()
@@ -865,13 +867,19 @@ class Builder:
         await asyncio.gather(*(s.close() for s in self._services.values()))
 
 
-@dataclass(frozen=True)
 class _Result:
-    """What one build request gave: esbuild's report if it failed, else its outputs."""
+    """What one build request gave: esbuild's report if it failed, else its outputs.
+    The metafile is parsed where it is first used, in a worker thread: a survey's runs
+    to megabytes, too long a parse for the event loop."""
 
-    report: str | None
-    metafile: dict[str, Any]
-    files: dict[str, bytes]
+    def __init__(self, report: str | None, metafile: str, files: dict[str, bytes]) -> None:
+        self.report = report
+        self.files = files
+        self._metafile_json = metafile
+
+    @functools.cached_property
+    def metafile(self) -> dict[str, Any]:
+        return dict(json.loads(self._metafile_json))
 
 
 @dataclass(frozen=True)
@@ -992,7 +1000,7 @@ def _relative_sourcemap(raw: bytes, outdir: Path, source_root: Path) -> bytes:
 
 
 def _relative(path: Path, root: Path) -> str:
-    """``path`` as esbuild names it: relative to the directory it runs in."""
+    """``path`` as esbuild names it: relative to its working directory (the source root)."""
     return os.path.relpath(path, root)
 
 

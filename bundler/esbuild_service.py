@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 # How much of esbuild's stderr is kept (a Go panic's trace, for the log).
 STDERR_TAIL_CHARS = 4000
 
+# Answers larger than this are decoded in a worker thread (their bytes are copied).
+LARGE_PACKET_BYTES = 256 * 1024
+
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 
@@ -244,7 +247,10 @@ class EsbuildService:
                 (size,) = _U32.unpack(await reader.readexactly(4))
                 body = await reader.readexactly(size)
                 (head,) = _U32.unpack_from(body)
-                value, _ = decode(body, 4)
+                if size > LARGE_PACKET_BYTES:  # a fallback's outputs: copied off the loop
+                    value, _ = await asyncio.to_thread(decode, body, 4)
+                else:
+                    value, _ = decode(body, 4)
                 if head & 1 == 0:  # esbuild asks us (a ping): an empty answer
                     assert self.proc.stdin is not None
                     self.proc.stdin.write(packet(head >> 1, False, {}))
