@@ -31,7 +31,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -301,10 +301,12 @@ def cold_and_warm(
     before: list[tuple[str, ...]],
     flags: tuple[str, ...] = (),
     version: str = VERSION,
+    between: Callable[[], None] = lambda: None,
 ) -> tuple[list[float], list[float]]:
     """``combo`` built on ``runs`` fresh, ready servers, each a server that has been at
     work: ``before`` built first (the first builds of a process warm its threads, caches
-    and esbuild's runtime), then idle; then 10 hits."""
+    and esbuild's runtime), then idle; then 10 hits. ``between`` runs after each server
+    (the by-hand measurements, so that both sides see the same moments of a shared machine)."""
     cold: list[float] = []
     warm: list[float] = []
     for _ in range(runs):
@@ -314,6 +316,7 @@ def cold_and_warm(
             wait_idle(proc.pid)  # ready with its fallback's first part; the rest builds now
             cold.append(get(port, bundle_path(combo, version)))
             warm.extend(get(port, bundle_path(combo, version)) for _ in range(10))
+        between()
     return cold, warm
 
 
@@ -340,11 +343,16 @@ def part_css(runs: int) -> None:
 
 
 def part_latency(runs: int) -> None:
-    cold, warm = cold_and_warm(FIVE, runs, warm_ups(COMPONENTS + LIB, FIVE))
     # A build that starts alone uses every CPU (as esbuild by hand does by default);
     # under load each gets one, the pool's share.
-    hand_all = esbuild_by_hand(runs * 3, threads=0)
-    hand_one = esbuild_by_hand(runs * 3, threads=1)
+    hand_all: list[float] = []
+    hand_one: list[float] = []
+
+    def by_hand() -> None:
+        hand_all.extend(esbuild_by_hand(3, threads=0))
+        hand_one.extend(esbuild_by_hand(3, threads=1))
+
+    cold, warm = cold_and_warm(FIVE, runs, warm_ups(COMPONENTS + LIB, FIVE), between=by_hand)
     title = f"One 5-module bundle ({', '.join(m.split('/')[1] for m in FIVE)}), v={VERSION}"
     latency_table(title, hand_all, hand_one, cold, warm)
 
@@ -357,16 +365,23 @@ def part_real_latency(runs: int) -> None:
     corpus = CORPORA["lodash-es"]
     version = corpus.release
     ensure_corpus(corpus)
-    with artifact_server(free_port()) as artifact_url:
-        flags = (*source_flags(corpus, artifact_url), "--default-version", version)
-        before = warm_ups(LODASH_OTHERS, LODASH_PAGE)
-        cold, warm = cold_and_warm(LODASH_PAGE, runs, before, flags, version)
-    with tempfile.TemporaryDirectory() as unpacked:
+    hand_all: list[float] = []
+    hand_one: list[float] = []
+    with (
+        artifact_server(free_port()) as artifact_url,
+        tempfile.TemporaryDirectory() as unpacked,
+    ):
         with tarfile.open(CACHE / f"{corpus.package}-{version}.tgz") as tar:
             tar.extractall(unpacked, filter="data")
         root = Path(unpacked) / "package"
-        hand_all = esbuild_by_hand(runs * 3, 0, LODASH_PAGE, root, version)
-        hand_one = esbuild_by_hand(runs * 3, 1, LODASH_PAGE, root, version)
+
+        def by_hand() -> None:
+            hand_all.extend(esbuild_by_hand(3, 0, LODASH_PAGE, root, version))
+            hand_one.extend(esbuild_by_hand(3, 1, LODASH_PAGE, root, version))
+
+        flags = (*source_flags(corpus, artifact_url), "--default-version", version)
+        before = warm_ups(LODASH_OTHERS, LODASH_PAGE)
+        cold, warm = cold_and_warm(LODASH_PAGE, runs, before, flags, version, by_hand)
     title = f"A page's 8 lodash-es functions ({', '.join(LODASH_PAGE)}), v={version}"
     latency_table(title, hand_all, hand_one, cold, warm)
 
