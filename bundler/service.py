@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import functools
 import logging
@@ -401,8 +402,16 @@ class BundleService:
         key = (bundle.key, bundle.digest)
         made = self._gzipped.get(key)
         if made is None:
-            made = await self._gzipping.do(key, lambda: asyncio.to_thread(gzip_body, bundle.code))
-            self._gzipped[key] = made
+
+            async def make() -> bytes:
+                body = await asyncio.to_thread(gzip_body, bundle.code)
+                # Kept before the flight ends: a request arriving between the flight's end
+                # and its waiters' wake-up finds it here instead of making it again.
+                with contextlib.suppress(ValueError):  # larger than the whole LRU: not kept
+                    self._gzipped[key] = body
+                return body
+
+            made = await self._gzipping.do(key, make)
         return made
 
     async def _cached(self, spec: BundleSpec) -> Bundle | None:
