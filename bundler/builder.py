@@ -531,8 +531,10 @@ class Builder:
             if result.report is None:
                 metafile = await asyncio.to_thread(lambda: result.metafile)
                 if job.map_url and job.with_map and not externals:
+                    # The run made this one bundle: every input of it counts, as before
+                    # the long-lived esbuild.
                     read = await asyncio.to_thread(
-                        _read_output, result, workdir / "0", source_root, job, self.assets
+                        _read_output, result, workdir / "0", source_root, job, self.assets, True
                     )
                     if not read.outside:
                         output = BuildOutput(read.code, read.sourcemap, 0.0, read.css_map)
