@@ -290,8 +290,9 @@ def warm_ups(
     rng = random.Random(7)
     picked: set[tuple[str, ...]] = set()
     while len(picked) < count:
-        picked.add(tuple(sorted(rng.sample(list(names), 3))))
-    picked.discard(combo)
+        other = tuple(sorted(rng.sample(list(names), 3)))
+        if other != combo:
+            picked.add(other)
     return sorted(picked)
 
 

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 # How much of esbuild's stderr is kept (a Go panic's trace, for the log).
 STDERR_TAIL_CHARS = 4000
+# How long an ended esbuild's stderr is read on for.
+STDERR_WAIT_S = 1.0
 
 # Answers larger than this are decoded in a worker thread (their bytes are copied).
 LARGE_PACKET_BYTES = 256 * 1024
@@ -154,10 +156,6 @@ class EsbuildService:
         """Started, and neither ended nor asked to end."""
         return self.proc is not None and self._gone is None and not self._killed
 
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             self.esbuild,
@@ -169,8 +167,8 @@ class EsbuildService:
             start_new_session=True,  # its own process group, killed whole
         )
         self.on_start(self.proc.pid)
-        stderr = asyncio.create_task(self._read_stderr(), name="esbuild-stderr")
-        self._tasks.append(stderr)
+        self._stderr_task = asyncio.create_task(self._read_stderr(), name="esbuild-stderr")
+        self._tasks.append(self._stderr_task)
         try:
             reader = self.proc.stdout
             assert reader is not None
@@ -275,7 +273,8 @@ class EsbuildService:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # anything it left behind
         returncode = await self.proc.wait()
-        await asyncio.sleep(0)  # the stderr reader's last lines
+        # Its last words (a Go panic's trace), read to the pipe's end.
+        await asyncio.wait({self._stderr_task}, timeout=STDERR_WAIT_S)
         self._gone = ServiceGone(returncode, "".join(self._stderr), self._killed)
         return self._gone
 

@@ -192,12 +192,8 @@ async def test_gzip_when_accepted(client: TestClient) -> None:
     assert resp.headers["ETag"] != identity_headers["ETag"]
 
 
-async def test_gzip_is_made_on_the_first_request_for_it_and_only_once(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Browsers ask for brotli: a build makes no gzip form (at level 9 it cost more CPU
-    than brotli, taken from esbuild in a storm); the first gzip request makes it, once,
-    however many ask together (before, Bundle.create made one for every build)."""
+def count_gzips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the bundles the service gzips from now on, one entry per gzip made."""
     made: list[int] = []
     real = service_module.gzip_body
 
@@ -206,6 +202,16 @@ async def test_gzip_is_made_on_the_first_request_for_it_and_only_once(
         return real(code)
 
     monkeypatch.setattr(service_module, "gzip_body", counted)
+    return made
+
+
+async def test_gzip_is_made_on_the_first_request_for_it_and_only_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Browsers ask for brotli: a build makes no gzip form (at level 9 it cost more CPU
+    than brotli, taken from esbuild in a storm); the first gzip request makes it, once,
+    however many ask together (before, Bundle.create made one for every build)."""
+    made = count_gzips(monkeypatch)
     for name in ("card", "nav", "hero"):
         status, _, headers = await get_bundle(
             client, f"modules=components/{name}&v=1.1.0", **{"Accept-Encoding": "br"}
@@ -232,14 +238,7 @@ async def test_a_gzip_request_arriving_as_the_gzip_is_handed_out_does_not_make_i
     """The gzip is kept before its flight ends: a request that arrives after the flight
     has ended but before its waiters have woken up finds it (it made a second one when
     the first waiter kept it on waking: a race seen once in four full test runs)."""
-    made: list[int] = []
-    real = service_module.gzip_body
-
-    def counted(code: bytes) -> bytes:
-        made.append(len(code))
-        return real(code)
-
-    monkeypatch.setattr(service_module, "gzip_body", counted)
+    made = count_gzips(monkeypatch)
     status, _, _ = await get_bundle(client, "modules=components/card&v=1.1.0")
     assert status == 200
     service = client.app[SERVICE]
