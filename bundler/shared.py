@@ -392,7 +392,7 @@ class SharedTier:
         finally:
             self._listening.clear()
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     def _wake_all(self) -> None:
         for waiters in self._landed.values():

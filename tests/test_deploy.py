@@ -76,6 +76,18 @@ def dockerfile_env() -> dict[str, str]:
     return {k: v.replace("${SOURCE}", source_default.group(1)) for k, v in pairs.items()}
 
 
+def python_stage_steps() -> list[tuple[str, str]]:
+    """The COPY and RUN instructions of the stage that installs the package."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stage = next(s for s in text.split("\nFROM ")[1:] if " AS python\n" in s)
+    steps = []
+    for line in stage.splitlines():
+        kind, _, args = line.partition(" ")
+        if kind in ("COPY", "RUN"):
+            steps.append((kind, args.strip()))
+    return steps
+
+
 def test_manifests_and_settings_agree() -> None:
     config = load("configmap.yaml")["data"]
     deployment = load("deployment.yaml")
@@ -125,18 +137,34 @@ def test_manifests_and_settings_agree() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # a fresh venv's pip install may download everything
 def test_the_image_recipe_outside_docker(tmp_path: Path) -> None:
-    """The Dockerfile's steps, minus Docker: a fresh venv with `pip install .`, the esbuild
-    binary `npm ci` fetched, the image's ENV, and `bundler serve` as its CMD."""
+    """The Dockerfile's steps, minus Docker: its python stage's COPY and RUN lines as they
+    are written (the locked install), the esbuild binary `npm ci` fetched, the image's ENV,
+    and `bundler serve` as its CMD."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    src = tmp_path / "src"  # only what the python stage copies
+    src = tmp_path / "src"  # the stage's WORKDIR: only what it copies
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "bundler", src / "bundler", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", str(src)], check=True, timeout=600
-    )
+    for kind, args in python_stage_steps():
+        if kind == "COPY":
+            *sources, dest = args.split()
+            for name in sources:
+                target = src / dest / Path(name).name if dest.endswith("/") else src / dest
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if (ROOT / name).is_dir():
+                    shutil.copytree(
+                        ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__")
+                    )
+                else:
+                    shutil.copy(ROOT / name, target)
+        else:
+            command = args.replace("/opt/venv", str(venv))
+            path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # "python": this one
+            subprocess.run(
+                ["sh", "-c", command],
+                cwd=src,
+                check=True,
+                timeout=600,
+                env={**os.environ, "PATH": path},
+            )
     [binary] = (ROOT / "node_modules" / "@esbuild").glob("linux-*/bin/esbuild")
     srv = tmp_path / "srv" / "bundler"
     shutil.copytree(ROOT / "examples" / "components", srv / "examples" / "components")
