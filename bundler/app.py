@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -134,7 +135,7 @@ async def bundle_response(
 async def handle_bundle(request: web.Request) -> web.Response:
     pairs = list(request.query.items())
     link = css_mode(pairs)
-    answer, headers, _ = await answer_bundle(request, [p for p in pairs if p[0] != "css"])
+    answer, headers, _ = await answer_bundle(request, pairs, frozenset({"css"}))
     # css=link: the page links /bundle.css itself; the bundle does not add its CSS.
     bundle = await request.app[SERVICE].variant(answer.bundle, "js") if link else answer.bundle
     return await bundle_response(request, bundle, headers)
@@ -153,7 +154,7 @@ async def handle_bundle_css(request: web.Request) -> web.Response:
 async def handle_bundle_css_map(request: web.Request) -> web.Response:
     """The source map of /bundle.css with the same query (the tailored bundle's CSS)."""
     service = request.app[SERVICE]
-    spec, pinned = service.parse(list(request.query.items()))
+    spec, pinned = await service.parse(list(request.query.items()))
     return web.Response(
         body=await service.css_source_map(spec),
         headers={
@@ -164,12 +165,15 @@ async def handle_bundle_css_map(request: web.Request) -> web.Response:
 
 
 async def answer_bundle(
-    request: web.Request, pairs: list[tuple[str, str]]
+    request: web.Request,
+    pairs: list[tuple[str, str]],
+    other_params: frozenset[str] = frozenset(),
 ) -> tuple[Answer, dict[str, str], BundleSpec]:
     service = request.app[SERVICE]
     settings = service.settings
-    spec, pinned = service.parse(pairs)
-    answer = await service.answer(spec)
+    started = time.monotonic()
+    spec, pinned = await service.parse(pairs, other_params)
+    answer = await service.answer(spec, time.monotonic() - started)
     if answer.mode.tailored:
         headers = {
             "Cache-Control": tailored_cache_control(settings, pinned),
@@ -214,7 +218,7 @@ def tailored_cache_control(settings: Settings, pinned: bool) -> str:
 async def handle_bundle_map(request: web.Request) -> web.Response:
     """The source map of the tailored bundle with the same query (never of a fallback)."""
     service = request.app[SERVICE]
-    spec, pinned = service.parse(list(request.query.items()))
+    spec, pinned = await service.parse(list(request.query.items()))
     return web.Response(
         body=await service.source_map(spec),
         headers={
@@ -284,7 +288,7 @@ async def handle_warm(request: web.Request) -> web.Response:
         ) from None
     if not all(isinstance(m, str) for m in modules):
         raise BadRequest("modules must be a list of strings")
-    spec, _ = service.parse([("modules", ",".join(modules)), ("v", version)])
+    spec, _ = await service.parse([("modules", ",".join(modules)), ("v", version)])
     outcome = await service.warm(spec)
     return web.json_response({"status": outcome, "query": spec.query})
 

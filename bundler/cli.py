@@ -29,10 +29,10 @@ from bundler.app import IN_FLIGHT, SERVICE, create_app, error_response, one_line
 from bundler.builder import Builder
 from bundler.errors import BundlerError, ConfigError
 from bundler.fallback import (
+    BUILT_FALLBACKS,
     build_fallback,
     describe_fallback,
     offline_plan,
-    version_digest,
     write_fallback,
 )
 from bundler.logs import configure_logging
@@ -191,24 +191,22 @@ async def _build_fallback(
     try:
         async with source.use(version) as root:
             build = await build_fallback(builder, root, version, options, plan)
-            build = dataclasses.replace(
-                build, source_sha256=await asyncio.to_thread(version_digest, root)
-            )
+            build = dataclasses.replace(build, source_sha256=await source.digest(version))
     finally:
         await builder.close()
         await source.close()
     target = out_dir / version
     await asyncio.to_thread(write_fallback, target, options, build)
-    print(describe_fallback(build.fallback().summary()) + f" -> {target}")
+    print(describe_fallback(build.fallback().summary()) + f" -> {target.resolve()}")
     return target
 
 
 def build_fallback_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log_format, "WARNING")
-    out_dir = Path(args.out) if args.out else settings.static_fallback_dir
-    if out_dir is None:
-        raise ConfigError("say where to write the fallback: --out DIR or --fallback-dir DIR")
+    # Where the service looks for the fallbacks it builds itself: never --fallback-dir,
+    # which is read-only input (the checkout's static_fallback/ for the examples).
+    out_dir = Path(args.out) if args.out else Path(settings.data_dir) / BUILT_FALLBACKS
     # One esbuild with every CPU: nothing else is running.
     builder = Builder.from_settings(
         settings,
@@ -288,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     fallback_parser.add_argument(
         "--out",
         default=None,
-        help="directory to write VERSION/ into (default: --fallback-dir, or static_fallback/ "
-        "for the bundled examples)",
+        help="directory to write VERSION/ into (default: DATA_DIR/fallback, where the "
+        "service finds it; give the directory --fallback-dir reads to ship one in an image)",
     )
     add_arguments(fallback_parser, exclude=frozenset({"default_version"}))
     fallback_parser.set_defaults(func=build_fallback_command)

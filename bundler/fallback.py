@@ -72,6 +72,8 @@ BUNDLE = "bundle.js"
 SOURCE_MAP = "bundle.js.map"
 MANIFEST = "manifest.json"
 ETAG_PREFIX = "fb-"
+# Under the data dir: the fallbacks built at run time (or by build-fallback / warm).
+BUILT_FALLBACKS = "fallback"
 # Bumped when what a fallback holds, or how it is chosen, changes: older ones are rebuilt.
 PLAN_FORMAT = 2
 # How long a version whose fallback failed to build is left without one before a request
@@ -171,30 +173,6 @@ def fallback_job(
 
 def map_url(version: str) -> str:
     return f"fallback.js.map?v={version}"
-
-
-def source_digest(root: Path) -> str:
-    """SHA-256 over every file of a version's source (paths and contents).
-
-    A fallback is only used with the exact source it was built from: a prebuilt
-    static_fallback/1.0.0 must never stand in for another source's 1.0.0.
-    """
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for filename in sorted(filenames):
-            path = Path(dirpath) / filename
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def version_digest(root: Path) -> str:
-    """source_digest, from what the extraction recorded when it can (no second read)."""
-    facts = read_facts(root)
-    if facts is not None and isinstance(facts.get("digest"), str):
-        return str(facts["digest"])
-    return source_digest(root)
 
 
 def version_candidates(root: Path) -> Candidates:
@@ -569,7 +547,7 @@ class FallbackStore:
         popular: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self.static_dir = static_dir
-        self.built_dir = data_dir / "fallback"
+        self.built_dir = data_dir / BUILT_FALLBACKS
         self.builder = builder
         self.source = source
         self.options = options
@@ -648,30 +626,23 @@ class FallbackStore:
                 self.source.use(version) as root,
                 self.builder.holding(Priority.FALLBACK),
             ):
-                stored = await asyncio.to_thread(self._read_stored, root, version, plan)
-                # The digest is taken once: waited for by a shared-tier look-up (its key),
-                # otherwise taken while esbuild runs and waited for by the disk write only.
-                digest: asyncio.Future[str] | None = None
+                # The version's digest (taken once per version, by the source): a stored
+                # or shared fallback is used only for the exact source it was built from.
+                digest = await self.source.digest(version)
+                stored = await asyncio.to_thread(self._read_stored, version, plan, digest)
                 if stored is None and self.shared is not None:
-                    digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
-                    stored = await self._read_shared(version, plan, await digest)
+                    stored = await self._read_shared(version, plan, digest)
                 if stored is not None:
                     build = stored
                 else:
-                    if digest is None:
-                        digest = asyncio.ensure_future(asyncio.to_thread(version_digest, root))
-                    try:
-                        build = await build_fallback(
-                            self.builder, root, version, self.options, plan, early
-                        )
-                        # Published before the slot passes on, so the queue can be
-                        # reordered for it first (on_loaded).
-                        published = self._publish(await asyncio.to_thread(build.fallback))
-                    except BaseException:
-                        digest.add_done_callback(_ignore_outcome)
-                        raise
+                    build = await build_fallback(
+                        self.builder, root, version, self.options, plan, early
+                    )
+                    # Published before the slot passes on, so the queue can be
+                    # reordered for it first (on_loaded).
+                    published = self._publish(await asyncio.to_thread(build.fallback))
                     self.builds += 1
-                    self._in_background(self._write(build, digest))
+                    self._in_background(self._write(dataclass_replace(build, source_sha256=digest)))
         except (BuildFailed, UnknownModule) as exc:
             if first_part is not None:  # what the pages had keeps serving; not stored
                 logger.error(
@@ -722,14 +693,12 @@ class FallbackStore:
             self.on_loaded(fallback)
         return fallback
 
-    def _read_stored(self, root: Path, version: str, plan: Plan) -> FallbackBuild | None:
-        """A prebuilt or earlier-built fallback of this exact source (the digest is only
-        computed when there is a manifest to check it against)."""
+    def _read_stored(self, version: str, plan: Plan, digest: str) -> FallbackBuild | None:
+        """A prebuilt or earlier-built fallback of this exact source."""
         dirs = [d / version for d in (self.static_dir, self.built_dir) if d is not None]
         dirs = [d for d in dirs if (d / MANIFEST).exists()]
         if not dirs:
             return None
-        digest = version_digest(root)
         for directory in dirs:
             build = read_fallback(directory, version, self.options, digest, plan)
             if build is not None:
@@ -782,8 +751,7 @@ class FallbackStore:
         if self._loaded.get(build.version) is quick:
             self._loaded[build.version] = best
 
-    async def _write(self, build: FallbackBuild, digest: asyncio.Future[str]) -> None:
-        build = dataclass_replace(build, source_sha256=await digest)
+    async def _write(self, build: FallbackBuild) -> None:
         if self.shared is not None:
             wanted = identity(
                 build.version,
@@ -821,11 +789,6 @@ class FallbackStore:
         for task in self._recompressing:  # memory only: nothing to keep
             task.cancel()
         await asyncio.gather(*self._background, *self._recompressing, return_exceptions=True)
-
-
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 def describe_fallback(summary: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import enum
 import functools
 import logging
@@ -297,20 +298,28 @@ class BundleService:
             delay_s = min(delay_s * 2, STARTUP_RETRY_MAX_S)
         logger.info("ready", extra={"default_version": self.default_version})
 
-    def parse(self, pairs: Sequence[tuple[str, str]]) -> tuple[BundleSpec, bool]:
-        """The request's spec. A warm hit's query is usually one seen before: its spec
-        (with its cache key, JSON and SHA-256) comes from a small LRU, not made again."""
+    async def parse(
+        self, pairs: Sequence[tuple[str, str]], other_params: frozenset[str] = frozenset()
+    ) -> tuple[BundleSpec, bool]:
+        """The request's spec, bound to its version's content (its digest, taken once per
+        version: for a version not pulled yet, after its pull). A warm hit's query is
+        usually one seen before: its spec (with its cache key, JSON and SHA-256) comes from
+        a small LRU, not made again."""
         memo_key = (tuple(pairs), self.default_version)
         parsed = self._parsed.get(memo_key)
-        if parsed is None:
-            parsed = parse_query(
-                pairs,
-                default_version=self.default_version,
-                options=self.options,
-                max_modules=self.settings.max_modules,
-                max_chars=self.settings.max_module_name_chars,
-            )
-            self._parsed[memo_key] = parsed
+        if parsed is not None and parsed[0].content == self.source.known_digest(parsed[0].version):
+            return parsed
+        spec, pinned = parse_query(
+            pairs,
+            default_version=self.default_version,
+            options=self.options,
+            max_modules=self.settings.max_modules,
+            max_chars=self.settings.max_module_name_chars,
+            other_params=other_params,
+        )
+        content = await self.source.digest(spec.version)
+        parsed = dataclasses.replace(spec, content=content), pinned
+        self._parsed[memo_key] = parsed
         return parsed
 
     def _queue_full(self) -> bool:
@@ -368,13 +377,15 @@ class BundleService:
         threshold_ms = self.settings.shed_lag_ms
         return threshold_ms > 0 and self.lag.smoothed_s * 1000 > threshold_ms
 
-    async def answer(self, spec: BundleSpec) -> Answer:
+    async def answer(self, spec: BundleSpec, waited_s: float = 0.0) -> Answer:
+        """``waited_s``: spent on the request already (its version's pull): taken from the
+        fallback budget, which counts from the request's arrival."""
         bundle = self.cache.get(spec.key)
         if bundle is not None:  # the warm hit, without a coroutine more than it needs
             self.lookups["memory_hit"] += 1
             answer = Answer(bundle, Mode.HIT)
         else:
-            answer = await self._answer(spec)
+            answer = await self._answer(spec, waited_s)
         # Only what was answered with a bundle: junk and failures never reach the warm-up.
         self.combos.record(spec.modules)
         if self.shared is not None:
@@ -428,7 +439,7 @@ class BundleService:
         self.lookups["miss"] += 1
         return None
 
-    async def _answer(self, spec: BundleSpec) -> Answer:
+    async def _answer(self, spec: BundleSpec, waited_s: float) -> Answer:
         bundle = await self._cached(spec)
         if bundle is not None:
             return Answer(bundle, Mode.HIT)
@@ -444,7 +455,7 @@ class BundleService:
         self.fallbacks.ensure(spec.version)
         fallback = self.fallbacks.loaded(spec.version)
         covered = fallback is not None and fallback.covers(spec.modules)
-        budget_s = budget_ms / 1000
+        budget_s = max(0.0, budget_ms / 1000 - waited_s)
         if not joining and fallback is not None and (self._queue_full() or self._lagging()):
             if covered:  # shed: the fallback at once; the build later, when there is room
                 self._defer(spec)

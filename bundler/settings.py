@@ -40,10 +40,14 @@ def default_source() -> str:
     return "examples/components"
 
 
-def default_fallback_dir() -> str:
-    """static_fallback/ beside the checkout, which holds the examples' fallbacks."""
-    candidate = CHECKOUT_DIR / "static_fallback"
-    return str(candidate) if candidate.is_dir() else ""
+def bundled_fallback_dir(source: str) -> Path | None:
+    """static_fallback/ beside the checkout, for the bundled examples it was built from and
+    no other source: it is read-only input, never written, never another source's."""
+    shipped = CHECKOUT_DIR / "static_fallback"
+    examples = CHECKOUT_DIR / "examples" / "components"
+    if "://" in source or source.startswith("npm:") or not shipped.is_dir():
+        return None
+    return shipped if Path(source).resolve() == examples.resolve() else None
 
 
 def default_esbuild() -> str:
@@ -184,9 +188,11 @@ class Settings:
         "Cache-Control max-age when the request did not pin v=.", default=60
     )
     fallback_dir: str = _opt(
-        "Prebuilt static fallbacks, one folder per version (bundler build-fallback); one is "
-        "used only for the exact source it was built from, others are built on first use.",
-        default_factory=default_fallback_dir,
+        "Prebuilt static fallbacks, one folder per version (bundler build-fallback --out DIR), "
+        "read only; one is used only for the exact source it was built from, others are "
+        "built on first use into the data dir (default: static_fallback/ of the checkout for "
+        "the bundled examples, none for any other source).",
+        default="",
     )
     fallback_max_bytes: int = _opt(
         "Size bound of a version's fallback (minified bytes): the most wanted modules that fit "
@@ -315,7 +321,9 @@ class Settings:
 
     @property
     def static_fallback_dir(self) -> Path | None:
-        return Path(self.fallback_dir) if self.fallback_dir else None
+        if self.fallback_dir:
+            return Path(self.fallback_dir)
+        return bundled_fallback_dir(self.source)
 
     @property
     def queue_max(self) -> int | None:

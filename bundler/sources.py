@@ -27,6 +27,7 @@ import aiohttp
 from cachetools import TTLCache
 
 from bundler import extract, npm
+from bundler.digest import Digests
 from bundler.download import DownloadPolicy, download, parse_checksum_setting
 from bundler.errors import (
     DISK_ERRNOS,
@@ -50,6 +51,10 @@ NPM_CACHE_DIR = "npm-cache"  # under the data dir: npm's own cache of packuments
 VERSIONS_TTL_S = 60.0
 
 
+def version_not_found(version: str) -> str:
+    return f"version {version!r} does not exist in this bundle source: GET /versions lists them"
+
+
 def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Orders 1.10.0 after 1.9.0; a pre-release tag sorts after its digits."""
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+-]", version))
@@ -61,6 +66,8 @@ class SourceStore(Protocol):
     pull_seconds: float  # spent on pulls that succeeded (download and unpack)
 
     def use(self, version: str) -> AbstractAsyncContextManager[Path]: ...
+    async def digest(self, version: str) -> str: ...
+    def known_digest(self, version: str) -> str | None: ...
     def newest_version(self) -> str | None: ...
     def pin(self, version: str) -> None: ...
     def describe(self) -> str: ...
@@ -71,19 +78,29 @@ class SourceStore(Protocol):
 
 
 class DirectorySource:
-    """A directory with one subdirectory per version."""
+    """A directory with one subdirectory per version.
+
+    ``not_versions`` are directories that may sit inside it and are never versions: the
+    service's own data dir and fallback dir (``--source .`` run from the source itself).
+    """
 
     remote = False
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, not_versions: tuple[Path, ...] = ()) -> None:
         self.pull_results: collections.Counter[str] = collections.Counter()  # never pulls
         self.pull_seconds = 0.0
         if not root.is_dir():
             raise ConfigError(f"source directory {str(root)!r} does not exist")
         self.root = root.resolve()
+        self._not_versions = {p.resolve() for p in not_versions}
+        self._digests = Digests(self.use)
 
     def _names(self) -> list[str]:
-        return [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return [
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.resolve() not in self._not_versions
+        ]
 
     def newest_version(self) -> str | None:
         return max(self._names(), key=version_sort_key, default=None)
@@ -91,9 +108,15 @@ class DirectorySource:
     @asynccontextmanager
     async def use(self, version: str) -> AsyncIterator[Path]:
         path = self.root / validate_version(version)
-        if not path.is_dir():
-            raise VersionNotFound(f"version {version!r} does not exist in this bundle source")
+        if not path.is_dir() or path.resolve() in self._not_versions:
+            raise VersionNotFound(version_not_found(version))
         yield path
+
+    async def digest(self, version: str) -> str:
+        return await self._digests.get(version)
+
+    def known_digest(self, version: str) -> str | None:
+        return self._digests.known(version)
 
     def describe(self) -> str:
         return f"directory {self.root}"
@@ -108,7 +131,7 @@ class DirectorySource:
         pass
 
     async def close(self) -> None:
-        pass
+        await self._digests.close()
 
     def fail_waiters(self, error: BaseException) -> int:
         return 0  # nothing is ever pulled
@@ -142,6 +165,7 @@ class TarballSource:
         self.pull_results: collections.Counter[str] = collections.Counter()
         self.pull_seconds = 0.0
         self._session: aiohttp.ClientSession | None = None
+        self._digests = Digests(self.use)
 
     @property
     def pulls(self) -> int:
@@ -170,6 +194,7 @@ class TarballSource:
 
     async def close(self) -> None:
         await self.flight.close()
+        await self._digests.close()
         if self._session is not None:
             await self._session.close()
 
@@ -181,6 +206,13 @@ class TarballSource:
             yield root
         finally:
             self.in_use[version] -= 1
+
+    async def digest(self, version: str) -> str:
+        """The version's digest, recorded by its extraction (pulled first if need be)."""
+        return await self._digests.get(version)
+
+    def known_digest(self, version: str) -> str | None:
+        return self._digests.known(version)
 
     async def checkout(self, version: str) -> Path:
         validate_version(version)
@@ -284,6 +316,7 @@ class TarballSource:
             if version in self.pinned or self.in_use[version] or version in self.flight:
                 continue
             await asyncio.to_thread(extract.remove_version, self.sources_dir, version)
+            self._digests.forget(version)
             self.last_used.pop(version, None)
             removed.append(version)
         if removed:
@@ -337,7 +370,8 @@ def open_source(settings: Settings) -> SourceStore:
     if spec.startswith(NPM_PREFIX):
         return _open_npm(settings, spec.removeprefix(NPM_PREFIX))
     if "://" not in spec:
-        return DirectorySource(Path(spec))
+        own = (Path(settings.data_dir), *filter(None, [settings.static_fallback_dir]))
+        return DirectorySource(Path(spec), not_versions=own)
     if not spec.startswith(("http://", "https://")) or "{version}" not in spec:
         raise ConfigError(
             f"source URL {spec!r} must be http(s) and contain {{version}}, "

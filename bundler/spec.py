@@ -24,6 +24,8 @@ MODULE_CHARS = re.compile(r"[A-Za-z0-9_.@+/-]+")
 # A release version: starts alphanumeric, then a small safe alphabet (semver fits).
 VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 ALLOWED_PARAMS = frozenset({"modules", "v"})
+# How the parameters are listed in messages: as a URL writes them.
+PARAM_ORDER = ("modules", "v", "css")
 # Bumped whenever the bundle wrapper or what a bundle holds changes (3: its modules' CSS),
 # so old cache entries are never reused.
 FORMAT_VERSION = 3
@@ -42,12 +44,17 @@ class BundleSpec:
     version: str
     modules: tuple[str, ...]
     options: BuildOptions
+    # The digest of the version's source (bundler.digest): a bundle is only ever served for
+    # the exact bytes it was built from, whichever source or deployment asks.
+    content: str = ""
 
     @functools.cached_property
     def key(self) -> str:
-        """Stable cache key of version + canonical module list + build options."""
+        """Stable cache key of the source's content + version + canonical module list +
+        build options: the key of every tier (memory, disk, Redis)."""
         payload = json.dumps(
-            [FORMAT_VERSION, self.version, self.modules, self.options.__dict__], sort_keys=True
+            [FORMAT_VERSION, self.content, self.version, self.modules, self.options.__dict__],
+            sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -100,20 +107,26 @@ def parse_query(
     options: BuildOptions,
     max_modules: int,
     max_chars: int,
+    other_params: frozenset[str] = frozenset(),
 ) -> tuple[BundleSpec, bool]:
     """The spec, and whether the version was pinned explicitly (that decides caching headers).
 
     ``pairs`` is the query as sent, repeats included: a repeated parameter is refused
-    rather than silently taking one of its values.
+    rather than silently taking one of its values. ``other_params`` are the endpoint's
+    own (``css`` of /bundle.js): allowed here, read by the endpoint.
     """
     keys = [k for k, _ in pairs]
-    unknown = sorted(set(keys) - ALLOWED_PARAMS)
+    allowed = ALLOWED_PARAMS | other_params
+    unknown = sorted(set(keys) - allowed)
     if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; allowed: modules, v")
+        raise BadRequest(
+            f"unknown query parameter(s): {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed, key=PARAM_ORDER.index))}"
+        )
     for name in sorted(ALLOWED_PARAMS):
         if keys.count(name) > 1:
             raise BadRequest(f"query parameter {name!r} given more than once")
-    query = dict(pairs)
+    query = {k: v for k, v in pairs if k in ALLOWED_PARAMS}
     if "modules" not in query:
         raise BadRequest(
             "missing modules=: name the modules to bundle, e.g. modules=components/hero"

@@ -166,7 +166,7 @@ def write_facts(content: Path, records: list[Record], out: Path) -> None:
 
 
 def _walk_order_digest(files: list[tuple[str, int, bytes]]) -> str:
-    """bundler.fallback.source_digest of these files, without reading them again: the
+    """bundler.digest.source_digest of these files, without reading them again: the
     same order (os.walk with sorted names: a folder's files, then its folders)."""
     tree: dict[str, Any] = {}
     for path, _, sha in files:

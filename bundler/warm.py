@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -171,6 +172,7 @@ class OfflineTarget:
             max_modules=self.settings.max_modules,
             max_chars=self.settings.max_module_name_chars,
         )
+        spec = dataclasses.replace(spec, content=await self.source.digest(self.version))
         if await self.disk.get(spec.key) is not None:
             return "cached"
         bundle = await build_bundle(self.source, self.builder, spec, Priority.WARM)

@@ -156,12 +156,14 @@ def esbuild_children() -> dict[int, tuple[set[int], str]]:
 
 
 async def test_esbuild_runs_niced_with_the_pools_cpus(
-    aiohttp_client: Any, make_settings: Callable[..., Settings]
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """A fallback's esbuild and the one every other build goes to: each nicer than the
     service (the other nicer still: it yields to a fallback's build), every thread of it,
     and with the pool's CPUs (builds in flight on it share them)."""
-    settings = make_settings(build_pool_size=3, build_threads=2, build_niceness=7, fallback_dir="")
+    settings = make_settings(  # no prebuilt fallback: both esbuilds run
+        build_pool_size=3, build_threads=2, build_niceness=7, fallback_dir=str(tmp_path / "none")
+    )
     before = set(esbuild_children())  # other tests' builders, not yet ended
     client = await aiohttp_client(create_app(settings))
     await wait_ready(client)  # the default version's fallback: built, everyone waits on it
@@ -290,7 +292,9 @@ async def test_an_esbuild_that_breaks_its_protocol_fails_the_build_at_once(
     path = tmp_path / "esbuild-garbage"
     path.write_text(GARBAGE.format(python=sys.executable))
     path.chmod(0o755)
-    settings = make_settings(esbuild=str(path), build_timeout_s=10, fallback_dir="")
+    settings = make_settings(
+        esbuild=str(path), build_timeout_s=10, fallback_dir=str(tmp_path / "none")
+    )
     client = await aiohttp_client(create_app(settings))
     started = time.monotonic()
     resp = await client.get("/bundle.js?modules=components/hero&v=1.0.0")

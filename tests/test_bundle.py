@@ -379,12 +379,12 @@ async def test_a_query_seen_before_reuses_its_spec_and_cache_key(client: TestCli
     hot path's own cost): the same query gives the very same spec. Junk is not kept."""
     service = client.server.app[SERVICE]
     pairs = [("modules", "components/hero,lib/html"), ("v", "1.1.0")]
-    first, pinned = service.parse(pairs)
-    again, _ = service.parse(list(pairs))
+    first, pinned = await service.parse(pairs)
+    again, _ = await service.parse(list(pairs))
     assert again is first and pinned
     assert first.key == again.key
-    reordered, _ = service.parse([("modules", "lib/html,components/hero"), ("v", "1.1.0")])
+    reordered, _ = await service.parse([("modules", "lib/html,components/hero"), ("v", "1.1.0")])
     assert reordered is not first and reordered.key == first.key  # same bundle
     for _ in range(2):
         with pytest.raises(BadRequest):
-            service.parse([("modules", "../etc/passwd")])
+            await service.parse([("modules", "../etc/passwd")])

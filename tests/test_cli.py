@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,3 +127,50 @@ def test_help_documents_every_setting_and_its_env_var() -> None:
     for field in dataclasses.fields(Settings):
         assert "--" + field.name.replace("_", "-") in text
         assert "BUNDLER_" + field.name.upper() in text
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def checkout_status() -> str:
+    result = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.skip(f"not a git checkout: {result.stderr.strip()}")
+    return result.stdout
+
+
+def test_build_fallback_of_another_source_leaves_the_checkout_alone(tmp_path: Path) -> None:
+    """build-fallback for a user's own 1.0.0 writes into the data dir (where the service
+    finds it), never over the examples' static_fallback/1.0.0. Naive (the old default,
+    --out static_fallback): the shipped fallback is overwritten."""
+    source = tmp_path / "mine"
+    (source / "1.0.0" / "components").mkdir(parents=True)
+    (source / "1.0.0" / "components" / "hero.js").write_text("export const mine = 1;\n")
+    before, shipped = checkout_status(), tree(ROOT / "static_fallback")
+    result = subprocess.run(
+        [sys.executable, "-m", "bundler", "build-fallback", "--source", str(source),
+         "--version", "1.0.0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert str(tmp_path / "data" / "fallback" / "1.0.0") in result.stdout
+    assert b"mine" in (tmp_path / "data" / "fallback" / "1.0.0" / "bundle.js").read_bytes()
+    assert checkout_status() == before
+    assert tree(ROOT / "static_fallback") == shipped
+
+    naive = tmp_path / "static_fallback"  # a copy standing in for the checkout's
+    shutil.copytree(ROOT / "static_fallback", naive)
+    subprocess.run(
+        [sys.executable, "-m", "bundler", "build-fallback", "--source", str(source),
+         "--version", "1.0.0", "--out", str(naive)],
+        cwd=tmp_path, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert tree(naive) != shipped

@@ -308,7 +308,7 @@ def test_committed_static_fallbacks_are_up_to_date(tmp_path: Path) -> None:
         for name in ("bundle.js", "bundle.js.map", "manifest.json"):
             assert filecmp.cmp(committed / name, tmp_path / version / name, shallow=False), (
                 f"static_fallback/{version}/{name} is stale: run "
-                f"`bundler build-fallback --version {version}`"
+                f"`bundler build-fallback --version {version} --out static_fallback`"
             )
 
 

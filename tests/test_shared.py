@@ -26,6 +26,8 @@ from bundler.settings import Settings
 from bundler.shared import SharedTier
 from tests.conftest import EXAMPLES, free_port, start_service, wait_process_ready, wait_ready
 from tests.test_fallback import metrics
+from tests.test_identity import QUERY as IDENTITY_QUERY
+from tests.test_identity import keyed_as_before, two_sources
 
 REDIS_SERVER = shutil.which("redis-server")
 if REDIS_SERVER is None:
@@ -120,9 +122,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def bundle_key(app: Any, query: str) -> str:
+async def bundle_key(app: Any, query: str) -> str:
     pairs = [tuple(p.split("=", 1)) for p in query.split("?", 1)[1].split("&")]
-    spec, _ = app[SERVICE].parse(pairs)
+    spec, _ = await app[SERVICE].parse(pairs)
     return str(spec.key)
 
 
@@ -263,7 +265,7 @@ async def test_a_corrupt_shared_value_is_rebuilt_not_served(
     on_redis: OnRedis, redis_server: RedisServer
 ) -> None:
     app, client, runs = on_redis
-    key = f"bundler:b:{bundle_key(app, QUERY)}"
+    key = f"bundler:b:{await bundle_key(app, QUERY)}"
     # An entry in the right format that does not check out (a bad hand, a torn write).
     redis_server.client().set(key, b"bundler-entry-1\n" + b'{"key": "x"}\n' + b"garbage")
     resp = await client.get(QUERY)
@@ -468,3 +470,72 @@ async def test_a_hung_redis_is_taken_for_down_and_left_alone(
         assert time.monotonic() - started < 0.02
     finally:
         redis_server.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.slow
+async def test_two_processes_on_two_sources_sharing_one_redis_serve_their_own(
+    tmp_path: Path, redis_server: RedisServer, esbuild: str
+) -> None:
+    """Two deployments, one redis-server, each its own 1.1.0: the second gets its own
+    bundle (and its own 404), never the one the first put in Redis."""
+    a, b = two_sources(tmp_path)
+    procs, urls = [], []
+    for name, source in (("a", a), ("b", b)):
+        port = free_port()
+        flags = [
+            "--source", str(source), "--data-dir", str(tmp_path / f"data-{name}"),
+            "--esbuild", esbuild, "--redis-url", redis_server.url,
+            "--fallback-budget-ms", "-1", "--drain-s", "0",
+        ]  # fmt: skip
+        procs.append(start_service(port, tmp_path / f"{name}.log", *flags))
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        async with aiohttp.ClientSession() as session:
+            for url in urls:
+                await wait_process_ready(session, url, timeout_s=60)
+            async with session.get(urls[0] + IDENTITY_QUERY) as resp:
+                assert resp.status == 200 and b"source B" not in await resp.read()
+            async with asyncio.timeout(10):  # written in the background
+                while not redis_server.client().keys("bundler:b:*"):
+                    await asyncio.sleep(0.02)
+            async with session.get(urls[1] + IDENTITY_QUERY) as resp:
+                body = await resp.read()
+                assert resp.status == 200 and body.count(b"of source B") == 2, body[:300]
+            async with session.get(urls[1] + IDENTITY_QUERY.replace("card", "nav")) as resp:
+                assert resp.status == 404
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("keys", ["content", "naive"])
+async def test_two_sources_sharing_one_redis_in_process_with_the_naive_control(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: str,
+) -> None:
+    """As above, two apps with their own data dirs: only Redis can carry a bundle from
+    one to the other. Naive (no content in the key): B is served A's bundle."""
+    if keys == "naive":
+        keyed_as_before(monkeypatch)
+    a, b = two_sources(tmp_path)
+    first = create_app(make_settings(source=str(a), redis_url=redis_server.url))
+    client = await aiohttp_client(first)
+    await wait_ready(client)
+    assert (await client.get(IDENTITY_QUERY)).status == 200
+    async with asyncio.timeout(10):  # written in the background
+        while not redis_server.client().keys("bundler:b:*"):
+            await asyncio.sleep(0.02)
+    second = create_app(
+        make_settings(source=str(b), redis_url=redis_server.url, data_dir=str(tmp_path / "b"))
+    )
+    other = await aiohttp_client(second)
+    await wait_ready(other)
+    resp = await other.get(IDENTITY_QUERY)
+    assert resp.status == 200
+    assert (b"of source B" in await resp.read()) == (keys == "content")
