@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from bundler import css
+from bundler import css, logs
 from bundler.builder import Builder, BuildJob
 from bundler.cache import Bundle, MemoryCache
 from bundler.combos import COMBOS_FILE, PopularCombos
@@ -57,6 +57,7 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 JS_CONTENT_TYPE = "application/javascript; charset=utf-8"
 CSS_CONTENT_TYPE = "text/css; charset=utf-8"
+JSON_TYPE = "application/json"
 DEFAULT_COMBOS = 100
 MAX_COMBOS = 1000
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -155,13 +156,9 @@ async def handle_bundle_css_map(request: web.Request) -> web.Response:
     """The source map of /bundle.css with the same query (the tailored bundle's CSS)."""
     service = request.app[SERVICE]
     spec, pinned = await service.parse(list(request.query.items()))
-    return web.Response(
-        body=await service.css_source_map(spec),
-        headers={
-            "Content-Type": "application/json",
-            "Cache-Control": tailored_cache_control(service.settings, pinned),
-        },
-    )
+    document = await service.document(f"css-map:{spec.key}", await service.css_source_map(spec))
+    cache_control = tailored_cache_control(service.settings, pinned)
+    return await bundle_response(request, document, {"Cache-Control": cache_control}, JSON_TYPE)
 
 
 async def answer_bundle(
@@ -174,6 +171,7 @@ async def answer_bundle(
     started = time.monotonic()
     spec, pinned = await service.parse(pairs, other_params)
     answer = await service.answer(spec, time.monotonic() - started)
+    request[logs.MODE] = answer.mode.value
     if answer.mode.tailored:
         headers = {
             "Cache-Control": tailored_cache_control(settings, pinned),
@@ -219,13 +217,9 @@ async def handle_bundle_map(request: web.Request) -> web.Response:
     """The source map of the tailored bundle with the same query (never of a fallback)."""
     service = request.app[SERVICE]
     spec, pinned = await service.parse(list(request.query.items()))
-    return web.Response(
-        body=await service.source_map(spec),
-        headers={
-            "Content-Type": "application/json",
-            "Cache-Control": tailored_cache_control(service.settings, pinned),
-        },
-    )
+    document = await service.document(f"map:{spec.key}", await service.source_map(spec))
+    cache_control = tailored_cache_control(service.settings, pinned)
+    return await bundle_response(request, document, {"Cache-Control": cache_control}, JSON_TYPE)
 
 
 def single_params(request: web.Request, allowed: set[str], usage: str) -> dict[str, str]:
@@ -317,9 +311,10 @@ async def handle_fallback_map(request: web.Request) -> web.Response:
     fallback = await service.fallbacks.get(version)
     if fallback is None or fallback.bundle.sourcemap is None:
         raise VersionNotFound(f"no fallback for version {version!r}")
-    return web.Response(
-        body=fallback.bundle.sourcemap,
-        headers={"Content-Type": "application/json", "Cache-Control": "public, max-age=300"},
+    name = f"fallback-map:{version}:{fallback.bundle.digest}"
+    document = await service.document(name, fallback.bundle.sourcemap)
+    return await bundle_response(
+        request, document, {"Cache-Control": "public, max-age=300"}, JSON_TYPE
     )
 
 
@@ -328,13 +323,22 @@ def web_asset(name: str) -> bytes:
     return resources.files("bundler").joinpath("web", name).read_bytes()
 
 
-def static_handler(body: bytes, content_type: str, cache_control: str) -> Handler:
+def static_handler(name: str, content_type: str, cache_control: str) -> Handler:
+    """A file of the package (the demo page, the loader), with an ETag and its brotli form
+    made once, here."""
+    document = Bundle.create(name, web_asset(name))
+
     async def handle(request: web.Request) -> web.Response:
-        return web.Response(
-            body=body, headers={"Content-Type": content_type, "Cache-Control": cache_control}
+        return await bundle_response(
+            request, document, {"Cache-Control": cache_control}, content_type
         )
 
     return handle
+
+
+async def hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp names itself and Python's version in Server: nothing a client needs."""
+    response.headers["Server"] = "bundler"
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -440,15 +444,16 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/warm", handle_warm)
     app.router.add_get(
         "/",
-        static_handler(web_asset("index.html"), "text/html; charset=utf-8", "no-cache"),
+        static_handler("index.html", "text/html; charset=utf-8", "no-cache"),
     )
     # Unversioned, so cached briefly; it is small and changes rarely.
     app.router.add_get(
         "/loader.js",
-        static_handler(web_asset("loader.js"), JS_CONTENT_TYPE, "public, max-age=300"),
+        static_handler("loader.js", JS_CONTENT_TYPE, "public, max-age=300"),
     )
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
+    app.on_response_prepare.append(hide_server_version)
     app.cleanup_ctx.append(service_ctx)
     return app

@@ -35,9 +35,15 @@ from bundler.fallback import (
     offline_plan,
     write_fallback,
 )
-from bundler.logs import configure_logging
+from bundler.logs import AccessLogger, configure_logging
 from bundler.service import BundleService
-from bundler.settings import Settings, add_arguments, settings_from_args
+from bundler.settings import (
+    BUILD_SETTINGS,
+    WARM_SETTINGS,
+    Settings,
+    add_arguments,
+    settings_from_args,
+)
 from bundler.sources import open_source
 
 logger = logging.getLogger("bundler")
@@ -103,7 +109,11 @@ async def _serve(settings: Settings) -> None:
     # them: twice. The service waits for in-flight requests itself (the shutdown timeout),
     # answers what still waits with 503, and leaves aiohttp only a moment.
     runner = QuietRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=ABORT_GRACE_S / 2
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("bundler.access") if settings.access_log == "on" else None,
+        access_log_class=AccessLogger,
+        shutdown_timeout=ABORT_GRACE_S / 2,
     )
     await runner.setup()  # runs the startup half of cleanup_ctx: ConfigError surfaces here
     try:
@@ -289,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory to write VERSION/ into (default: DATA_DIR/fallback, where the "
         "service finds it; give the directory --fallback-dir reads to ship one in an image)",
     )
-    add_arguments(fallback_parser, exclude=frozenset({"default_version"}))
+    add_arguments(fallback_parser, only=BUILD_SETTINGS)
     fallback_parser.set_defaults(func=build_fallback_command)
 
     warm_parser = commands.add_parser(
@@ -306,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--server", metavar="URL", help="warm this running server (POST /warm)"
     )
     warm_parser.add_argument("--concurrency", type=int, default=4, help="combinations at once")
-    add_arguments(warm_parser, exclude=frozenset({"default_version"}))
+    add_arguments(warm_parser, only=WARM_SETTINGS)
     warm_parser.set_defaults(func=warm_command)
     return parser
 

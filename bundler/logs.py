@@ -6,6 +6,11 @@ import json
 import logging
 import time
 
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
 # Attributes every LogRecord has; anything else was passed with extra= and is logged.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -43,3 +48,29 @@ def configure_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+# Where a bundle handler leaves how it answered the request (hit, built, fallback, shed).
+MODE = web.RequestKey("mode", str)
+# A query string is logged up to this many characters (a page may send hundreds of names).
+MAX_LOGGED_PATH = 2000
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, through the service's own formatter (JSON in production):
+    what pages ask for, and how each was answered. The line's fields are the dashboard's
+    and the operator's grep: method, path, status, mode, bytes, duration_ms, remote."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path_qs[:MAX_LOGGED_PATH],
+                "status": response.status,
+                "mode": request.get(MODE, "-"),
+                "bytes": response.body_length,
+                "duration_ms": round(time * 1000, 2),
+                "remote": request.remote,
+            },
+        )

@@ -18,6 +18,7 @@ the ``browser`` field (through the version's ``node_modules/<name>`` link to its
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import threading
@@ -38,6 +39,8 @@ MODULE_EXTENSIONS = RESOLVE_EXTENSIONS + OTHER_EXTENSIONS
 DECLARATION_SUFFIXES = (".d.ts", ".d.mts", ".d.cts", ".d.tsx")
 # Most published names a 404 lists.
 MAX_LISTED = 25
+# Directory entries a near-miss suggestion compares against, at most (date-fns: 3,000).
+MAX_NEAR_ENTRIES = 5000
 
 
 def is_module_file(path: str) -> bool:
@@ -98,8 +101,48 @@ def resolve_modules(root: Path, version: str, names: Sequence[str]) -> tuple[Reg
     found = [(name, resolve_module(root, name)) for name in names]
     missing = [name for name, path in found if path is None]
     if missing:
-        raise UnknownModule(version, missing, published_hint(root))
+        near = [
+            s if len(missing) == 1 else f"{s} (for {name})"
+            for name in missing
+            if (s := near_miss(root, name))
+        ]
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise UnknownModule(version, missing, hint + published_hint(root))
     return tuple((name, path) for name, path in found if path is not None)
+
+
+def _stem(entry: str) -> str:
+    for ext in MODULE_EXTENSIONS:
+        if entry.endswith(ext):
+            return entry[: -len(ext)]
+    return entry
+
+
+def near_miss(root: Path, name: str) -> str | None:
+    """The module name one typo away from ``name`` that exists (``components/heor`` ->
+    ``components/hero``), found segment by segment among the directory entries: a 404
+    that says what to write instead. None when nothing is close."""
+    directory, parts = root, []
+    segments = name.split("/")
+    for i, segment in enumerate(segments):
+        try:
+            entries = sorted(
+                {_stem(e.name) for e in os.scandir(directory) if not e.name.startswith(".")}
+            )
+        except OSError:
+            return None
+        last = i == len(segments) - 1
+        if segment not in entries:
+            close = difflib.get_close_matches(segment, entries[:MAX_NEAR_ENTRIES], n=1)
+            if not close:
+                return None
+            segment = close[0]
+        parts.append(segment)
+        directory = directory / segment
+        if last:
+            suggestion = "/".join(parts)
+            return suggestion if suggestion != name and resolve_module(root, suggestion) else None
+    return None
 
 
 def read_package_json(root: Path) -> dict[str, Any]:

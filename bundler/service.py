@@ -175,6 +175,10 @@ class BundleService:
             maxsize=GZIPPED_MAX_BYTES, getsizeof=len
         )
         self._gzipping: SingleFlight[tuple[str, str], bytes] = SingleFlight("gzip")
+        # Source maps as served (an ETag and a brotli form each), by name.
+        self._documents: LRUCache[str, Bundle] = LRUCache(
+            maxsize=MAP_CACHE_BYTES, getsizeof=lambda b: b.size
+        )
         self._parsed: LRUCache[tuple[Any, ...], tuple[BundleSpec, bool]] = LRUCache(
             maxsize=PARSED_QUERIES
         )
@@ -403,6 +407,16 @@ class BundleService:
         if made is None:
             made = await asyncio.to_thread(_derive, bundle, kind, map_url)
             self._variants[key] = made
+        return made
+
+    async def document(self, name: str, data: bytes) -> Bundle:
+        """``data`` (a source map, megabytes for a large fallback's) as a Bundle: a strong
+        ETag and its brotli form, made once in a thread and kept in a small LRU."""
+        made = self._documents.get(name)
+        if made is None or made.code != data:
+            made = await asyncio.to_thread(Bundle.create, name, data)
+            with contextlib.suppress(ValueError):  # larger than the whole LRU: not kept
+                self._documents[name] = made
         return made
 
     async def body(self, bundle: Bundle, encoding: str) -> bytes:

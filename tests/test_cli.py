@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -174,3 +176,71 @@ def test_build_fallback_of_another_source_leaves_the_checkout_alone(tmp_path: Pa
         cwd=tmp_path, capture_output=True, timeout=60, check=True,
     )  # fmt: skip
     assert tree(naive) != shipped
+
+
+@pytest.mark.parametrize(
+    ("command", "own", "not_its"),
+    [
+        ("serve", ["--port", "--drain-s", "--source"], []),
+        ("warm", ["--server", "--warm-token", "--source"], ["--host", "--drain-s", "--port"]),
+        ("build-fallback", ["--out", "--source"], ["--host", "--watchdog-stall-s", "--warm-token"]),
+    ],
+)
+def test_each_command_lists_its_own_options_with_defaults(
+    command: str, own: list[str], not_its: list[str]
+) -> None:
+    result = bundler(command, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag in own:
+        assert f"{flag} " in text
+    for flag in not_its:
+        assert f"{flag} " not in text
+    assert "[default: data; env BUNDLER_DATA_DIR]" in text
+    if command == "serve":
+        assert "[default: 8080; env BUNDLER_PORT]" in text
+    print(f"bundler {command} --help: {len(result.stdout.splitlines())} lines")
+
+
+@pytest.mark.parametrize("access_log", ["on", "off"])
+def test_every_request_leaves_one_access_log_line(tmp_path: Path, access_log: str) -> None:
+    """A hit, a 400 and a 404 each leave a JSON line an operator can grep: method, path,
+    status, how it was answered, bytes and duration. --access-log off: none."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bundler", "serve", "--port", str(port),
+             "--data-dir", str(tmp_path / "data"), "--log-format", "json",
+             "--drain-s", "0", "--access-log", access_log, "--fallback-budget-ms", "-1"],
+            cwd=ROOT, stderr=log_file,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    paths = [
+        "/bundle.js?modules=components/hero&v=1.1.0",
+        "/bundle.js?modules=components/hero&v=1.1.0",
+        "/bundle.js?modules=../x",
+        "/bundle.js?modules=components/heor&v=1.1.0",
+    ]
+    try:
+        wait_healthy(url, proc, log)
+        for path in paths:
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(url + path, timeout=30).close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    requests = [line for line in lines if line["logger"] == "bundler.access"]
+    bundles = [line for line in requests if line["path"].startswith("/bundle.js")]
+    if access_log == "off":
+        assert requests == []
+        return
+    assert [(r["path"], r["status"], r["mode"]) for r in bundles] == [
+        (paths[0], 200, "built"),
+        (paths[1], 200, "hit"),
+        (paths[2], 400, "-"),
+        (paths[3], 404, "-"),
+    ]
+    assert all(r["method"] == "GET" and r["duration_ms"] >= 0 for r in bundles)
+    assert bundles[1]["bytes"] > 0 and bundles[1]["remote"] == "127.0.0.1"

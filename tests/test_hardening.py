@@ -41,7 +41,7 @@ CASES = [
         400,
         "too many modules: 51 given, at most 50",
     ),
-    ("modules=components/hero&x=1", 400, "unknown query parameter(s): x"),
+    ("modules=components/hero&x=1", 400, "unknown query parameter(s): x; allowed: modules, v, css"),
     ("modules=components/hero&modules=components/card", 400, "'modules' given more than once"),
     ("modules=components/hero&v=1.0.0&v=1.1.0", 400, "'v' given more than once"),
     ("modules=components/hero&v=", 400, "invalid version ''"),
@@ -51,6 +51,13 @@ CASES = [
     ("modules=components/hero&v=-1", 400, "invalid version"),
     ("modules=components/hero&v=" + "1" * 65, 400, "invalid version"),
     ("modules=components/hero&v=9.9.9", 404, "version '9.9.9' does not exist"),
+    ("modules=components/hero&v=9.9.9", 404, "GET /versions lists them"),
+    ("modules=components/heor&v=1.0.0", 404, "did you mean components/hero?"),
+    (
+        "modules=components/heor,lib/htm&v=1.0.0",
+        404,
+        "did you mean components/hero (for components/heor), lib/html (for lib/htm)?",
+    ),
     ("modules=lib&v=1.0.0", 404, "unknown module in version 1.0.0: lib"),
     ("modules=components/nope&v=1.0.0", 404, "unknown module in version 1.0.0: components/nope"),
     ("modules=node_modules/x&v=1.0.0", 404, "unknown module"),
@@ -183,3 +190,27 @@ def test_control_esbuild_alone_bundles_whatever_file_a_name_reaches(
             capture_output=True, text=True, check=True, cwd=version,
         )  # fmt: skip
         assert leak in out.stdout, name
+
+
+async def test_maps_and_the_loader_have_validators_and_compression(client: TestClient) -> None:
+    """Source maps (megabytes for a large fallback's) and the loader: an ETag, a 304 for
+    it, brotli when asked; and no Server header naming aiohttp's and Python's versions."""
+    query = "modules=components/card,components/hero&v=1.1.0"
+    for path in (
+        f"/bundle.js.map?{query}",
+        f"/bundle.css.map?{query}",
+        "/fallback.js.map?v=1.1.0",
+        "/loader.js",
+        "/",
+    ):
+        plain = await client.get(path, headers={"Accept-Encoding": "identity"})
+        assert plain.status == 200, (path, await plain.text())
+        body = await plain.read()
+        etag = plain.headers["ETag"]
+        assert "Python" not in plain.headers["Server"] and "aiohttp" not in plain.headers["Server"]
+        again = await client.get(path, headers={"If-None-Match": etag, "Accept-Encoding": ""})
+        assert again.status == 304, path
+        brotli = await client.get(path, headers={"Accept-Encoding": "br"})
+        assert brotli.headers["Content-Encoding"] == "br", path
+        assert await brotli.read() == body  # the client decodes it
+        assert brotli.headers["ETag"] != etag  # another representation
