@@ -19,7 +19,7 @@ WORKDIR /src
 COPY requirements/main.txt ./requirements/main.txt
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/main.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY bundler ./bundler
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation .
 
@@ -27,8 +27,10 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation .
 FROM python:3.11.11-slim-bookworm
 # The embedded example components are the default source; point the service at an
 # artifact server instead with --build-arg SOURCE=https://artifacts.example/pkg-{version}.tgz
-# (or BUNDLER_SOURCE at run time).
+# (or BUNDLER_SOURCE at run time). The shipped static_fallback/ is the examples' alone: with
+# another source, pass --build-arg FALLBACK_DIR= (or -e BUNDLER_FALLBACK_DIR=), or your own.
 ARG SOURCE=/srv/bundler/examples/components
+ARG FALLBACK_DIR=/srv/bundler/static_fallback
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bundler \
     && mkdir -p /var/lib/bundler \
     && chown bundler /var/lib/bundler
@@ -48,7 +50,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     BUNDLER_PORT=8080 \
     BUNDLER_DATA_DIR=/var/lib/bundler \
     BUNDLER_SOURCE=${SOURCE} \
-    BUNDLER_FALLBACK_DIR=/srv/bundler/static_fallback \
+    BUNDLER_FALLBACK_DIR=${FALLBACK_DIR} \
     BUNDLER_ESBUILD=/usr/local/bin/esbuild \
     BUNDLER_LOG_FORMAT=json \
     HOME=/var/lib/bundler \

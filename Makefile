@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup browser servers serve test lint lock lock-check bench bench-storm bench-fleet clean
+.PHONY: setup browser servers serve test lint lock lock-check screenshot bench bench-storm bench-fleet clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -51,8 +51,8 @@ lock-check: setup
 	rm -rf $$tmp
 
 lint: setup
-	$(BIN)/ruff check bundler tests bench
-	$(BIN)/ruff format --check bundler tests bench
+	$(BIN)/ruff check bundler tests bench docs
+	$(BIN)/ruff format --check bundler tests bench docs
 	$(BIN)/mypy
 
 # The browser tests drive Debian's Chromium; install it when missing and possible (root + apt).
@@ -73,6 +73,10 @@ servers:
 
 test: lock-check lint browser servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# docs/demo.png, the README's screenshot of the demo page
+screenshot: setup browser
+	$(BIN)/python docs/screenshot.py
 
 bench: setup
 	$(BIN)/python bench/bench_core.py

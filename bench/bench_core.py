@@ -449,19 +449,25 @@ def part_warm_hits(requests: int, connections: int = 8) -> None:
     """The service's own work on a cache hit, against a bare aiohttp handler serving the
     same bytes and headers: CPU per request, taken from each server process."""
     rows = []
-    with served() as (port, proc), tempfile.TemporaryDirectory() as work:
-        url = f"http://127.0.0.1:{port}{bundle_path(FIVE)}"
-        with urllib.request.urlopen(
-            urllib.request.Request(url, headers={"Accept-Encoding": "br"})
-        ) as resp:
-            body = resp.read()
-            keep = ("Content-Type", "Content-Encoding", "ETag", "Vary", "Cache-Control")
-            headers = {k: resp.headers[k] for k in keep if resp.headers.get(k)}
-            headers["X-Bundle-Mode"] = resp.headers["X-Bundle-Mode"]
-        asyncio.run(hammer(url, 500, connections))  # warm-up
-        before = cpu_seconds(proc.pid)
-        wall = asyncio.run(hammer(url, requests, connections))
-        rows.append(("service (cache hit)", wall, cpu_seconds(proc.pid) - before))
+    # As in production (JSON lines, one per request), and without the access log.
+    variants = [
+        ("service, access log on", ("--log-format", "json")),
+        ("service, access log off", ("--access-log", "off")),
+    ]
+    with tempfile.TemporaryDirectory() as work:
+        for label, flags in variants:
+            with served(*flags) as (port, proc):
+                url = f"http://127.0.0.1:{port}{bundle_path(FIVE)}"
+                request = urllib.request.Request(url, headers={"Accept-Encoding": "br"})
+                with urllib.request.urlopen(request) as resp:
+                    body = resp.read()
+                    keep = ("Content-Type", "Content-Encoding", "ETag", "Vary", "Cache-Control")
+                    headers = {k: resp.headers[k] for k in keep if resp.headers.get(k)}
+                    headers["X-Bundle-Mode"] = resp.headers["X-Bundle-Mode"]
+                asyncio.run(hammer(url, 500, connections))  # warm-up
+                before = cpu_seconds(proc.pid)
+                wall = asyncio.run(hammer(url, requests, connections))
+                rows.append((label, wall, cpu_seconds(proc.pid) - before))
         body_file = Path(work) / "body"
         body_file.write_bytes(body)
         bare_port = free_port()
@@ -491,7 +497,7 @@ def part_warm_hits(requests: int, connections: int = 8) -> None:
         f"{connections} keep-alive connections"
     )
     print(f"{'':28}{'req/s':>10}{'CPU us/req':>12}{'capacity vs bare':>18}")
-    bare_cpu = rows[1][2] / requests
+    bare_cpu = rows[-1][2] / requests
     for label, wall, cpu in rows:
         per = cpu / requests
         print(f"{label:28}{requests / wall:>10.0f}{per * 1e6:>12.0f}{bare_cpu / per:>17.2f}x")

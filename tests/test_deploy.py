@@ -70,10 +70,12 @@ def dockerfile_env() -> dict[str, str]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     runtime = text.rsplit("\nFROM ", 1)[1]
     env_line = next(line for line in runtime.splitlines() if line.startswith("ENV "))
-    source_default = re.search(r"ARG SOURCE=(\S+)", runtime)
-    assert source_default is not None
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)$", runtime, re.M))
+    assert "SOURCE" in args
     pairs = dict(item.split("=", 1) for item in env_line[4:].split())
-    return {k: v.replace("${SOURCE}", source_default.group(1)) for k, v in pairs.items()}
+    for name, default in args.items():
+        pairs = {k: v.replace("${" + name + "}", default) for k, v in pairs.items()}
+    return pairs
 
 
 def python_stage_steps() -> list[tuple[str, str]]:

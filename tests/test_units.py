@@ -156,11 +156,16 @@ def test_version_order() -> None:
     ]
 
 
-def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_configuration_reference_documents_every_setting() -> None:
+    root = Path(__file__).resolve().parent.parent
+    reference = (root / "docs" / "configuration.md").read_text()
     for field in dataclasses.fields(Settings):
-        assert f"`--{field.name.replace('_', '-')}`" in readme, field.name
-        assert f"`BUNDLER_{field.name.upper()}`" in readme, field.name
+        assert f"`--{field.name.replace('_', '-')}`" in reference, field.name
+        assert f"`BUNDLER_{field.name.upper()}`" in reference, field.name
+    # The README links the reference, and every doc it links exists.
+    readme = (root / "README.md").read_text()
+    for link in ("docs/configuration.md", "docs/http-api.md", "docs/operations.md", "LICENSE"):
+        assert f"({link}" in readme and (root / link).exists(), link
 
 
 def test_redis_py_is_not_loaded_without_redis(tmp_path: Path) -> None:
