@@ -1,6 +1,6 @@
 """The generated entry file: what turns a module list into one registering bundle.
 
-Bundle format (README, "The bundle format"): each requested module's namespace
+Bundle format (docs/http-api.md, "The bundle format"): each requested module's namespace
 object is stored under its requested name in ``globalThis[<registry>]``, and,
 when an AMD loader is on the page, also announced with
 ``define(name, [], () => ns)``. Each bundle also appends
