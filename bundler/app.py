@@ -27,6 +27,7 @@ from bundler.errors import (
     BundlerError,
     Unavailable,
     VersionNotFound,
+    one_line,
 )
 from bundler.fallback import FallbackStore
 from bundler.fallback_plan import OperatorList
@@ -73,11 +74,6 @@ def error_response(
         text=message + "\n",
         headers={"Cache-Control": "no-store", **(headers or {})},
     )
-
-
-def one_line(text: str) -> str:
-    """A message as one line (framework messages carry newlines and "404: " prefixes)."""
-    return " ".join(text.split())[:500]
 
 
 @web.middleware
@@ -295,7 +291,7 @@ async def handle_fallback_info(request: web.Request) -> web.Response:
     fallback = await service.fallbacks.get(version)
     if fallback is None:
         failure = service.fallbacks.failure(version)
-        reason = failure.message.splitlines()[0] if failure else "it could not be built"
+        reason = failure.summary() if failure else "it could not be built"
         raise BuildFailed(f"version {version} has no fallback: {reason}")
     return web.json_response(
         {**fallback.summary(), "names": sorted(fallback.names), "left_out": fallback.left_out},

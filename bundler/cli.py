@@ -25,9 +25,9 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from bundler import warm
-from bundler.app import IN_FLIGHT, SERVICE, create_app, error_response, one_line
+from bundler.app import IN_FLIGHT, SERVICE, create_app, error_response
 from bundler.builder import Builder
-from bundler.errors import BundlerError, ConfigError
+from bundler.errors import BundlerError, ConfigError, one_line
 from bundler.fallback import (
     BUILT_FALLBACKS,
     build_fallback,
@@ -242,7 +242,7 @@ async def _warm(
         problem = await warm.warm_fallback(target)  # first: a release never meets a cold one
         report = await warm.run_with_progress(combos, target, args.concurrency)
         if problem is not None:
-            report.failures.insert(0, (f"fallback of {args.version}", problem.splitlines()[0]))
+            report.failures.insert(0, (f"fallback of {args.version}", one_line(problem)))
         return report
 
     return await warm.with_target(settings, args.version, args.server, run)

@@ -8,6 +8,18 @@ import errno
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT})
 
 
+# A message in a log line or a one-line answer is cut here.
+ONE_LINE_CHARS = 500
+
+
+def one_line(text: str, max_chars: int = ONE_LINE_CHARS) -> str:
+    """``text`` as one line (esbuild's reports, framework messages: several lines each),
+    cut at ``max_chars``, with anything that cannot be written as UTF-8 (a header's stray
+    bytes, kept as surrogates) escaped: it goes into logs and answers as is."""
+    flat = " ".join(text.split())[:max_chars]
+    return flat.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ConfigError(Exception):
     """A setting is wrong: the service refuses to start, with this one-line message."""
 
@@ -20,6 +32,11 @@ class BundlerError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def summary(self, max_chars: int = ONE_LINE_CHARS) -> str:
+        """The whole message as one line, for a log line: never only its first line,
+        which for esbuild's reports is "could not build version X:" and nothing more."""
+        return one_line(self.message, max_chars)
 
 
 class BadRequest(BundlerError):

@@ -473,7 +473,7 @@ async def _build_selection(
     except (BuildFailed, UnknownModule) as exc:
         logger.warning(
             "fallback's first part did not build",
-            extra={"version": version, "error": exc.message.splitlines()[0][:300]},
+            extra={"version": version, "error": exc.summary(300)},
         )
         return None
 
@@ -647,13 +647,13 @@ class FallbackStore:
             if first_part is not None:  # what the pages had keeps serving; not stored
                 logger.error(
                     "fallback left at its first part",
-                    extra={"version": version, "error": exc.message.splitlines()[0][:500]},
+                    extra={"version": version, "error": exc.summary()},
                 )
                 return first_part
             self._failures[version] = exc
             logger.error(
                 "no fallback for this version",
-                extra={"version": version, "error": exc.message.splitlines()[0][:500]},
+                extra={"version": version, "error": exc.summary()},
             )
             return None
         finally:

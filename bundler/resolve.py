@@ -19,6 +19,7 @@ the ``browser`` field (through the version's ``node_modules/<name>`` link to its
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
 import threading
@@ -52,8 +53,33 @@ def _candidates(name: str) -> Iterator[str]:
         yield name
     for ext in RESOLVE_EXTENSIONS:
         yield name + ext
+
+
+def _index_candidates(name: str) -> Iterator[str]:
     for ext in RESOLVE_EXTENSIONS:
         yield f"{name}/index{ext}"
+
+
+# esbuild's main fields for --platform=browser, in its order.
+MAIN_FIELDS = ("browser", "module", "main")
+
+
+def _directory_main(root: str, name: str) -> Iterator[str]:
+    """What a directory with its own package.json stands for (preact's ``compat/``), as
+    esbuild resolves ``./compat``: its first main field that names a file, that file's
+    candidates; before the directory's index files."""
+    if not os.path.isfile(os.path.join(root, name, "package.json")):
+        return
+    package = read_package_json(Path(root) / name)
+    for field in MAIN_FIELDS:
+        target = package.get(field)
+        if not isinstance(target, str) or not target:
+            continue
+        path = os.path.normpath(os.path.join(name, target))
+        if path.startswith("..") or os.path.isabs(path):
+            continue
+        yield from _candidates(path)
+        yield from _index_candidates(path)
 
 
 # (root, name) -> path: only found names (a version's files do not change once
@@ -66,7 +92,10 @@ _packages_lock = threading.Lock()
 
 def _find(root: str, name: str) -> str | None:
     real_root = os.path.realpath(root)
-    for candidate in _candidates(name):
+    in_order = itertools.chain(
+        _candidates(name), _directory_main(root, name), _index_candidates(name)
+    )
+    for candidate in in_order:
         if not is_module_file(candidate) or candidate.startswith(PACKAGE_PREFIX):
             continue  # "x.d" + ".ts": a declaration file
         path = os.path.join(root, candidate)
@@ -234,6 +263,19 @@ def _published(root: Path, name: str) -> str | None:
     if subpath.endswith("/package.json") or not _subpath_published(subpath, published):
         return None
     return PACKAGE_PREFIX + name
+
+
+def self_link(root: Path) -> str | None:
+    """``node_modules/<its name>`` when the version is linked to itself there
+    (bundler.extract.link_self): a second path to each of its files, which esbuild reaches
+    through a name the package publishes."""
+    name = read_package_json(root).get("name")
+    if not isinstance(name, str):
+        return None
+    link = root / "node_modules" / name
+    if link.is_symlink() and link.resolve() == root.resolve():
+        return f"node_modules/{name}"
+    return None
 
 
 def published_hint(root: Path) -> str:

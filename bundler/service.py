@@ -37,6 +37,7 @@ from bundler.errors import (
     Overloaded,
     Unavailable,
     UnknownModule,
+    one_line,
 )
 from bundler.fallback import Fallback, FallbackStore
 from bundler.fallback_plan import reason_counts
@@ -294,7 +295,7 @@ class BundleService:
                 "default version not servable yet; not ready",
                 extra={
                     "version": self.default_version,
-                    "error": problem.splitlines()[0][:500],
+                    "error": one_line(problem),
                     "retry_in_s": delay_s,
                 },
             )

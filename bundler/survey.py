@@ -21,6 +21,7 @@ from typing import Any
 from bundler.builder import UNRESOLVED, Builder, BuildJob, SurveyRun, sanitize
 from bundler.errors import BuildFailed
 from bundler.fallback_plan import Candidates, Survey
+from bundler.resolve import self_link
 from bundler.slots import Priority
 from bundler.spec import BuildOptions
 
@@ -85,11 +86,16 @@ async def run_survey(
     unresolved: dict[str, str] = {}
     active = sorted(names)  # the fallback's own (canonical) order
     workdir_hint = builder.scratch_dir
+    # A failing file is also reached through the package's link to itself (a name it
+    # publishes, "vue" -> node_modules/vue/dist/...): esbuild matches an external path
+    # before it follows the link, so both paths are left out.
+    link = self_link(root)
     for _ in range(MAX_ROUNDS):
         if not active:
             break
         job = survey_job(version, active, options, map_url)
-        run = await builder.survey(job, root, sorted(failing))
+        externals = sorted(failing) + [f"{link}/{path}" for path in sorted(failing) if link]
+        run = await builder.survey(job, root, externals)
         if run.ok:
             return _survey(run, root, active, failing, unresolved, candidates)
         progress = False
@@ -106,10 +112,10 @@ async def run_survey(
                 where = _label(location)
                 failing[location] = f"{where}: {reason}" if where == OUTSIDE else reason
                 progress = True
-        if not progress:
+        if not progress:  # every error is in a file already left out, or in none
             raise BuildFailed(
-                f"esbuild could not build version {version}:\n"
-                + sanitize(run.stderr, root, workdir_hint)
+                f"esbuild could not build version {version}, even with the files that fail "
+                f"left out ({len(failing)}):\n" + sanitize(run.stderr, root, workdir_hint)
             )
     if active:
         raise BuildFailed(f"version {version}: too many files fail to build (gave up)")

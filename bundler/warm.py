@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from bundler.builder import Builder
 from bundler.disk import DiskCache
-from bundler.errors import BundlerError
+from bundler.errors import BundlerError, one_line
 from bundler.fallback import FallbackStore, describe_fallback, saved_popularity
 from bundler.fallback_plan import OperatorList
 from bundler.service import BundleService, build_bundle
@@ -196,9 +196,7 @@ async def warm(
                 outcome = await target.warm_one(modules)
             except (BundlerError, WarmFailed, aiohttp.ClientError, TimeoutError) as exc:
                 reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                report.failures.append(
-                    (",".join(modules), reason.splitlines()[0][:MAX_REASON_CHARS])
-                )
+                report.failures.append((",".join(modules), one_line(reason, MAX_REASON_CHARS)))
                 outcome = "failed"
             report.counts[outcome] += 1
             if progress is not None:
@@ -216,7 +214,7 @@ async def warm_fallback(target: Target, out: TextIO = sys.stderr) -> str | None:
         summary = await target.fallback()
     except (BundlerError, WarmFailed, aiohttp.ClientError, TimeoutError) as exc:
         reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        print(f"fallback: FAILED: {reason.splitlines()[0][:MAX_REASON_CHARS]}", file=out)
+        print(f"fallback: FAILED: {one_line(reason, MAX_REASON_CHARS)}", file=out)
         return reason
     print(describe_fallback(summary), file=out)
     return None

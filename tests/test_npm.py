@@ -36,6 +36,7 @@ LIB = "@acme/components"
 LIT = ("lit", "3.2.1")
 D3_SCALE = ("d3-scale", "4.0.2")
 PREACT = ("preact", "10.24.3")
+VUE = ("vue", "3.5.45")
 
 
 def marker_script(marker: Path) -> str:
@@ -221,6 +222,13 @@ async def test_a_tarball_source_resolves_a_package_importing_itself(
         return
     assert resp.status == 200, body
     check = "typeof __bundlerModules['compat/dist/compat.module.js'].useState"
+    assert run_in_node(tmp_path, body.encode(), check) == "function"
+    # A folder with its own package.json is a module, as esbuild resolves "./compat":
+    # its package.json's module field (it was a 404).
+    resp = await client.get("/bundle.js?modules=compat")
+    body = await resp.text()
+    assert resp.status == 200, body
+    check = "typeof __bundlerModules['compat'].useState"
     assert run_in_node(tmp_path, body.encode(), check) == "function"
     # ...and a page may name what preact publishes.
     resp = await client.get("/bundle.js?modules=preact,preact/hooks,preact/compat")
@@ -480,3 +488,41 @@ async def test_offline_warm_of_an_npm_version_then_the_service_answers_without_b
         assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "tailored"
     assert runs() == 0
     assert registry.hits["-/acme-components-1.1.0.tgz"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("survey", ["service", "naive"])
+async def test_vue_as_a_tarball_gets_a_fallback_of_its_browser_builds(
+    aiohttp_client: Any,
+    aiohttp_server: Any,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    survey: str,
+) -> None:
+    """vue's own tarball, without its @vue/* dependencies: most of its files do not build,
+    its browser builds do. Its "vue" (published through its link to itself) reaches a file
+    that does not build by a second path. Naive (that path not left out as well): the
+    survey could not go on, and the version never had a fallback."""
+    if survey == "naive":
+        monkeypatch.setattr("bundler.survey.self_link", lambda root: None)
+    artifacts = ArtifactServer()
+    artifacts.publish(VUE[1], npm_tarball(*VUE))
+    server = await aiohttp_server(artifacts.app())
+    artifacts.url = f"http://127.0.0.1:{server.port}"
+    settings = make_settings(source=artifacts.template, default_version=VUE[1])
+    client = await aiohttp_client(create_app(settings))
+    if survey == "naive":
+        await asyncio.sleep(3)
+        resp = await client.get("/readyz")
+        assert resp.status == 503, await resp.text()
+        return
+    await wait_ready(client, timeout_s=20)
+    info = await (await client.get(f"/fallback.json?v={VUE[1]}")).json()
+    assert any(name.startswith("dist/vue.") and "esm-browser" in name for name in info["names"])
+    why = info["left_out"]
+    assert why["dist/vue.runtime.esm-bundler.js"] == (
+        'does_not_build: Could not resolve "@vue/runtime-dom"'
+    )
+    assert all(reason.split(":")[0] for reason in why.values())  # each says why
+    resp = await client.get(f"/bundle.js?modules=dist/vue.runtime.esm-browser.prod&v={VUE[1]}")
+    assert resp.status == 200
