@@ -344,15 +344,12 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 async def handle_readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    degraded = service.degraded
+    detail = f"degraded: {degraded}\n" if degraded else ""
     if service.ready:
-        return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
-    if service.draining:
-        reason = "draining"
-    elif service.data_dir_problem is not None:
-        reason = service.data_dir_problem
-    else:
-        reason = "the default version's fallback is not loaded yet"
-    return error_response(503, f"not ready: {reason}")
+        return web.Response(text="ready\n" + detail, headers={"Cache-Control": "no-store"})
+    reason = "draining" if service.draining else "the default version's fallback is not loaded yet"
+    return error_response(503, f"not ready: {reason}" + (f"; {detail.strip()}" if detail else ""))
 
 
 async def handle_metrics(request: web.Request) -> web.Response:

@@ -618,9 +618,13 @@ class Builder:
 
     def _prepare_many(self, jobs: Sequence[BuildJob], source_root: Path) -> Path:
         workdir = self._scratch()
-        for i, job in enumerate(jobs):
-            (workdir / str(i)).mkdir()
-            (workdir / str(i) / ENTRY_NAME).write_text(self._entry(job, source_root))
+        try:
+            for i, job in enumerate(jobs):
+                (workdir / str(i)).mkdir()
+                (workdir / str(i) / ENTRY_NAME).write_text(self._entry(job, source_root))
+        except BaseException:  # a full disk: the dir goes now, not at the next start
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         return workdir
 
     def _scratch(self) -> Path:

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -177,7 +178,14 @@ class DiskCache:
         data = encode_entry(bundle)
         if len(data) > self.max_bytes or not self._room_for(len(data)):
             return
-        atomic_write(self.path(bundle.key), data)
+        try:
+            atomic_write(self.path(bundle.key), data)
+        except OSError as exc:
+            # A full volume (whatever filled it, this tier too when min_free_bytes is 0):
+            # the oldest entries make room, once; then the write is given up (raised).
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._free(2 * len(data)):
+                raise
+            atomic_write(self.path(bundle.key), data)
         with self._lock:
             self._bytes += len(data) - self._index.pop(bundle.key, 0)
             self._index[bundle.key] = len(data)
@@ -199,6 +207,20 @@ class DiskCache:
             self.path(key).unlink(missing_ok=True)
             free += entry_size
         return True
+
+    def _free(self, wanted: int) -> int:
+        """Evicts the least recently used entries until ``wanted`` bytes are freed (or
+        none is left); the bytes freed."""
+        freed = 0
+        while freed < wanted:
+            with self._lock:
+                if not self._index:
+                    break
+                key, size = self._index.popitem(last=False)
+                self._bytes -= size
+            self.path(key).unlink(missing_ok=True)
+            freed += size
+        return freed
 
     def _forget(self, key: str) -> None:
         with self._lock:

@@ -161,6 +161,12 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "version,state",
     ),
     "bundler_ready": ("gauge", "1 when /readyz answers 200.", ""),
+    "bundler_data_dir_writable": (
+        "gauge",
+        "0 while a file cannot be written under the data dir (checked at start, then every "
+        "5 s until it can); the pod still serves.",
+        "",
+    ),
     "bundler_disk_writes_failing": (
         "gauge",
         "1 while the disk tier's writes fail (full or read-only data dir).",

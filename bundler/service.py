@@ -218,13 +218,20 @@ class BundleService:
 
     @property
     def ready(self) -> bool:
-        """Every bundle request can be answered now: the default fallback is loaded, and
-        the data dir can be written (or nothing new could be built or pulled)."""
-        return (
-            not self.draining
-            and self.data_dir_problem is None
-            and self.fallbacks.loaded(self.default_version) is not None
-        )
+        """Every bundle request can be answered now: the default fallback is loaded and
+        the process is not draining. A broken disk does not count: with the fallback
+        loaded, a pod serves as well on it as without it (from memory, and the fallback
+        for what it cannot build), whether the disk broke before its start or after."""
+        return not self.draining and self.fallbacks.loaded(self.default_version) is not None
+
+    @property
+    def degraded(self) -> str | None:
+        """What is wrong but does not stop the pod serving (/readyz says it)."""
+        if self.data_dir_problem is not None:
+            return self.data_dir_problem
+        if self.disk_failing:
+            return "the disk cache's writes fail (full or read-only data dir)"
+        return None
 
     def _check_data_dir(self) -> None:
         """Writes and removes a file under the data dir (in a thread)."""
@@ -237,7 +244,10 @@ class BundleService:
         except OSError as exc:
             problem = f"the data dir cannot be written: {exc.strerror or exc}"
             if problem != self.data_dir_problem:
-                logger.error("data dir cannot be written; not ready", extra={"error": problem})
+                logger.error(
+                    "data dir cannot be written; serving from memory and the fallback",
+                    extra={"error": problem},
+                )
             self.data_dir_problem = problem
             return
         if self.data_dir_problem is not None:
@@ -801,6 +811,7 @@ class BundleService:
             },
             "bundler_ready": float(self.ready),
             "bundler_disk_writes_failing": float(self.disk_failing),
+            "bundler_data_dir_writable": float(self.data_dir_problem is None),
             "bundler_shared_up": float(self.shared.up) if self.shared is not None else 0.0,
             "bundler_shared_lookups": dict(self.shared.results) if self.shared is not None else {},
             "bundler_shared_lease_waits": float(self.lease_waits),

@@ -19,10 +19,12 @@ import pytest
 
 from bundler.app import SERVICE, create_app
 from bundler.cache import Bundle
-from bundler.disk import DiskCache
+from bundler.disk import DiskCache, encode_entry
+from bundler.fsutil import atomic_write
 from bundler.settings import Settings
 from tests.conftest import wait_ready
 from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
+from tests.test_fallback import metrics
 
 
 @pytest.fixture
@@ -116,24 +118,52 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
-async def test_a_read_only_data_dir_is_not_ready_and_says_why(
+async def test_a_server_started_on_a_read_only_data_dir_is_ready_and_serves(
     aiohttp_client: Any, make_settings: Callable[..., Settings], read_only_dir: Path
 ) -> None:
+    """Its fallback loads (static_fallback/), so it can serve: ready, as a server whose
+    disk broke after its start is; /readyz's body, the log and /metrics say what is
+    wrong. (It was 503 for as long as the disk was bad: a pod never past its startup
+    probe, restarted again and again.)"""
     client = await aiohttp_client(
         create_app(make_settings(data_dir=str(read_only_dir), fallback_budget_ms=2000))
     )
-    for _ in range(50):
-        resp = await client.get("/readyz")
-        text = await resp.text()
-        if "cannot be written" in text:
-            break
-        await asyncio.sleep(0.1)
-    assert resp.status == 503, text
-    assert "data dir cannot be written" in text and "Read-only file system" in text
-    # Requests are still answered (the static fallback covers them), never a 5xx.
+    await wait_ready(client)
+    resp = await client.get("/readyz")
+    text = await resp.text()
+    assert resp.status == 200, text
+    assert "degraded: the data dir cannot be written" in text and "Read-only file system" in text
+    assert (await metrics(client))["bundler_data_dir_writable"] == 0
+    # Requests are answered (the static fallback covers them), never a 5xx.
     resp = await client.get("/bundle.js?modules=components/hero")
     assert resp.status == 200, await resp.text()
     assert resp.headers["X-Bundle-Mode"] == "fallback"
+
+
+@pytest.mark.parametrize("cleanup", ["service", "naive"])
+async def test_the_scratch_dirs_of_builds_that_failed_on_a_full_disk_go_at_once(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    small_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleanup: str,
+) -> None:
+    """Each build that could not write its entry left its scratch dir behind until the
+    next start (593 after one storm). Naive (nothing removed): they pile up."""
+    if cleanup == "naive":
+        monkeypatch.setattr("bundler.builder.shutil.rmtree", lambda *args, **kwargs: None)
+    app = create_app(make_settings(data_dir=str(small_disk / "data"), fallback_budget_ms=2000))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    fill(small_disk)
+    names = ["components/hero", "components/card", "components/nav", "components/tabs"]
+    for i, name in enumerate(names):
+        resp = await client.get(f"/bundle.js?modules={name},{names[i - 1]}")
+        assert resp.status == 200, await resp.text()  # the fallback
+    await asyncio.sleep(0.2)
+    assert app[SERVICE].builder.results["disk_fault"] >= len(names)
+    left = [p.name for p in (small_disk / "data" / "tmp").iterdir() if p.name.startswith("build-")]
+    assert (left == []) == (cleanup == "service"), left
 
 
 def random_bundle(i: int, size: int = 200_000) -> Bundle:
@@ -150,11 +180,26 @@ def test_the_disk_tier_leaves_its_volume_the_free_space_it_is_told(small_disk: P
     assert disk.read(f"{0:064x}") is None
 
 
-def test_control_a_tier_bounded_only_by_its_setting_fills_the_volume(small_disk: Path) -> None:
+def test_a_full_volume_makes_the_tier_evict_even_without_a_free_space_floor(
+    small_disk: Path,
+) -> None:
+    """min_free_bytes 0: the tier alone fills the volume; then its oldest entries make
+    room for the newest, as they would past max_bytes."""
+    disk = DiskCache(small_disk / "cache", max_bytes=1 << 30, min_free_bytes=0)
+    for i in range(40):  # 40 x ~400 KB (code, br) on a 4 MiB volume
+        disk.write(random_bundle(i))
+    assert 0 < len(disk) < 40
+    assert disk.read(f"{39:064x}") is not None and disk.read(f"{0:064x}") is None
+
+
+def test_control_writes_that_do_not_evict_fill_the_volume(small_disk: Path) -> None:
+    """The same entries written as the tier wrote them before (no eviction on a full
+    volume): the volume fills and writes fail."""
     disk = DiskCache(small_disk / "cache", max_bytes=1 << 30)
     with pytest.raises(OSError) as caught:
         for i in range(40):
-            disk.write(random_bundle(i))
+            bundle = random_bundle(i)
+            atomic_write(disk.path(bundle.key), encode_entry(bundle))
     assert caught.value.errno == errno.ENOSPC
 
 
