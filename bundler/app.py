@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -13,18 +14,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bundler import css, logs
 from bundler.builder import Builder, BuildJob
 from bundler.cache import Bundle, MemoryCache
 from bundler.combos import COMBOS_FILE, PopularCombos
+from bundler.connections import ConnectionStats, error_response
 from bundler.disk import DiskCache
 from bundler.errors import (
     BadRequest,
     BuildFailed,
     BundlerError,
+    RequestTimeout,
     Unavailable,
     VersionNotFound,
     one_line,
@@ -55,6 +58,7 @@ SETTINGS = web.AppKey("settings", Settings)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 SERVICE = web.AppKey("service", BundleService)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+CONNECTIONS = web.AppKey("connections", ConnectionStats)
 
 JS_CONTENT_TYPE = "application/javascript; charset=utf-8"
 CSS_CONTENT_TYPE = "text/css; charset=utf-8"
@@ -62,18 +66,9 @@ JSON_TYPE = "application/json"
 DEFAULT_COMBOS = 100
 MAX_COMBOS = 1000
 IMMUTABLE = "public, max-age=31536000, immutable"
+ALLOW = "GET, HEAD, POST"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status,
-        text=message + "\n",
-        headers={"Cache-Control": "no-store", **(headers or {})},
-    )
 
 
 @web.middleware
@@ -81,6 +76,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Counts requests in flight (the shutdown waits for them); domain errors become their
     status and message; anything else a 500 with no traceback. One middleware, not two:
     each costs a coroutine layer on every warm hit."""
+    if request.method == "CONNECT":  # its target is host:port, no path: no route
+        return error_response(405, "CONNECT is not served: this is not a proxy", {"Allow": ALLOW})
     in_flight = request.app[IN_FLIGHT]
     in_flight.count += 1
     in_flight.idle.clear()
@@ -268,7 +265,7 @@ async def handle_warm(request: web.Request) -> web.Response:
     try:
         # The bytes, not request.json(): a bogus charset parameter must not matter, and
         # json.loads finds UTF-8/16/32 itself. Deep nesting is a RecursionError.
-        body = json.loads(await request.read())
+        body = json.loads(await read_body(request))
         version, modules = body["version"], body["modules"]
         if not isinstance(version, str) or not isinstance(modules, list):
             raise TypeError
@@ -281,6 +278,17 @@ async def handle_warm(request: web.Request) -> web.Response:
     spec, _ = await service.parse([("modules", ",".join(modules)), ("v", version)])
     outcome = await service.warm(spec)
     return web.json_response({"status": outcome, "query": spec.query})
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, within body_timeout_s: a client that announces more than it
+    sends is answered, and its connection closed, instead of being waited for."""
+    timeout_s = request.app[SETTINGS].body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
 
 
 async def handle_fallback_info(request: web.Request) -> web.Response:
@@ -335,6 +343,18 @@ def static_handler(name: str, content_type: str, cache_control: str) -> Handler:
 async def hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
     """aiohttp names itself and Python's version in Server: nothing a client needs."""
     response.headers["Server"] = "bundler"
+
+
+async def handle_expect(request: web.Request) -> web.Response | None:
+    """aiohttp's own answer to an unknown Expect: echoes the value (a 500 when it is not
+    UTF-8) in a page of its own: here, "100-continue" or a one-line 417."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        return error_response(417, "the only Expect this service takes is 100-continue")
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the answer's size
+    return None
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -418,35 +438,40 @@ def create_app(settings: Settings) -> web.Application:
         fallbacks,
         LagMonitor(registry),
     )
-    registry.register(ServiceCollector(service.metric_values))
+    connections = ConnectionStats()  # filled by the server's connections (bundler.cli)
+    registry.register(
+        ServiceCollector(lambda: {**service.metric_values(), **connections.metric_values()})
+    )
 
     app = web.Application(middlewares=[request_middleware])
     app[IN_FLIGHT] = InFlight()
     app[SETTINGS] = settings
     app[SERVICE] = service
     app[REGISTRY] = registry
-    app.router.add_get("/bundle.js", handle_bundle)
-    app.router.add_get("/bundle.js.map", handle_bundle_map)
-    app.router.add_get("/bundle.css", handle_bundle_css)
-    app.router.add_get("/bundle.css.map", handle_bundle_css_map)
-    app.router.add_get("/assets/{version}/{name}", handle_asset)
-    app.router.add_get("/fallback.js.map", handle_fallback_map)
-    app.router.add_get("/fallback.json", handle_fallback_info)
-    app.router.add_get("/combos", handle_combos)
-    app.router.add_get("/versions", handle_versions)
-    app.router.add_post("/warm", handle_warm)
-    app.router.add_get(
+    app[CONNECTIONS] = connections
+    get = functools.partial(app.router.add_get, expect_handler=handle_expect)
+    get("/bundle.js", handle_bundle)
+    get("/bundle.js.map", handle_bundle_map)
+    get("/bundle.css", handle_bundle_css)
+    get("/bundle.css.map", handle_bundle_css_map)
+    get("/assets/{version}/{name}", handle_asset)
+    get("/fallback.js.map", handle_fallback_map)
+    get("/fallback.json", handle_fallback_info)
+    get("/combos", handle_combos)
+    get("/versions", handle_versions)
+    app.router.add_post("/warm", handle_warm, expect_handler=handle_expect)
+    get(
         "/",
         static_handler("index.html", "text/html; charset=utf-8", "no-cache"),
     )
     # Unversioned, so cached briefly; it is small and changes rarely.
-    app.router.add_get(
+    get(
         "/loader.js",
         static_handler("loader.js", JS_CONTENT_TYPE, "public, max-age=300"),
     )
-    app.router.add_get("/healthz", handle_healthz)
-    app.router.add_get("/readyz", handle_readyz)
-    app.router.add_get("/metrics", handle_metrics)
+    get("/healthz", handle_healthz)
+    get("/readyz", handle_readyz)
+    get("/metrics", handle_metrics)
     app.on_response_prepare.append(hide_server_version)
     app.cleanup_ctx.append(service_ctx)
     return app

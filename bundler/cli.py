@@ -16,17 +16,15 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from http import HTTPStatus
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
 
 from bundler import warm
-from bundler.app import IN_FLIGHT, SERVICE, create_app, error_response
+from bundler.app import CONNECTIONS, IN_FLIGHT, SERVICE, create_app
 from bundler.builder import Builder
+from bundler.connections import LISTEN_BACKLOG, ConnectionRunner, Limits
 from bundler.errors import BundlerError, ConfigError, one_line
 from bundler.fallback import (
     BUILT_FALLBACKS,
@@ -57,47 +55,6 @@ GIL_SWITCH_INTERVAL_S = 0.001
 ABORT_GRACE_S = 1.0
 
 
-class QuietHandler(RequestHandler):
-    """A request the HTTP parser refuses gets a one-line, never-cached 400 and one log
-    line, not a multi-line body and a traceback at ERROR (clients send junk all day)."""
-
-    __slots__ = ()
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status >= 500:
-            return super().handle_error(request, status, exc, message)
-        problem = one_line(message or HTTPStatus(status).phrase)
-        logger.warning(
-            "refused a malformed HTTP request",
-            extra={"status": status, "remote": request.remote, "problem": problem[:200]},
-        )
-        response = error_response(status, f"bad HTTP request: {problem}")
-        response.force_close()
-        return response
-
-
-class QuietServer(web.Server):
-    __slots__ = ()
-
-    def __call__(self) -> RequestHandler:
-        return QuietHandler(self, loop=self._loop, **self._kwargs)
-
-
-class QuietRunner(web.AppRunner):
-    __slots__ = ()
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = QuietServer  # the app's own server, its handlers ours
-        return server
-
-
 async def _serve(settings: Settings) -> None:
     """Runs until SIGTERM/SIGINT, then drains: /readyz 503 for drain_s while still
     serving, then the listener closes, in-flight requests finish, builds are killed."""
@@ -108,8 +65,10 @@ async def _serve(settings: Settings) -> None:
     # aiohttp's own shutdown waits its timeout for handlers, then again after cancelling
     # them: twice. The service waits for in-flight requests itself (the shutdown timeout),
     # answers what still waits with 503, and leaves aiohttp only a moment.
-    runner = QuietRunner(
+    runner = ConnectionRunner(
         app,
+        Limits.from_settings(settings),
+        app[CONNECTIONS],
         handle_signals=False,
         access_log=logging.getLogger("bundler.access") if settings.access_log == "on" else None,
         access_log_class=AccessLogger,
@@ -117,7 +76,7 @@ async def _serve(settings: Settings) -> None:
     )
     await runner.setup()  # runs the startup half of cleanup_ctx: ConfigError surfaces here
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except OSError as exc:  # the port is taken, the address is wrong

@@ -43,6 +43,10 @@ class BadRequest(BundlerError):
     status = 400
 
 
+class RequestTimeout(BundlerError):
+    status = 408
+
+
 class VersionNotFound(BundlerError):
     status = 404
 

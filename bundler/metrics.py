@@ -173,6 +173,14 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "",
     ),
     "bundler_draining": ("gauge", "1 after SIGTERM, while draining.", ""),
+    "bundler_connections_open": ("gauge", "Client connections open now.", ""),
+    "bundler_connections_cut": (
+        "counter",
+        "Connections the service closed before the client did, by why: header_timeout "
+        "(headers too slow), write_timeout (answer not read), evicted (idle, to make room "
+        "past --max-connections), refused (no room).",
+        "reason",
+    ),
     "bundler_shared_up": (
         "gauge",
         "1 while the shared tier (Redis) answers; 0 when it does not, or is not configured.",

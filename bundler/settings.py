@@ -241,6 +241,36 @@ class Settings:
     watchdog_stall_s: float = _opt(
         "A loop stuck this long gets every thread's stack dumped to stderr.", default=1.0
     )
+    header_timeout_s: float = _opt(
+        "A request's line and headers must arrive within this from its first byte, else "
+        "the connection is closed (408): slowloris.",
+        default=10.0,
+    )
+    body_timeout_s: float = _opt(
+        "A request body (POST /warm) must arrive within this, else 408 and the "
+        "connection is closed.",
+        default=10.0,
+    )
+    keepalive_timeout_s: float = _opt(
+        "An idle keep-alive connection (or a new one that sends nothing) is closed after "
+        "this; keep it longer than the idle timeout of the load balancer in front.",
+        default=75.0,
+    )
+    write_timeout_s: float = _opt(
+        "A response must be taken by the client within this plus its size at "
+        "--write-min-bytes-per-s, else the connection is reset.",
+        default=15.0,
+    )
+    write_min_bytes_per_s: int = _opt(
+        "The slowest reading rate a response's deadline allows (see --write-timeout-s).",
+        default=8192,
+    )
+    max_connections: int = _opt(
+        "Connections at once; past it the oldest with no request in progress is closed "
+        "(a probe always gets in), else the new one gets a 503 (0: the open-files limit "
+        "less a reserve).",
+        default=0,
+    )
     log_format: str = _opt("Log lines as 'text' or 'json'.", default="text")
     log_level: str = _opt("Logging level.", default="INFO")
     access_log: str = _opt(
@@ -270,6 +300,7 @@ class Settings:
             "extract_max_total_bytes",
             "fallback_max_bytes",
             "build_batch_max",
+            "write_min_bytes_per_s",
         ):
             if getattr(self, name) < 1:
                 out.append(f"{name} must be at least 1")
@@ -281,10 +312,18 @@ class Settings:
             "source_retries",
             "source_retry_backoff_s",
             "source_failure_ttl_s",
+            "max_connections",
         ):
             if getattr(self, name) < 0:
                 out.append(f"{name} must not be negative")
-        for name in ("build_timeout_s", "source_download_timeout_s"):
+        for name in (
+            "build_timeout_s",
+            "source_download_timeout_s",
+            "header_timeout_s",
+            "body_timeout_s",
+            "keepalive_timeout_s",
+            "write_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 out.append(f"{name} must be positive")
         if not 0 <= self.fallback_max_age_s <= 30:
@@ -391,6 +430,10 @@ WARM_SETTINGS = BUILD_SETTINGS | {
 # --help lists the settings under these headings, in this order (every field in one).
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("listening", ("host", "port", "warm_token", "drain_s", "shutdown_timeout_s")),
+    ("connections", (
+        "header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "write_timeout_s",
+        "write_min_bytes_per_s", "max_connections",
+    )),
     ("source", (
         "source", "default_version", "npm_registry", "source_checksum",
         "source_download_timeout_s", "source_max_download_bytes", "source_retries",
