@@ -40,7 +40,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundler.builder import Builder, BuildJob  # noqa: E402
+from bundler.build.builder import Builder  # noqa: E402
+from bundler.build.jobs import BuildJob  # noqa: E402
 from bundler.cpus import available_cpus  # noqa: E402
 from bundler.entry import entry_source  # noqa: E402
 from bundler.resolve import resolve_modules  # noqa: E402

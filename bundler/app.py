@@ -18,7 +18,8 @@ from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bundler import css, logs
-from bundler.builder import Builder, BuildJob
+from bundler.build.builder import Builder
+from bundler.build.jobs import BuildJob
 from bundler.cache import Bundle, MemoryCache
 from bundler.combos import COMBOS_FILE, PopularCombos
 from bundler.connections import ConnectionStats, error_response

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from bundler import warm
 from bundler.app import CONNECTIONS, IN_FLIGHT, SERVICE, create_app
-from bundler.builder import Builder
+from bundler.build.builder import Builder
 from bundler.connections import LISTEN_BACKLOG, ConnectionRunner, Limits
 from bundler.errors import BundlerError, ConfigError, one_line
 from bundler.fallback import (

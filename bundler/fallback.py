@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache, TTLCache
 
-from bundler.builder import Builder, BuildJob, BuildOutput
+from bundler.build.builder import Builder
+from bundler.build.jobs import BuildJob, BuildOutput, fallback_map_url
 from bundler.cache import BROTLI_QUALITY, BROTLI_QUALITY_MAX, Bundle
 from bundler.combos import COMBOS_FILE, PopularCombos
-from bundler.entry import Registration
 from bundler.errors import BuildFailed, BundlerError, UnknownModule
 from bundler.extract import read_facts
 from bundler.fallback_plan import (
@@ -154,25 +154,6 @@ class Plan:
             tuple(sorted(previous.names)) if previous else (),
             frozenset(previous.not_built()) if previous else frozenset(),
         )
-
-
-def fallback_job(
-    version: str, registrations: Sequence[Registration], options: BuildOptions
-) -> BuildJob:
-    return BuildJob(
-        version=version,
-        registrations=tuple(registrations),
-        options=options,
-        key=f"fallback:{version}",
-        label=f"fallback {version}",
-        priority=Priority.FALLBACK,
-        map_url=map_url(version),
-        mode="fallback",
-    )
-
-
-def map_url(version: str) -> str:
-    return f"fallback.js.map?v={version}"
 
 
 def version_candidates(root: Path) -> Candidates:
@@ -373,7 +354,7 @@ async def build_fallback(
         likely = [name for name in ranked if name not in plan.failed_before]
         count = survey_prefix(likely, candidates, FIRST_SURVEY_FACTOR * plan.max_bytes)
         survey = await run_survey(
-            builder, root, version, likely[:count], options, candidates, map_url(version)
+            builder, root, version, likely[:count], options, candidates, fallback_map_url(version)
         )
         selection = select(likely, survey, plan.max_bytes)
         output = _survey_as_fallback(survey, selection, plan.max_bytes)
@@ -401,7 +382,7 @@ async def build_fallback(
             ranked[:count],
             options,
             candidates,
-            map_url(version) if may_fit else None,
+            fallback_map_url(version) if may_fit else None,
         )
         selection = select(ranked, survey, plan.max_bytes)
         if count == len(ranked) or selection.estimated_bytes >= BUDGET_FILLED * plan.max_bytes:
@@ -416,13 +397,13 @@ async def build_fallback(
     output = _survey_as_fallback(survey, selection, plan.max_bytes)
     if output is None:
         registrations = [(name, candidates.files[name]) for name in selection.names]
-        output = await builder.build(fallback_job(version, registrations, options), root)
+        output = await builder.build(BuildJob.fallback(version, registrations, options), root)
     if len(output.code) > plan.max_bytes:  # the estimate was short: aim lower, once
         trimmed = select(ranked, survey, plan.max_bytes * plan.max_bytes // len(output.code))
         if trimmed.names:
             selection = trimmed
             registrations = [(name, candidates.files[name]) for name in selection.names]
-            output = await builder.build(fallback_job(version, registrations, options), root)
+            output = await builder.build(BuildJob.fallback(version, registrations, options), root)
     return _fallback_build(version, output, selection, candidates, plan)
 
 
@@ -469,7 +450,7 @@ async def _build_selection(
 ) -> BuildOutput | None:
     registrations = [(name, candidates.files[name]) for name in selection.names]
     try:
-        return await builder.build(fallback_job(version, registrations, options), root)
+        return await builder.build(BuildJob.fallback(version, registrations, options), root)
     except (BuildFailed, UnknownModule) as exc:
         logger.warning(
             "fallback's first part did not build",

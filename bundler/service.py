@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from cachetools import LRUCache, TTLCache
 
 from bundler import css
-from bundler.builder import Builder, BuildJob, BuildOutput
+from bundler.build.builder import Builder
+from bundler.build.jobs import BuildJob, BuildOutput
 from bundler.cache import Bundle, MemoryCache, gzip_body
 from bundler.combos import PopularCombos
 from bundler.disk import DiskCache

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bundler.builder import UNRESOLVED, Builder, BuildJob, SurveyRun, sanitize
+from bundler.build.builder import Builder
+from bundler.build.jobs import BuildJob, SurveyRun
+from bundler.build.reports import UNRESOLVED, sanitize
 from bundler.errors import BuildFailed
 from bundler.fallback_plan import Candidates, Survey
 from bundler.resolve import self_link
-from bundler.slots import Priority
 from bundler.spec import BuildOptions
 
 logger = logging.getLogger(__name__)
@@ -52,21 +53,6 @@ def parse_errors(stderr: str) -> list[tuple[str | None, str]]:
     return errors
 
 
-def survey_job(
-    version: str, names: Sequence[str], options: BuildOptions, map_url: str | None
-) -> BuildJob:
-    return BuildJob(
-        version=version,
-        registrations=tuple((n, n) for n in names),
-        options=options,
-        key=f"fallback-survey:{version}",
-        label=f"fallback survey {version}",
-        priority=Priority.FALLBACK,
-        mode="fallback",
-        map_url=map_url,
-    )
-
-
 def _label(path: str) -> str:
     return OUTSIDE if path.startswith("..") or os.path.isabs(path) else path
 
@@ -93,7 +79,7 @@ async def run_survey(
     for _ in range(MAX_ROUNDS):
         if not active:
             break
-        job = survey_job(version, active, options, map_url)
+        job = BuildJob.survey(version, active, options, map_url)
         externals = sorted(failing) + [f"{link}/{path}" for path in sorted(failing) if link]
         run = await builder.survey(job, root, externals)
         if run.ok:

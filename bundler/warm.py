@@ -23,7 +23,7 @@ from typing import Any, Protocol, TextIO
 import aiohttp
 from tqdm import tqdm
 
-from bundler.builder import Builder
+from bundler.build.builder import Builder
 from bundler.disk import DiskCache
 from bundler.errors import BundlerError, one_line
 from bundler.fallback import FallbackStore, describe_fallback, saved_popularity

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from bundler.builder import Builder, BuildJob, BuildOutput
+from bundler.build.builder import Builder
+from bundler.build.jobs import BuildJob, BuildOutput
 from bundler.errors import BuildFailed
 from bundler.resolve import resolve_modules
 from bundler.slots import Priority
@@ -200,4 +201,4 @@ async def test_a_cancelled_waiter_leaves_its_batch_and_the_pool_whole(
     assert all(isinstance(o, BuildOutput) for i, o in enumerate(done) if i not in (0, 3))
     assert builder.runs == {"batch": 1}
     assert builder.slots.in_use == 0 and builder.queued == 0
-    assert not builder._waiting and not builder._by_key
+    assert builder.batches.empty

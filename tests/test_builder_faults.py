@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from bundler import builder as builder_module
 from bundler.app import create_app
-from bundler.builder import Builder, BuildJob, BuildOutput
+from bundler.build import pool as pool_module
+from bundler.build.builder import Builder
+from bundler.build.jobs import BuildJob, BuildOutput
 from bundler.errors import BuildCrashed, BuildTimeout
 from bundler.resolve import resolve_modules
 from bundler.settings import Settings
@@ -244,7 +245,7 @@ async def test_an_idle_esbuild_ends_and_the_next_build_starts_another(
 ) -> None:
     """A fallback's build leaves its esbuild holding memory; with nothing to build it ends
     (naive: it stays), and the next build starts another."""
-    monkeypatch.setattr(builder_module, "SERVICE_IDLE_S", idle_s)
+    monkeypatch.setattr(pool_module, "SERVICE_IDLE_S", idle_s)
     builder = Builder(
         esbuild, tmp_path / "tmp", pool_size=1, threads_per_build=1, timeout_s=20, niceness=0
     )

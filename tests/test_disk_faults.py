@@ -151,7 +151,7 @@ async def test_the_scratch_dirs_of_builds_that_failed_on_a_full_disk_go_at_once(
     """Each build that could not write its entry left its scratch dir behind until the
     next start (593 after one storm). Naive (nothing removed): they pile up."""
     if cleanup == "naive":
-        monkeypatch.setattr("bundler.builder.shutil.rmtree", lambda *args, **kwargs: None)
+        monkeypatch.setattr("bundler.build.scratch.shutil.rmtree", lambda *args, **kwargs: None)
     app = create_app(make_settings(data_dir=str(small_disk / "data"), fallback_budget_ms=2000))
     client = await aiohttp_client(app)
     await wait_ready(client)

@@ -21,9 +21,10 @@ import pytest
 
 from bundler import fallback as fallback_module
 from bundler.app import SERVICE, create_app
-from bundler.builder import Builder
+from bundler.build.builder import Builder
+from bundler.build.jobs import BuildJob
 from bundler.errors import BuildFailed, ConfigError
-from bundler.fallback import Plan, fallback_job
+from bundler.fallback import Plan
 from bundler.fallback_plan import (
     OperatorList,
     Survey,
@@ -198,7 +199,7 @@ async def test_naive_every_file_fallback_of_the_awkward_version_fails(
 ) -> None:
     """The control: the seed's fallback (every file, one esbuild run) has nothing to serve."""
     root = write_version(tmp_path / "src" / "1.0.0", AWKWARD)
-    job = fallback_job("1.0.0", list_registrations(root), OPTIONS)
+    job = BuildJob.fallback("1.0.0", list_registrations(root), OPTIONS)
     with pytest.raises(BuildFailed):
         await builder(esbuild, tmp_path).build(job, root)
 
@@ -261,7 +262,7 @@ async def test_a_fallback_over_the_budget_keeps_the_popular_modules(
     budget = 30_000
     # Control: the every-file fallback is far over the budget.
     naive = await builder(esbuild, tmp_path).build(
-        fallback_job("2.0.0", list_registrations(root), OPTIONS), root
+        BuildJob.fallback("2.0.0", list_registrations(root), OPTIONS), root
     )
     assert len(naive.code) > 6 * budget
     app = create_app(
@@ -365,7 +366,7 @@ async def test_date_fns_is_ready_within_seconds_and_its_fallback_within_budget(
     assert resp.status == 200 and resp.headers["X-Bundle-Mode"] == "tailored"
     # The control: the seed's every-file fallback of the same version does not build.
     root = tmp_path / "data" / "sources" / "4.1.0"
-    job = fallback_job("4.1.0", list_registrations(root), OPTIONS)
+    job = BuildJob.fallback("4.1.0", list_registrations(root), OPTIONS)
     with pytest.raises(BuildFailed, match="test/vitest"):
         await builder(esbuild, tmp_path).build(job, root)
 
