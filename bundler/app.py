@@ -33,8 +33,8 @@ from bundler.errors import (
     VersionNotFound,
     one_line,
 )
-from bundler.fallback import FallbackStore
-from bundler.fallback_plan import OperatorList
+from bundler.fallback.ranking import OperatorList
+from bundler.fallback.store import FallbackStore
 from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
 from bundler.negotiate import choose_encoding
 from bundler.service import Answer, BundleService

@@ -26,13 +26,9 @@ from bundler.app import CONNECTIONS, IN_FLIGHT, SERVICE, create_app
 from bundler.build.builder import Builder
 from bundler.connections import LISTEN_BACKLOG, ConnectionRunner, Limits
 from bundler.errors import BundlerError, ConfigError, one_line
-from bundler.fallback import (
-    BUILT_FALLBACKS,
-    build_fallback,
-    describe_fallback,
-    offline_plan,
-    write_fallback,
-)
+from bundler.fallback.build import build_fallback, offline_plan
+from bundler.fallback.model import describe_fallback
+from bundler.fallback.storage import BUILT_FALLBACKS, write_fallback
 from bundler.logs import AccessLogger, configure_logging
 from bundler.service import BundleService
 from bundler.settings import (

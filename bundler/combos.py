@@ -17,7 +17,7 @@ from typing import Any
 
 import datasketches
 
-from bundler.fallback_plan import module_popularity
+from bundler.fallback.ranking import module_popularity
 from bundler.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)

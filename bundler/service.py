@@ -40,8 +40,9 @@ from bundler.errors import (
     UnknownModule,
     one_line,
 )
-from bundler.fallback import Fallback, FallbackStore
-from bundler.fallback_plan import reason_counts
+from bundler.fallback.model import Fallback
+from bundler.fallback.ranking import reason_counts
+from bundler.fallback.store import FallbackStore
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.resolve import resolve_modules

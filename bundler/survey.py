@@ -22,7 +22,8 @@ from bundler.build.builder import Builder
 from bundler.build.jobs import BuildJob, SurveyRun
 from bundler.build.reports import UNRESOLVED, sanitize
 from bundler.errors import BuildFailed
-from bundler.fallback_plan import Candidates, Survey
+from bundler.fallback.candidates import Candidates
+from bundler.fallback.ranking import Survey
 from bundler.resolve import self_link
 from bundler.spec import BuildOptions
 

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from bundler.children import die_with_parent
 from bundler.errors import DISK_ERRNOS, SourceUnavailable
-from bundler.fallback_plan import candidates_from
+from bundler.fallback.candidates import candidates_from
 from bundler.resolve import DECLARATION_SUFFIXES, read_package_json
 
 FACTS = "facts.json"

@@ -26,8 +26,10 @@ from tqdm import tqdm
 from bundler.build.builder import Builder
 from bundler.disk import DiskCache
 from bundler.errors import BundlerError, one_line
-from bundler.fallback import FallbackStore, describe_fallback, saved_popularity
-from bundler.fallback_plan import OperatorList
+from bundler.fallback.build import saved_popularity
+from bundler.fallback.model import describe_fallback
+from bundler.fallback.ranking import OperatorList
+from bundler.fallback.store import FallbackStore
 from bundler.service import BundleService, build_bundle
 from bundler.settings import Settings
 from bundler.slots import Priority

@@ -194,8 +194,8 @@ def test_the_extraction_records_the_digest_and_candidates_a_walk_would_find(
     """The service reads these instead of walking and hashing the version again: they
     must be exactly what the walk finds (a wrong digest would rebuild every fallback)."""
     from bundler.digest import source_digest, version_digest
-    from bundler.fallback import version_candidates
-    from bundler.fallback_plan import list_candidates
+    from bundler.fallback.build import version_candidates
+    from bundler.fallback.candidates import list_candidates
     from tests.packages import npm_tarball
 
     for data, version in (

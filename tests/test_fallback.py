@@ -18,9 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from bundler import fallback as fallback_module
 from bundler.app import SERVICE, create_app
-from bundler.fallback import FallbackStore
+from bundler.fallback import build as fallback_build
+from bundler.fallback.store import FallbackStore
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, ROOT, run_in_node, wait_ready
 from tests.fakes import delayed_esbuild
@@ -640,7 +640,7 @@ async def test_a_file_that_does_not_build_does_not_hold_back_the_first_part(
         async def dropped(*args: Any) -> None:
             return None
 
-        monkeypatch.setattr(fallback_module, "_build_selection", dropped)
+        monkeypatch.setattr(fallback_build, "build_selection", dropped)
     settings = two_part_settings(make_settings, tmp_path, esbuild, source)
     client = await aiohttp_client(create_app(settings))
     await wait_ready(client)

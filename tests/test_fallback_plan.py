@@ -19,22 +19,19 @@ from typing import Any
 
 import pytest
 
-from bundler import fallback as fallback_module
 from bundler.app import SERVICE, create_app
 from bundler.build.builder import Builder
 from bundler.build.jobs import BuildJob
 from bundler.errors import BuildFailed, ConfigError
-from bundler.fallback import Plan
-from bundler.fallback_plan import (
-    OperatorList,
-    Survey,
+from bundler.fallback import build as fallback_build
+from bundler.fallback.candidates import (
     entry_point_paths,
     list_candidates,
     list_registrations,
     node_only_paths,
-    rank,
-    select,
 )
+from bundler.fallback.model import Fallback, Plan
+from bundler.fallback.ranking import OperatorList, Survey, rank, select
 from bundler.settings import Settings
 from bundler.spec import BuildOptions
 from tests.conftest import run_in_node, wait_ready
@@ -397,9 +394,9 @@ async def test_a_release_first_part_starts_from_what_the_old_fallback_knew(
         async def surveyed(*args: Any) -> None:
             return None
 
-        monkeypatch.setattr(fallback_module, "_as_before", surveyed)
+        monkeypatch.setattr(fallback_build, "as_before", surveyed)
     if knowing == "nothing":
-        monkeypatch.setattr(fallback_module.Fallback, "not_built", lambda self: [])
+        monkeypatch.setattr(Fallback, "not_built", lambda self: [])
     wanted = tmp_path / "fallback-modules.txt"
     operators = ("map", "filter", "mergeMap", "switchMap", "tap", "take", "debounceTime")
     wanted.write_text("".join(f"dist/esm5/internal/operators/{name}\n" for name in operators))
@@ -457,7 +454,7 @@ def test_an_old_fallback_made_before_pages_came_is_not_the_first_part() -> None:
     stale = Plan(max_bytes=1000, popular=popular, previous=tuple(ranked[60:80]))
     aligned = Plan(max_bytes=1000, popular=popular, previous=tuple(ranked[:20] + ranked[90:]))
     nobody_asked = Plan(max_bytes=1000, previous=tuple(ranked[60:80]))
-    assert not fallback_module._still_wanted(stale, ranked)
-    assert fallback_module._still_wanted(aligned, ranked)
-    assert fallback_module._still_wanted(nobody_asked, ranked)
-    assert not fallback_module._still_wanted(Plan(max_bytes=1000), ranked)
+    assert not fallback_build.still_wanted(stale, ranked)
+    assert fallback_build.still_wanted(aligned, ranked)
+    assert fallback_build.still_wanted(nobody_asked, ranked)
+    assert not fallback_build.still_wanted(Plan(max_bytes=1000), ranked)
