@@ -37,7 +37,8 @@ from bundler.fallback.ranking import OperatorList
 from bundler.fallback.store import FallbackStore
 from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
 from bundler.negotiate import choose_encoding
-from bundler.service import Answer, BundleService
+from bundler.service.core import BundleService
+from bundler.service.race import Answer
 from bundler.settings import Settings
 from bundler.slots import Priority
 from bundler.sources import open_source

@@ -98,6 +98,10 @@ class MemoryCache:
     def __len__(self) -> int:
         return len(self._lru)
 
+    def bundles(self) -> list[Bundle]:
+        """What the tier holds now, least recently used first."""
+        return list(self._lru.values())
+
     @property
     def bytes(self) -> int:
         return int(self._lru.currsize)

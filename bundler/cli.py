@@ -30,7 +30,7 @@ from bundler.fallback.build import build_fallback, offline_plan
 from bundler.fallback.model import describe_fallback
 from bundler.fallback.storage import BUILT_FALLBACKS, write_fallback
 from bundler.logs import AccessLogger, configure_logging
-from bundler.service import BundleService
+from bundler.service.core import BundleService
 from bundler.settings import (
     BUILD_SETTINGS,
     WARM_SETTINGS,

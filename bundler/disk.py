@@ -125,6 +125,11 @@ class DiskCache:
     def bytes(self) -> int:
         return self._bytes
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of bundles queued for the writer thread."""
+        return self._pending_bytes
+
     def path(self, key: str) -> Path:
         return self.root / key[:2] / (key + SUFFIX)
 

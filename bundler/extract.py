@@ -103,7 +103,14 @@ class WorkDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self._fd)
+        self.unlock()
+
+    def unlock(self) -> None:
+        """Gives up ownership, leaving the dir: what its owner's death does (clean_stale
+        then removes it)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def install(self, tarball: Path, limits: ExtractLimits) -> Path:
         """Extract ``tarball`` and install it as the version; returns its source root."""

@@ -189,6 +189,11 @@ class SharedTier:
             logger.warning("shared tier (Redis) reachable again")
         return result
 
+    @property
+    def deciding(self) -> bool:
+        """Timeouts in a row are being checked against a PING (up or down, soon)."""
+        return self._confirming is not None
+
     def _failed(self, what: str, exc: BaseException) -> None:
         self.results["error"] += 1
         self._failures += 1

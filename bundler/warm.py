@@ -30,7 +30,8 @@ from bundler.fallback.build import saved_popularity
 from bundler.fallback.model import describe_fallback
 from bundler.fallback.ranking import OperatorList
 from bundler.fallback.store import FallbackStore
-from bundler.service import BundleService, build_bundle
+from bundler.service.building import build_bundle
+from bundler.service.core import BundleService
 from bundler.settings import Settings
 from bundler.slots import Priority
 from bundler.sources import open_source

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bundler import service as service_module
 from bundler.app import SERVICE, create_app
 from bundler.errors import BadRequest
+from bundler.service import derived as service_module
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, run_in_node, wait_ready
 
@@ -242,11 +242,11 @@ async def test_a_gzip_request_arriving_as_the_gzip_is_handed_out_does_not_make_i
     status, _, _ = await get_bundle(client, "modules=components/card&v=1.1.0")
     assert status == 200
     service = client.app[SERVICE]
-    [bundle] = service.cache._lru.values()  # the one bundle built
+    [bundle] = service.cache.bundles()  # the one bundle built
     first = asyncio.create_task(service.body(bundle, "gzip"))
-    while (bundle.key, bundle.digest) not in service._gzipping:
+    while not service.forms.gzipping(bundle):
         await asyncio.sleep(0)
-    while (bundle.key, bundle.digest) in service._gzipping:  # until the flight ends
+    while service.forms.gzipping(bundle):  # until the flight ends
         await asyncio.sleep(0)
     assert not first.done()  # its waiter has not woken up yet
     second = await service.body(bundle, "gzip")

@@ -35,7 +35,7 @@ async def restartable(
 
 
 async def drain_disk_writes(client: TestClient) -> None:
-    await asyncio.gather(*client.app[SERVICE]._disk_writes)
+    await client.app[SERVICE].writes.flush()
 
 
 async def test_restart_serves_from_disk_without_esbuild(
@@ -275,7 +275,7 @@ async def test_a_disk_slower_than_the_builds_never_holds_a_growing_backlog(
     assert sum(b.size for b in bundles[:queued]) <= 300_000 or queued == 1
     gate.set()
     await asyncio.gather(*puts)
-    assert len(disk) == queued and disk._pending_bytes == 0
+    assert len(disk) == queued and disk.pending_bytes == 0
     await disk.put(bundles[-1])  # room again: written
     assert len(disk) == queued + 1
     disk.close()

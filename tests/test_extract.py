@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import tarfile
 import threading
 import uuid
@@ -177,7 +176,7 @@ def test_two_installers_of_one_version_agree(sources: Path) -> None:
 def test_clean_stale_removes_dead_work_but_not_live_work(sources: Path) -> None:
     live = extract.WorkDir(sources, "1.0.0")
     dead = extract.WorkDir(sources, "2.0.0")
-    os.close(dead._fd)  # its owner "died": the lock is released, the dir stays
+    dead.unlock()  # its owner "died": the lock is released, the dir stays
     (sources / f"{extract.TRASH_PREFIX}3.0.0-1").mkdir()
     try:
         removed = extract.clean_stale(sources)

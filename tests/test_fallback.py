@@ -123,7 +123,7 @@ async def test_full_queue_sheds_to_the_fallback_without_queuing(
         "tailored",
     ]
     async with asyncio.timeout(10):
-        while service.requests["shed"] == 1 and service._deferred_running | set(service.deferred):
+        while service.requests["shed"] == 1 and service.deferred.pending:
             await asyncio.sleep(0.05)
     again = await client.get("/bundle.js?modules=components/footer")
     assert again.headers["X-Bundle-Mode"] == "tailored"

@@ -110,7 +110,7 @@ async def tier(redis_server: RedisServer) -> AsyncIterator[SharedTier]:
 async def made_up_its_mind(tier: SharedTier) -> None:
     """Until the tier has made up its mind about timeouts in a row (its PING)."""
     async with asyncio.timeout(2):
-        while tier._confirming is not None:
+        while tier.deciding:
             await asyncio.sleep(0.01)
 
 

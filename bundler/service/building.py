@@ -1,0 +1,31 @@
+"""A tailored bundle from its spec: the version checked out, the names resolved to files
+(a 404 for an unknown one, before esbuild runs), one build job, its compressed forms."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bundler.build.builder import Builder
+from bundler.build.jobs import BuildJob, BuildOutput
+from bundler.cache import Bundle
+from bundler.resolve import resolve_modules
+from bundler.slots import Priority
+from bundler.sources import SourceStore
+from bundler.spec import BundleSpec
+
+
+async def build_output(
+    source: SourceStore, builder: Builder, spec: BundleSpec, priority: Priority, *, with_map: bool
+) -> BuildOutput:
+    async with source.use(spec.version) as root:
+        registrations = resolve_modules(root, spec.version, spec.modules)
+        job = BuildJob.tailored(spec, registrations, priority, with_map=with_map)
+        return await builder.build(job, root)
+
+
+async def build_bundle(
+    source: SourceStore, builder: Builder, spec: BundleSpec, priority: Priority
+) -> Bundle:
+    """Build one tailored bundle (no source map: it is made on request) and its compressed forms."""
+    output = await build_output(source, builder, spec, priority, with_map=False)
+    return await asyncio.to_thread(Bundle.create, spec.key, output.code)

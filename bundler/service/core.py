@@ -1,0 +1,393 @@
+"""The request path without HTTP.
+
+spec -> memory cache -> disk cache -> shed? -> SingleFlight(key) build, waited for up
+to the fallback budget -> the tailored bundle, or the version's fallback while the
+build fills the cache. Nobody waits on a fallback build: a version whose fallback is
+not ready yet starts it (once, ahead of all tailored builds) and the request takes
+whichever comes first after its budget, its own bundle or the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from cachetools import TTLCache
+
+from bundler import css
+from bundler.build.builder import Builder
+from bundler.cache import Bundle, MemoryCache
+from bundler.combos import PopularCombos
+from bundler.disk import DiskCache
+from bundler.errors import (
+    BuildFailed,
+    BundlerError,
+    ConfigError,
+    NotFound,
+    Overloaded,
+    Unavailable,
+    UnknownModule,
+    one_line,
+)
+from bundler.fallback.model import Fallback
+from bundler.fallback.store import FallbackStore
+from bundler.flight import SingleFlight
+from bundler.metrics import LagMonitor
+from bundler.service.building import build_bundle
+from bundler.service.deferred import DeferredBuilds
+from bundler.service.derived import DerivedForms
+from bundler.service.figures import metric_values
+from bundler.service.fleet import share, shared_or_lease
+from bundler.service.health import DataDirHealth
+from bundler.service.maps import SourceMaps
+from bundler.service.parsing import Queries
+from bundler.service.race import Answer, Mode, answer_miss
+from bundler.service.writes import WriteBehind, shared_write_name
+from bundler.settings import Settings
+from bundler.slots import Priority
+from bundler.sources import SourceStore
+from bundler.spec import BuildOptions, BundleSpec, validate_version
+
+if TYPE_CHECKING:  # redis-py is imported only where Redis is configured (7 MiB of RSS)
+    from bundler.shared import Lease, SharedTier
+
+logger = logging.getLogger(__name__)
+
+# Distinct failing combinations remembered at once; a storm of one broken
+# combination costs one esbuild run per build_failure_ttl_s, not one per request.
+MAX_REMEMBERED_FAILURES = 1024
+# Backoff while the default version's fallback cannot be prepared (the pod stays unready).
+STARTUP_RETRY_MIN_S = 1.0
+STARTUP_RETRY_MAX_S = 30.0
+
+
+class BundleService:
+    def __init__(
+        self,
+        settings: Settings,
+        source: SourceStore,
+        builder: Builder,
+        cache: MemoryCache,
+        disk: DiskCache,
+        combos: PopularCombos,
+        fallbacks: FallbackStore,
+        lag: LagMonitor,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.builder = builder
+        self.cache = cache
+        self.disk = disk
+        self.combos = combos
+        self.fallbacks = fallbacks
+        self.lag = lag
+        self.options = fallbacks.options
+        self.default_version = settings.default_version or self._newest_version()
+        self.flight: SingleFlight[str, Bundle] = SingleFlight(
+            "build", stagger=settings.flight_release == "staggered"
+        )
+        self.failures: TTLCache[str, BundlerError] = TTLCache(
+            maxsize=MAX_REMEMBERED_FAILURES, ttl=settings.build_failure_ttl_s
+        )
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.lookups: collections.Counter[str] = collections.Counter()
+        self.draining = False
+        self._startup: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
+        self.writes = WriteBehind(cache, disk)
+        self.health = DataDirHealth(builder.scratch_dir)
+        self.forms = DerivedForms()
+        self.deferred = DeferredBuilds(
+            self.flight, self.build, room=builder.pool_size * builder.batch_max
+        )
+        self.queries = Queries(settings, source, self.options, self.default_version)
+        fallbacks.on_loaded = self._promote_uncovered
+        self.shared: SharedTier | None = None
+        if settings.redis_url:
+            from bundler.shared import SharedTier
+
+            self.shared = SharedTier(
+                settings.redis_url,
+                timeout_s=settings.redis_timeout_ms / 1000,
+                ttl_s=settings.redis_ttl_s,
+                prefix=settings.redis_key_prefix,
+                lag=lambda: self.lag.smoothed_s,
+            )
+            fallbacks.shared = self.shared
+        self.maps = SourceMaps(source, builder, self.shared, self.writes)
+        self.lease_waits = 0
+
+    @staticmethod
+    def options_from(settings: Settings) -> BuildOptions:
+        return BuildOptions(
+            target=settings.esbuild_target,
+            registry_name=settings.registry_name,
+            asset_inline_max_bytes=settings.asset_inline_max_bytes,
+        )
+
+    def _newest_version(self) -> str:
+        newest = self.source.newest_version()
+        if newest is None:
+            raise ConfigError(
+                f"no default version: set --default-version (source: {self.source.describe()})"
+            )
+        return newest
+
+    @property
+    def ready(self) -> bool:
+        """Every bundle request can be answered now: the default fallback is loaded and
+        the process is not draining. A broken disk does not count: with the fallback
+        loaded, a pod serves as well on it as without it (from memory, and the fallback
+        for what it cannot build), whether the disk broke before its start or after."""
+        return not self.draining and self.fallbacks.loaded(self.default_version) is not None
+
+    @property
+    def degraded(self) -> str | None:
+        """What is wrong but does not stop the pod serving (/readyz says it)."""
+        if self.health.problem is not None:
+            return self.health.problem
+        if self.writes.disk_failing:
+            return "the disk cache's writes fail (full or read-only data dir)"
+        return None
+
+    async def start(self) -> None:
+        """A local source's default version is checked now (a wrong one stops the start);
+        its fallback is loaded, or built, in the background: /readyz waits for it."""
+        await self.health.start()
+        if self.health.problem is None:
+            removed = await asyncio.to_thread(self.builder.clean_scratch)
+            if removed:
+                logger.info("removed stale build scratch dirs", extra={"count": removed})
+        try:
+            validate_version(self.default_version)
+        except BundlerError as exc:
+            raise ConfigError(f"default version: {exc.message}") from None
+        self.source.pin(self.default_version)
+        await self.source.start()
+        if not self.source.remote:
+            try:
+                async with self.source.use(self.default_version):
+                    pass
+            except BundlerError as exc:
+                raise ConfigError(f"default version: {exc.message}") from None
+        await self.disk.start()
+        await asyncio.to_thread(self.combos.load)
+        self._saver = asyncio.create_task(
+            self.combos.save_every(self.settings.combos_save_interval_s), name="save-combos"
+        )
+        self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
+        if self.shared is not None:
+            await self.shared.start()  # never fails the start: Redis may come later
+
+    async def _prepare_default(self) -> None:
+        delay_s = STARTUP_RETRY_MIN_S
+        while True:
+            try:
+                if await self.fallbacks.get(self.default_version, retry=True) is not None:
+                    break
+                failure = self.fallbacks.failure(self.default_version)
+                problem = failure.message if failure else "its fallback could not be built"
+            except BundlerError as exc:
+                problem = exc.message
+            logger.error(
+                "default version not servable yet; not ready",
+                extra={
+                    "version": self.default_version,
+                    "error": one_line(problem),
+                    "retry_in_s": delay_s,
+                },
+            )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, STARTUP_RETRY_MAX_S)
+        logger.info("ready", extra={"default_version": self.default_version})
+
+    async def parse(
+        self, pairs: Sequence[tuple[str, str]], other_params: frozenset[str] = frozenset()
+    ) -> tuple[BundleSpec, bool]:
+        """The request's spec, bound to its version's content (bundler.service.parsing)."""
+        return await self.queries.parse(pairs, other_params)
+
+    def queue_full(self) -> bool:
+        """Tailored builds admitted (running, queued, or created but not yet queued: a
+        burst parsed in one loop iteration admits all of it before any build task runs);
+        deferred builds run in the room left and never count against a page."""
+        limit = self.settings.queue_max
+        admitted = len(self.flight) - self.deferred.running
+        return limit is not None and admitted >= self.builder.pool_size + limit
+
+    def _promote_uncovered(self, fallback: Fallback) -> None:
+        """A new fallback for the version (or all of one whose first part was out):
+        queued builds for pages it does not cover go first, as those pages have no
+        other answer; builds that went first for that reason and are covered now go
+        back among the others."""
+        for job, priority in self.builder.queued_jobs(fallback.version):
+            covered = fallback.covers(tuple(name for name, _ in job.registrations))
+            if priority > Priority.UNCOVERED and not covered:
+                self.builder.move(job.key, Priority.UNCOVERED)
+            elif priority == Priority.UNCOVERED and covered:
+                self.builder.move(job.key, Priority.TAILORED)
+
+    def settled(self, key: str) -> bool:
+        """Built, or known to fail: a deferred build of it is not needed."""
+        return self.cache.get(key) is not None or key in self.failures
+
+    async def variant(self, bundle: Bundle, kind: str, map_url: str | None = None) -> Bundle:
+        return await self.forms.variant(bundle, kind, map_url)
+
+    async def document(self, name: str, data: bytes) -> Bundle:
+        return await self.forms.document(name, data)
+
+    async def body(self, bundle: Bundle, encoding: str) -> bytes:
+        return await self.forms.body(bundle, encoding)
+
+    def lagging(self) -> bool:
+        threshold_ms = self.settings.shed_lag_ms
+        return threshold_ms > 0 and self.lag.smoothed_s * 1000 > threshold_ms
+
+    async def answer(self, spec: BundleSpec, waited_s: float = 0.0) -> Answer:
+        """``waited_s``: spent on the request already (its version's pull): taken from the
+        fallback budget, which counts from the request's arrival."""
+        bundle = self.cache.get(spec.key)
+        if bundle is not None:  # the warm hit, without a coroutine more than it needs
+            self.lookups["memory_hit"] += 1
+            answer = Answer(bundle, Mode.HIT)
+        else:
+            answer = await answer_miss(self, spec, waited_s)
+        # Only what was answered with a bundle: junk and failures never reach the warm-up.
+        self.combos.record(spec.modules)
+        if self.shared is not None:
+            self.shared.record(spec.modules)
+        self.requests[answer.mode.value] += 1
+        return answer
+
+    async def cached(self, spec: BundleSpec) -> Bundle | None:
+        """Memory, then disk (a disk hit is promoted to memory)."""
+        bundle = self.cache.get(spec.key)
+        if bundle is not None:
+            self.lookups["memory_hit"] += 1
+            return bundle
+        bundle = await self.disk.get(spec.key)
+        if bundle is not None:
+            self.lookups["disk_hit"] += 1
+            self.cache.put(bundle)
+            return bundle
+        self.lookups["miss"] += 1
+        return None
+
+    async def build(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
+        lease: Lease | None = None
+        if self.shared is not None:
+            found, waits = await shared_or_lease(self.shared, spec.key)
+            self.lease_waits += waits
+            if isinstance(found, Bundle):  # another replica built it
+                self.lookups["shared_hit"] += 1
+                self.deferred.freed()
+                self.writes.keep(found)
+                return found
+            lease = found
+        try:
+            bundle = await build_bundle(self.source, self.builder, spec, priority)
+        except (BuildFailed, UnknownModule) as exc:
+            self.failures[spec.key] = exc
+            raise
+        except BaseException:
+            if lease is not None:
+                self.writes.in_background(lease.release(), f"lease-release:{spec.key}")
+            raise
+        finally:
+            self.deferred.freed()
+        self.writes.keep(bundle)
+        if self.shared is not None and lease is not None:
+            self.writes.in_background(
+                share(self.shared, bundle, lease), shared_write_name(spec.key)
+            )
+        return bundle
+
+    async def built(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
+        """The tailored bundle, built if need be; never the fallback (source maps, warm-up)."""
+        bundle = await self.cached(spec)
+        if bundle is not None:
+            return bundle
+        failure = self.failures.get(spec.key)
+        if failure is not None:
+            raise failure
+        if spec.key not in self.flight and self.queue_full():
+            raise Overloaded("the build queue is full; retry in a moment")
+        return await self.flight.do(spec.key, lambda: self.build(spec, priority))
+
+    async def source_map(self, spec: BundleSpec) -> bytes:
+        """The tailored bundle's source map: built by a second esbuild run on first request
+        (esbuild makes the same code with or without it), then kept in memory and shared."""
+        bundle = await self.built(spec)
+        if bundle.sourcemap is not None:  # a disk entry written before maps were lazy
+            return bundle.sourcemap
+        return await self.maps.get(spec, bundle, of_css=False)
+
+    async def asset(self, version: str, name: str) -> bytes:
+        """A moved-out image or font: stored when a bundle here was built, else found in
+        the version's source by its hash (a replica that never built that bundle)."""
+        validate_version(version)
+        if not css.ASSET_NAME.fullmatch(name):
+            raise NotFound(f"no asset {name!r}: asset names come from a bundle's CSS")
+        data = await asyncio.to_thread(self.builder.assets.get, name)
+        if data is None:
+            async with self.source.use(version) as root:
+                data = await asyncio.to_thread(self.builder.assets.find, root, name)
+        if data is None:
+            raise NotFound(f"version {version} has no asset {name!r}")
+        return data
+
+    async def css_source_map(self, spec: BundleSpec) -> bytes:
+        """The source map of the tailored bundle's CSS, as /bundle.css serves it: made by
+        the same second run as the bundle's own map."""
+        bundle = await self.built(spec)
+        if not css.has_css(bundle.code):
+            raise NotFound(f"the modules of {spec.query} import no CSS: there is no CSS map")
+        return await self.maps.get(spec, bundle, of_css=True)
+
+    async def warm(self, spec: BundleSpec) -> str:
+        """Build one combination ahead of its traffic, at the lowest priority."""
+        if await self.cached(spec) is not None:
+            return "cached"
+        await self.built(spec, Priority.WARM)
+        # Warmed means the fleet has it: answered once it is in the shared tier too.
+        await self.writes.shared_written(spec.key)
+        return "built"
+
+    def abort_waiters(self) -> int:
+        """The shutdown deadline: every request still waiting for a build, a fallback or a
+        pull is answered now (503, retry elsewhere) instead of being cut off."""
+        error = Unavailable("the service is shutting down; retry")
+        flights = (self.flight, self.maps.flight, self.fallbacks.flight)
+        return sum(f.fail_waiters(error) for f in flights) + self.source.fail_waiters(error)
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        logger.info("draining: /readyz answers 503 from now on")
+
+    async def close(self) -> None:
+        self.draining = True
+        for task in (self._startup, self._saver):
+            if task is not None:
+                task.cancel()
+        self.deferred.close()
+        self.health.close()
+        try:
+            await asyncio.to_thread(self.combos.save, self.combos.snapshot())
+        except OSError as exc:  # a full or read-only disk must not fail the shutdown
+            logger.error("could not save the popularity sketch", extra={"error": str(exc)})
+        await self.writes.flush()
+        await asyncio.to_thread(self.disk.close)
+        await self.flight.close()
+        await self.maps.flight.close()
+        await self.fallbacks.close()
+        await self.builder.kill_all()
+        await self.source.close()
+        if self.shared is not None:
+            await self.shared.close()
+
+    def metric_values(self) -> dict[str, float | dict[str, float]]:
+        return metric_values(self)

@@ -1,0 +1,107 @@
+"""Source maps, made on request: a developer with devtools open asks for one; pages never
+do. A tailored bundle is built without its map (a third less esbuild work); its map, and
+its CSS's map, come from a second run whose code is byte-for-byte the same, kept in memory
+and shared with the fleet under the digest of the code they map."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from cachetools import LRUCache
+
+from bundler.build.builder import Builder
+from bundler.cache import Bundle
+from bundler.errors import Unavailable
+from bundler.flight import SingleFlight
+from bundler.service.building import build_output
+from bundler.service.writes import WriteBehind
+from bundler.slots import Priority
+from bundler.sources import SourceStore
+from bundler.spec import BundleSpec
+
+if TYPE_CHECKING:
+    from bundler.shared import SharedTier
+
+logger = logging.getLogger(__name__)
+
+# Source maps built on request, kept in memory.
+MAP_CACHE_BYTES = 32 * 1024 * 1024
+# The LRU holds a bundle's CSS map under its key with this suffix.
+CSS_MAP_SUFFIX = ":css"
+
+
+def shared_map_name(key: str, bundle: Bundle) -> str:
+    """A map's name in the shared tier: it is the map of exactly this code."""
+    return f"m:{key}:{bundle.digest[:32]}"
+
+
+class SourceMaps:
+    def __init__(
+        self,
+        source: SourceStore,
+        builder: Builder,
+        shared: SharedTier | None,
+        writes: WriteBehind,
+    ) -> None:
+        self.source = source
+        self.builder = builder
+        self.shared = shared
+        self.writes = writes
+        self._maps: LRUCache[str, bytes] = LRUCache(maxsize=MAP_CACHE_BYTES, getsizeof=len)
+        self.flight: SingleFlight[str, bytes] = SingleFlight("source-map")
+
+    def clear(self) -> None:
+        """Forget every map kept here (as a replica that never made one)."""
+        self._maps.clear()
+
+    async def get(self, spec: BundleSpec, bundle: Bundle, *, of_css: bool) -> bytes:
+        """The map of ``bundle`` (built from ``spec``), or of its CSS."""
+        key = spec.key + (CSS_MAP_SUFFIX if of_css else "")
+        cached = self._maps.get(key)
+        if cached is not None:
+            return cached
+        return await self.flight.do(key, lambda: self._shared_or_built(spec, bundle, key, of_css))
+
+    async def _shared_or_built(
+        self, spec: BundleSpec, bundle: Bundle, key: str, of_css: bool
+    ) -> bytes:
+        """The map another replica made, else made here (and then shared)."""
+        if self.shared is not None:
+            found = await self.shared.get_sealed(shared_map_name(key, bundle))
+            if found is not None:
+                self._keep(key, found)
+                return found
+        return await self._build(spec, bundle, of_css=of_css)
+
+    def _keep(self, key: str, made: bytes) -> None:
+        if len(made) <= MAP_CACHE_BYTES // 4:
+            self._maps[key] = made
+
+    async def _build(self, spec: BundleSpec, bundle: Bundle, *, of_css: bool) -> bytes:
+        output = await build_output(
+            self.source, self.builder, spec, Priority.TAILORED, with_map=True
+        )
+        assert output.sourcemap is not None
+        if output.code != bundle.code:
+            logger.warning(
+                "source map made for other code than the cached bundle (source changed?)",
+                extra={"key": spec.key, "bundle": spec.query},
+            )
+        for key, made in (
+            (spec.key, output.sourcemap),
+            (spec.key + CSS_MAP_SUFFIX, output.css_map),
+        ):
+            if made is None:
+                continue
+            self._keep(key, made)
+            if self.shared is not None and output.code == bundle.code:
+                name = shared_map_name(key, bundle)
+                self.writes.in_background(
+                    self.shared.put_sealed(name, made), f"shared-write:{name}"
+                )
+        if of_css:
+            if output.css_map is None:
+                raise Unavailable("the CSS source map could not be made; retry")
+            return output.css_map
+        return output.sourcemap

@@ -1,0 +1,145 @@
+"""The answer to a miss: its own bundle if it is ready within the fallback budget;
+after it, whichever comes first, the version's fallback (when it covers the page) or the
+bundle. Nobody waits on a fallback build: a version whose fallback is not ready yet
+starts it (once, ahead of all tailored builds), and the page takes whichever comes first.
+Past the queue's bound, or while the loop lags, a covered page gets the fallback at once
+(shed) and its build is deferred; an uncovered one's build goes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bundler.cache import Bundle
+from bundler.errors import BundlerError, DiskFault
+from bundler.fallback.model import Fallback
+from bundler.slots import Priority
+from bundler.spec import BundleSpec
+
+if TYPE_CHECKING:
+    from bundler.service.core import BundleService
+
+
+class Mode(enum.Enum):
+    HIT = "hit"  # tailored, from the cache
+    BUILT = "built"  # tailored, built within the fallback budget
+    FALLBACK = "fallback"  # the build did not finish within the budget; it goes on
+    SHED = "shed"  # queue full or loop lagging: the fallback, and no build
+
+    @property
+    def tailored(self) -> bool:
+        return self in (Mode.HIT, Mode.BUILT)
+
+
+@dataclass(frozen=True)
+class Answer:
+    bundle: Bundle
+    mode: Mode
+
+
+async def answer_miss(service: BundleService, spec: BundleSpec, waited_s: float) -> Answer:
+    """A miss in memory: the disk tier, the shared tier or its own build, raced against
+    the version's fallback after the budget (``waited_s`` of it spent already)."""
+    bundle = await service.cached(spec)
+    if bundle is not None:
+        return Answer(bundle, Mode.HIT)
+    failure = service.failures.get(spec.key)
+    if failure is not None:
+        raise failure
+    budget_ms = service.settings.fallback_budget_ms
+    joining = spec.key in service.flight
+    if budget_ms == -1:  # never the fallback: every miss waits for its own bundle,
+        # however long the queue (as documented: the operator chose waiting over a fallback)
+        return Answer(await service.flight.do(spec.key, lambda: service.build(spec)), Mode.BUILT)
+    # Built once, ahead of every tailored build; nobody waits for it here.
+    service.fallbacks.ensure(spec.version)
+    fallback = service.fallbacks.loaded(spec.version)
+    covered = fallback is not None and fallback.covers(spec.modules)
+    budget_s = max(0.0, budget_ms / 1000 - waited_s)
+    if not joining and fallback is not None and (service.queue_full() or service.lagging()):
+        if covered:  # shed: the fallback at once; the build later, when there is room
+            service.deferred.defer(spec, service.settled)
+            return Answer(fallback.bundle, Mode.SHED)
+        # Nothing else can answer this page but its build, ahead of those that have
+        # one (or the rest of a fallback whose first part is out): no budget to wait.
+        budget_s = 0
+    # No fallback yet (a release's first seconds): nothing is shed to a fallback that
+    # may take longer than the builds; each miss races its own build against it.
+    priority = Priority.UNCOVERED if fallback is not None and not covered else Priority.TAILORED
+    build_fn = functools.partial(service.build, spec, priority)
+    if joining:
+        service.builder.promote(spec.key, priority)  # a warm-up's build a page now waits for
+    # Started now: cancelling our wait below must never cancel the build itservice.
+    service.flight.ensure(spec.key, build_fn)
+    build = asyncio.ensure_future(service.flight.do(spec.key, build_fn))
+    try:
+        return await _race(service, spec, build, budget_s)
+    finally:
+        if not build.done():
+            build.cancel()  # only our wait: the build goes on and fills the cache
+
+
+async def _race(
+    service: BundleService, spec: BundleSpec, build: asyncio.Future[Bundle], budget_s: float
+) -> Answer:
+    """The tailored bundle if it is ready within the budget; after it, whichever
+    comes first: the fallback (if it covers the request) or the tailored bundle."""
+    fallback = service.fallbacks.loaded(spec.version)
+    if fallback is None or budget_s > 0:
+        await asyncio.wait({build}, timeout=budget_s)
+    if build.done():
+        return await _built_or_fallback(service, spec, build)
+    fallback = service.fallbacks.loaded(spec.version)
+    if fallback is None and service.fallbacks.failure(spec.version) is None:
+        pending = asyncio.ensure_future(_fallback(service, spec.version))
+        try:
+            # A large fallback's first part is published before the build ends.
+            first: set[asyncio.Future[Any]] = {
+                build,
+                pending,
+                service.fallbacks.published(spec.version),
+            }
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            pending.cancel()
+        if build.done():
+            return await _built_or_fallback(service, spec, build)
+        fallback = service.fallbacks.loaded(spec.version)
+    if fallback is not None and fallback.covers(spec.modules):
+        return Answer(fallback.bundle, Mode.FALLBACK)
+    improving = service.fallbacks.improving(spec.version)
+    if improving is not None:  # only its first part is out: the rest may cover this page
+        rest: set[asyncio.Future[Any]] = {build, improving}
+        await asyncio.wait(rest, return_when=asyncio.FIRST_COMPLETED)
+        fallback = service.fallbacks.loaded(spec.version)
+        if not build.done() and fallback is not None and fallback.covers(spec.modules):
+            return Answer(fallback.bundle, Mode.FALLBACK)
+    await asyncio.wait({build})
+    return await _built_or_fallback(service, spec, build)
+
+
+async def _built_or_fallback(
+    service: BundleService, spec: BundleSpec, build: asyncio.Future[Bundle]
+) -> Answer:
+    """The finished build; a build error is raised, not hidden, except a disk fault
+    (the service's, not the request's): then the fallback, where it covers."""
+    try:
+        return Answer(build.result(), Mode.BUILT)
+    except DiskFault:
+        fallback = await _fallback(service, spec.version)
+        if fallback is not None and fallback.covers(spec.modules):
+            return Answer(fallback.bundle, Mode.FALLBACK)
+        raise
+
+
+async def _fallback(service: BundleService, version: str) -> Fallback | None:
+    """The version's fallback once it exists; None if it cannot be had (the
+    request's own build reports why, e.g. an unknown version)."""
+    try:
+        return await service.fallbacks.get(version)
+    except BundlerError:
+        return None
