@@ -22,22 +22,18 @@ import aiohttp
 from aiohttp import web
 
 from bundler import warm
-from bundler.app import CONNECTIONS, IN_FLIGHT, SERVICE, create_app
+from bundler.app import create_app
 from bundler.build.builder import Builder
 from bundler.connections import LISTEN_BACKLOG, ConnectionRunner, Limits
 from bundler.errors import BundlerError, ConfigError, one_line
 from bundler.fallback.build import build_fallback, offline_plan
 from bundler.fallback.model import describe_fallback
 from bundler.fallback.storage import BUILT_FALLBACKS, write_fallback
+from bundler.flags import BUILD_SETTINGS, WARM_SETTINGS, add_arguments, settings_from_args
+from bundler.keys import CONNECTIONS, IN_FLIGHT, SERVICE
 from bundler.logs import AccessLogger, configure_logging
 from bundler.service.core import BundleService
-from bundler.settings import (
-    BUILD_SETTINGS,
-    WARM_SETTINGS,
-    Settings,
-    add_arguments,
-    settings_from_args,
-)
+from bundler.settings import Settings
 from bundler.sources import open_source
 
 logger = logging.getLogger("bundler")

@@ -8,55 +8,25 @@ never drift apart.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bundler.checkout import bundled_fallback_dir, default_esbuild, default_source
 from bundler.cpus import available_cpus
 from bundler.errors import ConfigError
 
 ENV_PREFIX = "BUNDLER_"
-PACKAGE_DIR = Path(__file__).resolve().parent
-# In a source checkout the example components and node_modules sit beside the package.
-CHECKOUT_DIR = PACKAGE_DIR.parent
 REGISTRY_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")  # fullmatch
 ESBUILD_TARGET = re.compile(r"[a-z]+[0-9.]*(,[a-z]+[0-9.]*)*")
 
 
 def _opt(help_text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": help_text}, **kwargs)
-
-
-def default_source() -> str:
-    for candidate in (CHECKOUT_DIR / "examples" / "components", Path("examples/components")):
-        if candidate.is_dir():
-            return str(candidate.resolve())
-    return "examples/components"
-
-
-def bundled_fallback_dir(source: str) -> Path | None:
-    """static_fallback/ beside the checkout, for the bundled examples it was built from and
-    no other source: it is read-only input, never written, never another source's."""
-    shipped = CHECKOUT_DIR / "static_fallback"
-    examples = CHECKOUT_DIR / "examples" / "components"
-    if "://" in source or source.startswith("npm:") or not shipped.is_dir():
-        return None
-    return shipped if Path(source).resolve() == examples.resolve() else None
-
-
-def default_esbuild() -> str:
-    """The binary `npm ci` installed beside the checkout or in the working dir, else PATH."""
-    for base in (CHECKOUT_DIR, Path.cwd()):
-        candidate = base / "node_modules" / ".bin" / "esbuild"
-        if candidate.exists():
-            return str(candidate.resolve())
-    return shutil.which("esbuild") or "esbuild"
 
 
 @dataclass(frozen=True)
@@ -388,7 +358,7 @@ class Settings:
         for f in dataclasses.fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                values[f.name] = _convert(f, raw, ENV_PREFIX + f.name.upper())
+                values[f.name] = convert(f, raw, ENV_PREFIX + f.name.upper())
         values.update(overrides)
         return cls(**values)
 
@@ -396,7 +366,7 @@ class Settings:
 _NUMBER_TYPES: dict[str, type[int] | type[float]] = {"int": int, "float": float}
 
 
-def _convert(f: dataclasses.Field[Any], raw: str, label: str) -> Any:
+def convert(f: dataclasses.Field[Any], raw: str, label: str) -> Any:
     kind = _NUMBER_TYPES.get(str(f.type))
     if kind is None:
         return raw
@@ -406,94 +376,3 @@ def _convert(f: dataclasses.Field[Any], raw: str, label: str) -> Any:
         raise ConfigError(
             f"{label} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
         ) from None
-
-
-# What each command besides serve takes (serve takes everything). They build as the
-# service does, so their bundles and fallbacks are the ones it looks for: the source, the
-# data dir, esbuild's options and the fallback's plan.
-BUILD_SETTINGS = frozenset(
-    {
-        "source", "npm_registry", "source_checksum", "source_download_timeout_s",
-        "source_max_download_bytes", "source_retries", "source_retry_backoff_s",
-        "extract_max_members", "extract_max_file_bytes", "extract_max_total_bytes",
-        "data_dir", "esbuild", "esbuild_target", "registry_name", "asset_inline_max_bytes",
-        "build_timeout_s", "build_threads", "esbuild_memory_mib", "fallback_dir",
-        "fallback_max_bytes", "fallback_modules", "combos_top_k", "log_format",
-    }
-)  # fmt: skip
-WARM_SETTINGS = BUILD_SETTINGS | {
-    "warm_token", "max_modules", "max_module_name_chars", "build_pool_size",
-    "build_batch_max", "disk_cache_max_bytes", "disk_cache_min_free_bytes",
-}  # fmt: skip
-
-
-# --help lists the settings under these headings, in this order (every field in one).
-SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("listening", ("host", "port", "warm_token", "drain_s", "shutdown_timeout_s")),
-    ("connections", (
-        "header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "write_timeout_s",
-        "write_min_bytes_per_s", "max_connections",
-    )),
-    ("source", (
-        "source", "default_version", "npm_registry", "source_checksum",
-        "source_download_timeout_s", "source_max_download_bytes", "source_retries",
-        "source_retry_backoff_s", "source_failure_ttl_s", "source_keep_versions",
-        "extract_max_members", "extract_max_file_bytes", "extract_max_total_bytes",
-    )),
-    ("requests", (
-        "max_modules", "max_module_name_chars", "default_version_max_age_s",
-        "fallback_budget_ms", "fallback_max_age_s",
-    )),
-    ("builds", (
-        "esbuild", "esbuild_target", "registry_name", "asset_inline_max_bytes",
-        "build_pool_size", "build_threads", "build_timeout_s", "esbuild_memory_mib",
-        "build_batch_max", "build_niceness", "build_failure_ttl_s", "build_queue_max",
-        "shed_lag_ms", "flight_release", "watchdog_stall_s",
-    )),
-    ("fallback", ("fallback_dir", "fallback_max_bytes", "fallback_modules")),
-    ("caches", (
-        "data_dir", "memory_cache_max_bytes", "disk_cache_max_bytes",
-        "disk_cache_min_free_bytes", "combos_top_k", "combos_save_interval_s",
-    )),
-    ("fleet (Redis)", ("redis_url", "redis_timeout_ms", "redis_ttl_s", "redis_key_prefix")),
-    ("logs", ("log_format", "log_level", "access_log")),
-)  # fmt: skip
-
-
-def _default_text(f: dataclasses.Field[Any]) -> str:
-    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return repr(value) if value == "" else str(value)
-
-
-def add_arguments(parser: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
-    """One flag per field (``only`` those named), with its default and its environment
-    variable, under its section's heading; the value given is checked in
-    settings_from_args."""
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
-    for title, names in SECTIONS:
-        shown = [fields[name] for name in names if only is None or name in only]
-        if not shown:
-            continue
-        group = parser.add_argument_group(f"settings: {title}")
-        for f in shown:
-            env = ENV_PREFIX + f.name.upper()
-            explained = "(default:" in f.metadata["help"]  # its help says it better
-            default = "" if explained else f"default: {_default_text(f)}; "
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                default=None,
-                metavar=f.name.split("_")[-1].upper(),
-                help=f"{f.metadata['help']} [{default}env {env}]",
-            )
-
-
-def settings_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
-) -> Settings:
-    overrides = {}
-    for f in dataclasses.fields(Settings):
-        raw = getattr(args, f.name, None)
-        if raw is not None:
-            overrides[f.name] = _convert(f, raw, "--" + f.name.replace("_", "-"))
-    return Settings.from_env(environ, **overrides)

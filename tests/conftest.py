@@ -15,7 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bundler.app import create_app
-from bundler.settings import Settings, default_esbuild
+from bundler.checkout import default_esbuild
+from bundler.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "components"

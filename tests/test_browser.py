@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, ROOT
 from tests.test_css import ACCENT, write_styled_version

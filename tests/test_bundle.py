@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
 from bundler.errors import BadRequest
+from bundler.keys import SERVICE
 from bundler.service import derived as service_module
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, run_in_node, wait_ready

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, NODE, run_in_node, wait_ready
 

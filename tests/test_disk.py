@@ -17,9 +17,10 @@ import brotli
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
 from bundler.cache import Bundle
 from bundler.disk import CorruptEntry, DiskCache, decode_entry, encode_entry
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import NODE, ROOT, wait_ready
 

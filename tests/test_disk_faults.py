@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
 from bundler.cache import Bundle
 from bundler.disk import DiskCache, encode_entry
 from bundler.fsutil import atomic_write
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import wait_ready
 from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball

@@ -18,9 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
 from bundler.fallback import build as fallback_build
 from bundler.fallback.store import FallbackStore
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, ROOT, run_in_node, wait_ready
 from tests.fakes import delayed_esbuild

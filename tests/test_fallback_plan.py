@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
 from bundler.build.builder import Builder
 from bundler.build.jobs import BuildJob
 from bundler.errors import BuildFailed, ConfigError
@@ -32,6 +32,7 @@ from bundler.fallback.candidates import (
 )
 from bundler.fallback.model import Fallback, Plan
 from bundler.fallback.ranking import OperatorList, Survey, rank, select
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from bundler.spec import BuildOptions
 from tests.conftest import run_in_node, wait_ready

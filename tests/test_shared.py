@@ -21,7 +21,8 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from bundler import shared as shared_module
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from bundler.shared import SharedTier
 from tests.conftest import EXAMPLES, free_port, start_service, wait_process_ready, wait_ready

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from bundler.sources import TarballSource
 from tests.conftest import free_port, run_in_node, wait_ready

@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bundler.app import SERVICE, create_app
+from bundler.app import create_app
+from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, ROOT, free_port, wait_process_ready, wait_ready
 

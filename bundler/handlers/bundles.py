@@ -1,0 +1,153 @@
+"""The bundle endpoints: /bundle.js, /bundle.css, their source maps, the assets bundles
+name, and the package's own files (the demo page, the loader); every body with an ETag
+per content-coding, a 304 for it, and brotli or gzip as asked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+
+from aiohttp import web
+
+from bundler import css, logs
+from bundler.cache import Bundle
+from bundler.errors import BadRequest
+from bundler.keys import SERVICE
+from bundler.negotiate import choose_encoding
+from bundler.service.race import Answer
+from bundler.settings import Settings
+from bundler.spec import BundleSpec
+
+JS_CONTENT_TYPE = "application/javascript; charset=utf-8"
+CSS_CONTENT_TYPE = "text/css; charset=utf-8"
+JSON_TYPE = "application/json"
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def bundle_response(
+    request: web.Request,
+    bundle: Bundle,
+    headers: dict[str, str],
+    content_type: str = JS_CONTENT_TYPE,
+) -> web.Response:
+    encoding = choose_encoding(request.headers.get("Accept-Encoding"))
+    etag = bundle.etag(encoding)
+    headers = {**headers, "Vary": "Accept-Encoding", "ETag": etag}
+    candidates = request.if_none_match
+    if candidates and any(c.value in ("*", etag.strip('"')) for c in candidates):
+        return web.Response(status=304, headers=headers)
+    if encoding != "identity":
+        headers["Content-Encoding"] = encoding
+    headers["Content-Type"] = content_type
+    body = await request.app[SERVICE].body(bundle, encoding)
+    return web.Response(body=body, headers=headers)
+
+
+async def handle_bundle(request: web.Request) -> web.Response:
+    pairs = list(request.query.items())
+    link = css_mode(pairs)
+    answer, headers, _ = await answer_bundle(request, pairs, frozenset({"css"}))
+    # css=link: the page links /bundle.css itself; the bundle does not add its CSS.
+    bundle = await request.app[SERVICE].variant(answer.bundle, "js") if link else answer.bundle
+    return await bundle_response(request, bundle, headers)
+
+
+async def handle_bundle_css(request: web.Request) -> web.Response:
+    """The CSS of the modules /bundle.js with the same query carries (empty if none), for
+    pages that link a stylesheet (no flash of unstyled content, a strict CSP)."""
+    answer, headers, spec = await answer_bundle(request, list(request.query.items()))
+    # The map is the tailored bundle's (as for /bundle.js): a fallback's CSS names none.
+    map_url = f"bundle.css.map?{spec.query}" if answer.mode.tailored else None
+    stylesheet = await request.app[SERVICE].variant(answer.bundle, "css", map_url)
+    return await bundle_response(request, stylesheet, headers, CSS_CONTENT_TYPE)
+
+
+async def handle_bundle_css_map(request: web.Request) -> web.Response:
+    """The source map of /bundle.css with the same query (the tailored bundle's CSS)."""
+    service = request.app[SERVICE]
+    spec, pinned = await service.parse(list(request.query.items()))
+    document = await service.document(f"css-map:{spec.key}", await service.css_source_map(spec))
+    cache_control = tailored_cache_control(service.settings, pinned)
+    return await bundle_response(request, document, {"Cache-Control": cache_control}, JSON_TYPE)
+
+
+async def answer_bundle(
+    request: web.Request,
+    pairs: list[tuple[str, str]],
+    other_params: frozenset[str] = frozenset(),
+) -> tuple[Answer, dict[str, str], BundleSpec]:
+    service = request.app[SERVICE]
+    settings = service.settings
+    started = time.monotonic()
+    spec, pinned = await service.parse(pairs, other_params)
+    answer = await service.answer(spec, time.monotonic() - started)
+    request[logs.MODE] = answer.mode.value
+    if answer.mode.tailored:
+        headers = {
+            "Cache-Control": tailored_cache_control(settings, pinned),
+            "X-Bundle-Mode": "tailored",
+        }
+    else:
+        # Short-lived and never immutable: the tailored bundle replaces it soon.
+        short = f"public, max-age={settings.fallback_max_age_s}"
+        headers = {"Cache-Control": short, "CDN-Cache-Control": short, "X-Bundle-Mode": "fallback"}
+    return answer, headers, spec
+
+
+async def handle_asset(request: web.Request) -> web.Response:
+    """An image or font moved out of a bundle's CSS: its name is its content's hash."""
+    version, name = request.match_info["version"], request.match_info["name"]
+    data = await request.app[SERVICE].asset(version, name)
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": css.ASSET_TYPES[name.rsplit(".", 1)[1]],
+            "Cache-Control": IMMUTABLE,
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def css_mode(pairs: list[tuple[str, str]]) -> bool:
+    """``css=link`` (True) or ``css=inject``, the default (False); anything else is a 400."""
+    values = [value for name, value in pairs if name == "css"]
+    if len(values) > 1 or (values and values[0] not in ("inject", "link")):
+        raise BadRequest(
+            "css= is inject (the default: the bundle adds its modules' CSS to the page) or "
+            "link (the page links /bundle.css with the same query), once"
+        )
+    return values == ["link"]
+
+
+def tailored_cache_control(settings: Settings, pinned: bool) -> str:
+    return IMMUTABLE if pinned else f"public, max-age={settings.default_version_max_age_s}"
+
+
+async def handle_bundle_map(request: web.Request) -> web.Response:
+    """The source map of the tailored bundle with the same query (never of a fallback)."""
+    service = request.app[SERVICE]
+    spec, pinned = await service.parse(list(request.query.items()))
+    document = await service.document(f"map:{spec.key}", await service.source_map(spec))
+    cache_control = tailored_cache_control(service.settings, pinned)
+    return await bundle_response(request, document, {"Cache-Control": cache_control}, JSON_TYPE)
+
+
+def web_asset(name: str) -> bytes:
+    """The demo page and the loader ship inside the package (bundler/web/)."""
+    return resources.files("bundler").joinpath("web", name).read_bytes()
+
+
+def static_handler(name: str, content_type: str, cache_control: str) -> Handler:
+    """A file of the package (the demo page, the loader), with an ETag and its brotli form
+    made once, here."""
+    document = Bundle.create(name, web_asset(name))
+
+    async def handle(request: web.Request) -> web.Response:
+        return await bundle_response(
+            request, document, {"Cache-Control": cache_control}, content_type
+        )
+
+    return handle
