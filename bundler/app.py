@@ -27,7 +27,7 @@ from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histog
 from bundler.service.core import BundleService
 from bundler.settings import Settings
 from bundler.slots import Priority
-from bundler.sources import open_source
+from bundler.source_config import open_source
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from bundler.keys import CONNECTIONS, IN_FLIGHT, SERVICE
 from bundler.logs import AccessLogger, configure_logging
 from bundler.service.core import BundleService
 from bundler.settings import Settings
-from bundler.sources import open_source
+from bundler.source_config import open_source
 
 logger = logging.getLogger("bundler")
 

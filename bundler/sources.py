@@ -6,8 +6,9 @@
   pulled once (one download however many requests wait, via SingleFlight),
   extracted safely in a thread, installed atomically under the data dir, and
   old versions are removed when no build uses them.
+- NpmSource (bundler.npm_source): a tarball source fetched by the npm client.
 
-``async with store.use(version) as root`` gives the version's source root and
+bundler.source_config makes the one a setting names. ``async with store.use(version) as root`` gives the version's source root and
 keeps it on disk while the caller builds from it.
 """
 
@@ -21,14 +22,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 from cachetools import TTLCache
 
-from bundler import extract, npm
+from bundler import extract
 from bundler.digest import Digests
-from bundler.download import DownloadPolicy, download, parse_checksum_setting
+from bundler.download import DownloadPolicy, download
 from bundler.errors import (
     DISK_ERRNOS,
     BundlerError,
@@ -37,7 +38,6 @@ from bundler.errors import (
     VersionNotFound,
 )
 from bundler.flight import SingleFlight
-from bundler.settings import Settings
 from bundler.spec import validate_version
 
 logger = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ logger = logging.getLogger(__name__)
 # Versions whose failed pull is remembered at once (each for source_failure_ttl_s).
 MAX_REMEMBERED_FAILURES = 256
 TARBALL_NAME = "download.tar"
-NPM_PREFIX = "npm:"
-NPM_CACHE_DIR = "npm-cache"  # under the data dir: npm's own cache of packuments and tarballs
-# How long the registry's version list is reused by /versions.
-VERSIONS_TTL_S = 60.0
 
 
 def version_not_found(version: str) -> str:
@@ -322,97 +318,3 @@ class TarballSource:
         if removed:
             logger.info("removed old versions", extra={"versions": removed})
         return removed
-
-
-class NpmSource(TarballSource):
-    """``npm:NAME``: each version fetched by the npm client (``npm pack``), unpacked like a
-    tarball, and its production dependencies installed into its own node_modules."""
-
-    def __init__(
-        self, package: str, client: npm.NpmClient, caps: npm.InstallCaps, **kwargs: Any
-    ) -> None:
-        super().__init__(f"npm:{package}@{{version}}", **kwargs)
-        self.package = package
-        self.client = client
-        self.caps = caps
-        self._listed: TTLCache[str, list[str]] = TTLCache(maxsize=1, ttl=VERSIONS_TTL_S)
-        self._listing: SingleFlight[str, list[str]] = SingleFlight("npm view")
-
-    def describe(self) -> str:
-        return f"npm package {self.package}"
-
-    async def _fetch(self, version: str, workdir: Path) -> Path:
-        return await self.client.pack(self.package, version, workdir, self.policy.timeout_s)
-
-    def _dependencies(
-        self, version: str, deadline: float
-    ) -> Callable[[Path], Awaitable[None]] | None:
-        async def install(root: Path) -> None:
-            await self.client.install(root, self.caps, self._left(deadline), version)
-            lock = root / "node_modules" / ".package-lock.json"  # what npm installed
-            await asyncio.to_thread(extract.fold_into_digest, root, lock)
-
-        return install
-
-    async def versions(self) -> list[str]:
-        """What the registry offers (asked at most every VERSIONS_TTL_S)."""
-        listed = self._listed.get(self.package)
-        if listed is None:
-            listed = await self._listing.do(
-                self.package, lambda: self.client.versions(self.package, self.policy.timeout_s)
-            )
-            self._listed[self.package] = listed
-        return sorted(listed, key=version_sort_key)
-
-
-def open_source(settings: Settings) -> SourceStore:
-    spec = settings.source
-    if spec.startswith(NPM_PREFIX):
-        return _open_npm(settings, spec.removeprefix(NPM_PREFIX))
-    if "://" not in spec:
-        own = (Path(settings.data_dir), *filter(None, [settings.static_fallback_dir]))
-        return DirectorySource(Path(spec), not_versions=own)
-    if not spec.startswith(("http://", "https://")) or "{version}" not in spec:
-        raise ConfigError(
-            f"source URL {spec!r} must be http(s) and contain {{version}}, "
-            "e.g. https://artifacts.example/pkg-{version}.tgz"
-        )
-    try:
-        checksum = parse_checksum_setting(settings.source_checksum)
-    except ValueError as exc:
-        raise ConfigError(f"source_checksum: {exc}") from None
-    return TarballSource(spec, **_pull_settings(settings, checksum))
-
-
-def _pull_settings(settings: Settings, checksum: str | dict[str, str] = "none") -> dict[str, Any]:
-    return {
-        "data_dir": Path(settings.data_dir).resolve(),
-        "policy": DownloadPolicy(
-            max_bytes=settings.source_max_download_bytes,
-            timeout_s=settings.source_download_timeout_s,
-            retries=settings.source_retries,
-            backoff_s=settings.source_retry_backoff_s,
-            checksum=checksum,
-        ),
-        "limits": extract.ExtractLimits(
-            max_members=settings.extract_max_members,
-            max_file_bytes=settings.extract_max_file_bytes,
-            max_total_bytes=settings.extract_max_total_bytes,
-        ),
-        "failure_ttl_s": settings.source_failure_ttl_s,
-        "keep_versions": settings.source_keep_versions,
-    }
-
-
-def _open_npm(settings: Settings, package: str) -> NpmSource:
-    if not npm.valid_package_name(package):
-        raise ConfigError(
-            f"source {settings.source!r}: {package!r} is not an npm package name "
-            "(npm:NAME or npm:@scope/NAME)"
-        )
-    if settings.source_checksum != "none":
-        raise ConfigError("source_checksum applies to tarball URLs; npm checks its own integrity")
-    pull = _pull_settings(settings)
-    client = npm.NpmClient(pull["data_dir"] / NPM_CACHE_DIR, settings.npm_registry)
-    caps = npm.InstallCaps(settings.extract_max_members, settings.extract_max_total_bytes)
-    return NpmSource(package, client, caps, **pull)

@@ -34,7 +34,7 @@ from bundler.service.building import build_bundle
 from bundler.service.core import BundleService
 from bundler.settings import Settings
 from bundler.slots import Priority
-from bundler.sources import open_source
+from bundler.source_config import open_source
 from bundler.spec import parse_query
 
 # A combination whose warm-up fails is reported; these say why in one line.

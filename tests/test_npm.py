@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bundler import extract, npm, sources
+from bundler import extract, npm, npm_source, source_config
 from bundler.app import create_app
 from bundler.settings import Settings
 from tests.conftest import (
@@ -175,8 +175,8 @@ async def test_the_naive_install_would_run_them(
     monkeypatch.setattr(
         npm, "_production_part", lambda m: {k: v for k, v in m.items() if k != "devDependencies"}
     )
-    source = sources.open_source(npm_settings())
-    assert isinstance(source, sources.NpmSource)
+    source = source_config.open_source(npm_settings())
+    assert isinstance(source, npm_source.NpmSource)
     await source.start()
     try:
         await source.checkout("1.0.0")
@@ -430,8 +430,8 @@ async def test_the_version_digest_covers_the_installed_dependencies(
 ) -> None:
     """Two installs of one version with different dependency trees have different digests
     (a stored fallback of one is never taken for the other)."""
-    source = sources.open_source(npm_settings())
-    assert isinstance(source, sources.NpmSource)
+    source = source_config.open_source(npm_settings())
+    assert isinstance(source, npm_source.NpmSource)
     await source.start()
     try:
         root = await source.checkout("1.0.0")
