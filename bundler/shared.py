@@ -42,6 +42,9 @@ from redis.exceptions import RedisError
 
 from bundler.cache import Bundle
 from bundler.disk import CorruptEntry, decode_entry, encode_entry
+from bundler.shared_keys import Keys
+from bundler.shared_lease import LEASE_S, RELEASE, RENEW, Lease
+from bundler.shared_popularity import FleetPopularity
 
 logger = logging.getLogger(__name__)
 
@@ -59,29 +62,6 @@ MAX_CONNECTIONS = 32
 BACKGROUND_TIMEOUT_S = 1.0
 CONNECT_TIMEOUT_S = 1.0
 RETRY_S = 1.0
-# A lease lapses this long after its last renewal: a replica that died, or cannot reach
-# Redis any more, holds nobody up for longer.
-LEASE_S = 3.0
-RENEW_EVERY_S = 1.0
-# Popularity counts are sent this often, and the fleet's set is trimmed to this many.
-COMBOS_FLUSH_S = 2.0
-MAX_COMBOS = 5000
-# Only the owner renews or releases its lease.
-RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# Released, the waiters are told to look again at once (the bundle landed, or the build
-# failed and one of them may take the lease).
-RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  redis.call('del', KEYS[1])
-  return redis.call('publish', KEYS[2], ARGV[2])
-end
-return 0
-"""
 
 
 def seal(value: bytes) -> bytes:
@@ -93,33 +73,6 @@ def unseal(raw: bytes) -> bytes | None:
     """The value ``seal`` wrapped, or None if it is not whole."""
     digest, value = raw[:32], raw[32:]
     return value if len(digest) == 32 and hashlib.sha256(value).digest() == digest else None
-
-
-class Lease:
-    """This replica's right to build one key (``held=False``: Redis could not be asked,
-    so it builds without one, as a replica without Redis would)."""
-
-    def __init__(self, tier: SharedTier, key: str, held: bool) -> None:
-        self.tier = tier
-        self.key = key
-        self.held = held
-        self._renewing: asyncio.Task[None] | None = None
-        if held:
-            self._renewing = asyncio.create_task(self._renew(), name=f"lease:{key}")
-
-    async def _renew(self) -> None:
-        """Until released: the build (its queue wait included) may take longer than one
-        lease, and the build itself is killed at its deadline. A replica that dies, or
-        loses Redis, stops renewing, and the lease lapses within LEASE_S."""
-        while True:
-            await asyncio.sleep(RENEW_EVERY_S)
-            await self.tier.renew(self.key)
-
-    async def release(self) -> None:
-        if self._renewing is not None:
-            self._renewing.cancel()
-        if self.held:
-            await self.tier.release(self.key)
 
 
 class SharedTier:
@@ -149,6 +102,7 @@ class SharedTier:
         self.timeout_s = timeout_s
         self.ttl_ms = int(ttl_s * 1000)
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.lag = lag  # the event loop's current lag, seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.up = True
@@ -161,14 +115,13 @@ class SharedTier:
         self._landed: dict[str, list[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
-        self._counts: collections.Counter[str] = collections.Counter()
+        self.popularity = FleetPopularity(self)
         self._flusher: asyncio.Task[None] | None = None
-        self._flushing = asyncio.Lock()
         self._confirming: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ every operation
 
-    async def _do(
+    async def ask(
         self, what: str, op: Callable[[], Awaitable[T]], timeout_s: float | None = None
     ) -> T | None:
         """``op``'s result, or None when Redis is down or does not answer in time (a
@@ -233,12 +186,9 @@ class SharedTier:
 
     # ------------------------------------------------------------ bundles
 
-    def _bundle_key(self, key: str) -> str:
-        return f"{self.prefix}b:{key}"
-
     async def get(self, key: str) -> Bundle | None:
         raw = cast(
-            bytes | None, await self._do("get", lambda: self.redis.get(self._bundle_key(key)))
+            bytes | None, await self.ask("get", lambda: self.redis.get(self.keys.bundle(key)))
         )
         if raw is None:
             self.results["miss"] += 1
@@ -248,7 +198,7 @@ class SharedTier:
         except CorruptEntry as exc:
             self.results["corrupt"] += 1
             logger.error("corrupt shared entry; rebuilt", extra={"key": key, "problem": str(exc)})
-            await self._do("delete", lambda: self.redis.delete(self._bundle_key(key)))
+            await self.ask("delete", lambda: self.redis.delete(self.keys.bundle(key)))
             return None
         self.results["hit"] += 1
         return bundle
@@ -259,26 +209,26 @@ class SharedTier:
 
         async def store() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(self._bundle_key(bundle.key), raw, px=self.ttl_ms)
-                pipe.publish(f"{self.prefix}landed", bundle.key)
+                pipe.set(self.keys.bundle(bundle.key), raw, px=self.ttl_ms)
+                pipe.publish(self.keys.landed, bundle.key)
                 await pipe.execute()
 
-        await self._do("put", store, timeout_s=BACKGROUND_TIMEOUT_S)
+        await self.ask("put", store, timeout_s=BACKGROUND_TIMEOUT_S)
 
     async def get_raw(self, name: str) -> bytes | None:
         """A value stored by ``put_raw`` (its reader verifies it)."""
-        raw = await self._do("get", lambda: self.redis.get(f"{self.prefix}{name}"))
+        raw = await self.ask("get", lambda: self.redis.get(self.keys.named(name)))
         return cast(bytes | None, raw)
 
     async def put_raw(self, name: str, value: bytes) -> None:
-        await self._do(
+        await self.ask(
             "put",
-            lambda: self.redis.set(f"{self.prefix}{name}", value, px=self.ttl_ms),
+            lambda: self.redis.set(self.keys.named(name), value, px=self.ttl_ms),
             timeout_s=BACKGROUND_TIMEOUT_S,
         )
 
     async def delete_raw(self, name: str) -> None:
-        await self._do("delete", lambda: self.redis.delete(f"{self.prefix}{name}"))
+        await self.ask("delete", lambda: self.redis.delete(self.keys.named(name)))
 
     async def get_sealed(self, name: str) -> bytes | None:
         """A value stored by ``put_sealed``, if whole (its SHA-256); a corrupt or
@@ -301,16 +251,13 @@ class SharedTier:
 
     # ------------------------------------------------------------ leases
 
-    def _lease_key(self, key: str) -> str:
-        return f"{self.prefix}lease:{key}"
-
     async def acquire(self, key: str) -> Lease | None:
         """A lease on ``key`` (held, or not when Redis cannot be asked); None: another
         replica holds it."""
-        taken = await self._do(
+        taken = await self.ask(
             "lease",
             lambda: self.redis.set(
-                self._lease_key(key), self.owner, nx=True, px=int(LEASE_S * 1000)
+                self.keys.lease(key), self.owner, nx=True, px=int(LEASE_S * 1000)
             ),
         )
         if taken is None and not self.up:
@@ -320,19 +267,19 @@ class SharedTier:
         return None
 
     async def renew(self, key: str) -> None:
-        await self._do(
+        await self.ask(
             "renew",
             lambda: self._renew(
-                keys=[self._lease_key(key)], args=[self.owner, int(LEASE_S * 1000)]
+                keys=[self.keys.lease(key)], args=[self.owner, int(LEASE_S * 1000)]
             ),
             timeout_s=BACKGROUND_TIMEOUT_S,
         )
 
     async def release(self, key: str) -> None:
-        await self._do(
+        await self.ask(
             "release",
             lambda: self._release(
-                keys=[self._lease_key(key), f"{self.prefix}landed"], args=[self.owner, key]
+                keys=[self.keys.lease(key), self.keys.landed], args=[self.owner, key]
             ),
             timeout_s=BACKGROUND_TIMEOUT_S,
         )
@@ -346,10 +293,10 @@ class SharedTier:
         self._landed.setdefault(key, []).append(waiter)
         try:
             # It may have landed between our look and the subscription.
-            exists = await self._do("exists", lambda: self.redis.exists(self._bundle_key(key)))
+            exists = await self.ask("exists", lambda: self.redis.exists(self.keys.bundle(key)))
             if exists or not self.up:
                 return
-            ttl_ms = await self._do("pttl", lambda: self.redis.pttl(self._lease_key(key)))
+            ttl_ms = await self.ask("pttl", lambda: self.redis.pttl(self.keys.lease(key)))
             if ttl_ms is None or ttl_ms < 0:
                 return  # lapsed already (or Redis lost)
             with contextlib.suppress(TimeoutError):
@@ -379,7 +326,7 @@ class SharedTier:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             async with asyncio.timeout(self.timeout_s * 2):
-                await pubsub.subscribe(f"{self.prefix}landed")
+                await pubsub.subscribe(self.keys.landed)
             self._listening.set()
             while True:
                 # Not block=True: that read would end at the socket timeout.
@@ -408,55 +355,20 @@ class SharedTier:
     # ------------------------------------------------------------ popularity
 
     def record(self, modules: tuple[str, ...]) -> None:
-        self._counts[",".join(modules)] += 1
-
-    async def _flush_combos(self) -> None:
-        while True:
-            await asyncio.sleep(COMBOS_FLUSH_S)
-            await self.flush_combos()
+        self.popularity.record(modules)
 
     async def flush_combos(self) -> None:
-        """Sends the counts gathered since the last flush (after any flush under way)."""
-        async with self._flushing:
-            await self._flush_combos_now()
-
-    async def _flush_combos_now(self) -> None:
-        counts, self._counts = self._counts, collections.Counter()
-        if not counts:
-            return
-
-        async def send() -> bool:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for member, count in counts.items():
-                    pipe.zincrby(f"{self.prefix}combos", count, member)
-                pipe.zremrangebyrank(f"{self.prefix}combos", 0, -(MAX_COMBOS + 1))
-                await pipe.execute()
-            return True
-
-        if await self._do("combos", send) is None:
-            self._counts.update(counts)  # kept for the next try (bounded by the sketch's view)
-            if len(self._counts) > MAX_COMBOS:
-                self._counts = collections.Counter(dict(self._counts.most_common(MAX_COMBOS)))
+        await self.popularity.flush()
 
     async def top_combos(self, n: int) -> list[dict[str, Any]] | None:
         """The fleet's most requested lists (None: Redis down, use the local sketch)."""
-        await self.flush_combos()
-        rows = await self._do(
-            "combos",
-            lambda: self.redis.zrevrange(f"{self.prefix}combos", 0, n - 1, withscores=True),
-        )
-        if rows is None:
-            return None
-        pairs = cast(list[tuple[bytes, float]], rows)
-        return [
-            {"modules": member.decode().split(","), "count": int(score)} for member, score in pairs
-        ]
+        return await self.popularity.top(n)
 
     # ------------------------------------------------------------ life
 
     async def start(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_combos(), name="shared-combos")
-        await self._do("ping", self.redis.ping)
+        self._flusher = asyncio.create_task(self.popularity.flush_every(), name="shared-combos")
+        await self.ask("ping", self.redis.ping)
 
     async def close(self) -> None:
         for task in (self._flusher, self._listener, self._confirming):

@@ -51,11 +51,6 @@ def write_fallback(directory: Path, options: BuildOptions, build: FallbackBuild)
 SHARED_MAGIC = b"bundler-fallback-1\n"
 
 
-def shared_name(identity_: dict[str, Any]) -> str:
-    """The fallback's name in the shared tier: what it must match, hashed."""
-    return "fb:" + hashlib.sha256(json.dumps(identity_, sort_keys=True).encode()).hexdigest()
-
-
 def encode_shared(build: FallbackBuild, options: BuildOptions) -> bytes:
     header = {
         "manifest": build.manifest(options),

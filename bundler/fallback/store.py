@@ -29,10 +29,10 @@ from bundler.fallback.storage import (
     decode_shared,
     encode_shared,
     read_fallback,
-    shared_name,
     write_fallback,
 )
 from bundler.flight import SingleFlight
+from bundler.shared_keys import fallback_name
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BuildOptions
@@ -288,20 +288,20 @@ class FallbackStore:
                 build.operator_digest,
             )
             value = await asyncio.to_thread(encode_shared, build, self.options)
-            await self.shared.put_raw(shared_name(wanted), value)
+            await self.shared.put_raw(fallback_name(wanted), value)
         await asyncio.to_thread(write_fallback, self.built_dir / build.version, self.options, build)
 
     async def _read_shared(self, version: str, plan: Plan, digest: str) -> FallbackBuild | None:
         """The fallback another replica built from this exact source, the same way."""
         assert self.shared is not None
         wanted = identity(version, self.options, digest, plan.max_bytes, plan.operator_digest)
-        raw = await self.shared.get_raw(shared_name(wanted))
+        raw = await self.shared.get_raw(fallback_name(wanted))
         if raw is None:
             return None
         build = await asyncio.to_thread(decode_shared, raw, wanted, plan)
         if build is None:
             logger.error("corrupt shared fallback; rebuilt", extra={"version": version})
-            await self.shared.delete_raw(shared_name(wanted))
+            await self.shared.delete_raw(fallback_name(wanted))
             return None
         # Kept on this replica's disk too, as if built here (the first use does not wait).
         self._in_background(

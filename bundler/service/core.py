@@ -52,7 +52,8 @@ from bundler.sources import SourceStore
 from bundler.spec import BuildOptions, BundleSpec, validate_version
 
 if TYPE_CHECKING:  # redis-py is imported only where Redis is configured (7 MiB of RSS)
-    from bundler.shared import Lease, SharedTier
+    from bundler.shared import SharedTier
+    from bundler.shared_lease import Lease
 
 logger = logging.getLogger(__name__)
 

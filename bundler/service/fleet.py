@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from bundler.cache import Bundle
 
 if TYPE_CHECKING:
-    from bundler.shared import Lease, SharedTier
+    from bundler.shared import SharedTier
+    from bundler.shared_lease import Lease
 
 
 async def shared_or_lease(shared: SharedTier, key: str) -> tuple[Bundle | Lease, int]:

@@ -16,6 +16,7 @@ from bundler.errors import Unavailable
 from bundler.flight import SingleFlight
 from bundler.service.building import build_output
 from bundler.service.writes import WriteBehind
+from bundler.shared_keys import source_map_name
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BundleSpec
@@ -29,11 +30,6 @@ logger = logging.getLogger(__name__)
 MAP_CACHE_BYTES = 32 * 1024 * 1024
 # The LRU holds a bundle's CSS map under its key with this suffix.
 CSS_MAP_SUFFIX = ":css"
-
-
-def shared_map_name(key: str, bundle: Bundle) -> str:
-    """A map's name in the shared tier: it is the map of exactly this code."""
-    return f"m:{key}:{bundle.digest[:32]}"
 
 
 class SourceMaps:
@@ -68,7 +64,7 @@ class SourceMaps:
     ) -> bytes:
         """The map another replica made, else made here (and then shared)."""
         if self.shared is not None:
-            found = await self.shared.get_sealed(shared_map_name(key, bundle))
+            found = await self.shared.get_sealed(source_map_name(key, bundle.digest))
             if found is not None:
                 self._keep(key, found)
                 return found
@@ -96,7 +92,7 @@ class SourceMaps:
                 continue
             self._keep(key, made)
             if self.shared is not None and output.code == bundle.code:
-                name = shared_map_name(key, bundle)
+                name = source_map_name(key, bundle.digest)
                 self.writes.in_background(
                     self.shared.put_sealed(name, made), f"shared-write:{name}"
                 )
