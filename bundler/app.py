@@ -7,27 +7,21 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import HttpVersion11, web
 from prometheus_client import CollectorRegistry
 
-from bundler.build.builder import Builder
 from bundler.build.jobs import BuildJob
 from bundler.cache import MemoryCache
-from bundler.combos import COMBOS_FILE, PopularCombos
+from bundler.components import make_components
 from bundler.connections import ConnectionStats, error_response
-from bundler.disk import DiskCache
 from bundler.errors import BundlerError, Unavailable, one_line
-from bundler.fallback.ranking import OperatorList
-from bundler.fallback.store import FallbackStore
 from bundler.handlers import bundles, operations
 from bundler.keys import CONNECTIONS, IN_FLIGHT, REGISTRY, SERVICE, SETTINGS, InFlight
 from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
 from bundler.service.core import BundleService
 from bundler.settings import Settings
 from bundler.slots import Priority
-from bundler.source_config import open_source
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +108,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """Builds the service; raises ConfigError (one line) when a setting cannot work."""
-    builder = Builder.from_settings(settings)
-    source = open_source(settings)
-    data_dir = Path(settings.data_dir).resolve()
+    parts = make_components(settings)
     registry = CollectorRegistry()
     durations = build_histogram(registry)
 
@@ -124,31 +116,9 @@ def create_app(settings: Settings) -> web.Application:
         kind = "tailored" if job.priority == Priority.UNCOVERED else job.priority.name.lower()
         durations.labels(kind=kind).observe(seconds)
 
-    builder.on_finish = observe
-    options = BundleService.options_from(settings)
-    combos = PopularCombos(data_dir / COMBOS_FILE, settings.combos_top_k)
-    fallbacks = FallbackStore(
-        settings.static_fallback_dir,
-        data_dir,
-        builder,
-        source,
-        options,
-        max_versions=settings.source_keep_versions + 1,
-        max_bytes=settings.fallback_max_bytes,
-        operator=OperatorList.load(settings.fallback_modules),
-        popular=combos.popular_modules,
-    )
+    parts.builder.on_finish = observe
     service = BundleService(
-        settings,
-        source,
-        builder,
-        MemoryCache(settings.memory_cache_max_bytes),
-        DiskCache(
-            data_dir / "cache", settings.disk_cache_max_bytes, settings.disk_cache_min_free_bytes
-        ),
-        combos,
-        fallbacks,
-        LagMonitor(registry),
+        parts, MemoryCache(settings.memory_cache_max_bytes), LagMonitor(registry)
     )
     connections = ConnectionStats()  # filled by the server's connections (bundler.cli)
     registry.register(

@@ -24,6 +24,7 @@ from aiohttp import web
 from bundler import warm
 from bundler.app import create_app
 from bundler.build.builder import Builder
+from bundler.components import make_components
 from bundler.connections import LISTEN_BACKLOG, ConnectionRunner, Limits
 from bundler.errors import BundlerError, ConfigError, one_line
 from bundler.fallback.build import build_fallback, offline_plan
@@ -32,9 +33,7 @@ from bundler.fallback.storage import BUILT_FALLBACKS, write_fallback
 from bundler.flags import BUILD_SETTINGS, WARM_SETTINGS, add_arguments, settings_from_args
 from bundler.keys import CONNECTIONS, IN_FLIGHT, SERVICE
 from bundler.logs import AccessLogger, configure_logging
-from bundler.service.core import BundleService
 from bundler.settings import Settings
-from bundler.source_config import open_source
 
 logger = logging.getLogger("bundler")
 
@@ -145,8 +144,8 @@ def serve(args: argparse.Namespace) -> int:
 async def _build_fallback(
     settings: Settings, builder: Builder, version: str, out_dir: Path
 ) -> Path:
-    source = open_source(settings)
-    options = BundleService.options_from(settings)
+    parts = make_components(settings, builder=builder, max_versions=1)
+    source, options = parts.source, parts.options
     plan = offline_plan(settings, version)
     await source.start()
     try:

@@ -17,24 +17,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import aiohttp
 from tqdm import tqdm
 
-from bundler.build.builder import Builder
-from bundler.disk import DiskCache
+from bundler.components import make_components
 from bundler.errors import BundlerError, one_line
-from bundler.fallback.build import saved_popularity
 from bundler.fallback.model import describe_fallback
-from bundler.fallback.ranking import OperatorList
-from bundler.fallback.store import FallbackStore
 from bundler.service.building import build_bundle
-from bundler.service.core import BundleService
 from bundler.settings import Settings
 from bundler.slots import Priority
-from bundler.source_config import open_source
 from bundler.spec import parse_query
 
 # A combination whose warm-up fails is reported; these say why in one line.
@@ -128,26 +121,11 @@ class OfflineTarget:
     def __init__(self, settings: Settings, version: str) -> None:
         self.settings = settings
         self.version = version
-        self.source = open_source(settings)
-        data_dir = Path(settings.data_dir).resolve()
-        self.builder = Builder.from_settings(settings)
-        self.disk = DiskCache(
-            data_dir / "cache", settings.disk_cache_max_bytes, settings.disk_cache_min_free_bytes
-        )
-        self.options = BundleService.options_from(settings)
-
-        popular = saved_popularity(settings)
-        self.fallbacks = FallbackStore(
-            settings.static_fallback_dir,
-            data_dir,
-            self.builder,
-            self.source,
-            self.options,
-            max_versions=1,
-            max_bytes=settings.fallback_max_bytes,
-            operator=OperatorList.load(settings.fallback_modules),
-            popular=lambda: popular,
-        )
+        parts = make_components(settings, max_versions=1)
+        self.source, self.builder, self.disk = parts.source, parts.builder, parts.disk
+        self.options, self.fallbacks = parts.options, parts.fallbacks
+        # The popularity the service saved in the data dir chooses the fallback's modules.
+        parts.combos.load()
 
     async def start(self) -> None:
         await self.source.start()

@@ -18,10 +18,8 @@ from typing import TYPE_CHECKING
 from cachetools import TTLCache
 
 from bundler import css
-from bundler.build.builder import Builder
 from bundler.cache import Bundle, MemoryCache
-from bundler.combos import PopularCombos
-from bundler.disk import DiskCache
+from bundler.components import Components
 from bundler.errors import (
     BuildFailed,
     BundlerError,
@@ -33,7 +31,6 @@ from bundler.errors import (
     one_line,
 )
 from bundler.fallback.model import Fallback
-from bundler.fallback.store import FallbackStore
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.service.building import build_bundle
@@ -46,10 +43,8 @@ from bundler.service.maps import SourceMaps
 from bundler.service.parsing import Queries
 from bundler.service.race import Answer, Mode, answer_miss
 from bundler.service.writes import WriteBehind, shared_write_name
-from bundler.settings import Settings
 from bundler.slots import Priority
-from bundler.sources import SourceStore
-from bundler.spec import BuildOptions, BundleSpec, validate_version
+from bundler.spec import BundleSpec, validate_version
 
 if TYPE_CHECKING:  # redis-py is imported only where Redis is configured (7 MiB of RSS)
     from bundler.shared import SharedTier
@@ -66,26 +61,18 @@ STARTUP_RETRY_MAX_S = 30.0
 
 
 class BundleService:
-    def __init__(
-        self,
-        settings: Settings,
-        source: SourceStore,
-        builder: Builder,
-        cache: MemoryCache,
-        disk: DiskCache,
-        combos: PopularCombos,
-        fallbacks: FallbackStore,
-        lag: LagMonitor,
-    ) -> None:
+    def __init__(self, parts: Components, cache: MemoryCache, lag: LagMonitor) -> None:
+        settings, source, builder = parts.settings, parts.source, parts.builder
+        disk, fallbacks = parts.disk, parts.fallbacks
         self.settings = settings
         self.source = source
         self.builder = builder
         self.cache = cache
         self.disk = disk
-        self.combos = combos
+        self.combos = parts.combos
         self.fallbacks = fallbacks
         self.lag = lag
-        self.options = fallbacks.options
+        self.options = parts.options
         self.default_version = settings.default_version or self._newest_version()
         self.flight: SingleFlight[str, Bundle] = SingleFlight(
             "build", stagger=settings.flight_release == "staggered"
@@ -120,14 +107,6 @@ class BundleService:
             fallbacks.shared = self.shared
         self.maps = SourceMaps(source, builder, self.shared, self.writes)
         self.lease_waits = 0
-
-    @staticmethod
-    def options_from(settings: Settings) -> BuildOptions:
-        return BuildOptions(
-            target=settings.esbuild_target,
-            registry_name=settings.registry_name,
-            asset_inline_max_bytes=settings.asset_inline_max_bytes,
-        )
 
     def _newest_version(self) -> str:
         newest = self.source.newest_version()

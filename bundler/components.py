@@ -1,0 +1,66 @@
+"""The service's parts made from its settings, once, in one place: the app (create_app),
+the offline warm-up (bundler warm --data-dir) and build-fallback all build with the same
+source, builder options, disk tier and fallback store, so what one makes the others find."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bundler.build.builder import Builder
+from bundler.combos import COMBOS_FILE, PopularCombos
+from bundler.disk import DiskCache
+from bundler.fallback.ranking import OperatorList
+from bundler.fallback.store import FallbackStore
+from bundler.settings import Settings
+from bundler.source_config import open_source
+from bundler.sources import SourceStore
+from bundler.spec import BuildOptions
+
+
+@dataclass(frozen=True)
+class Components:
+    settings: Settings
+    data_dir: Path
+    source: SourceStore
+    builder: Builder
+    options: BuildOptions
+    disk: DiskCache
+    combos: PopularCombos
+    fallbacks: FallbackStore
+
+
+def build_options(settings: Settings) -> BuildOptions:
+    """What every bundle is built with (part of every cache key)."""
+    return BuildOptions(
+        target=settings.esbuild_target,
+        registry_name=settings.registry_name,
+        asset_inline_max_bytes=settings.asset_inline_max_bytes,
+    )
+
+
+def make_components(
+    settings: Settings, *, builder: Builder | None = None, max_versions: int | None = None
+) -> Components:
+    """Raises ConfigError (one line) when a setting cannot work. ``builder``: another
+    pool shape (the offline commands); ``max_versions``: fallbacks kept in memory."""
+    data_dir = Path(settings.data_dir).resolve()
+    source = open_source(settings)
+    builder = builder or Builder.from_settings(settings)
+    options = build_options(settings)
+    combos = PopularCombos(data_dir / COMBOS_FILE, settings.combos_top_k)
+    fallbacks = FallbackStore(
+        settings.static_fallback_dir,
+        data_dir,
+        builder,
+        source,
+        options,
+        max_versions=max_versions or settings.source_keep_versions + 1,
+        max_bytes=settings.fallback_max_bytes,
+        operator=OperatorList.load(settings.fallback_modules),
+        popular=combos.popular_modules,
+    )
+    disk = DiskCache(
+        data_dir / "cache", settings.disk_cache_max_bytes, settings.disk_cache_min_free_bytes
+    )
+    return Components(settings, data_dir, source, builder, options, disk, combos, fallbacks)
