@@ -389,3 +389,44 @@ async def test_a_query_seen_before_reuses_its_spec_and_cache_key(client: TestCli
     for _ in range(2):
         with pytest.raises(BadRequest):
             await service.parse([("modules", "../etc/passwd")])
+
+
+@pytest.mark.parametrize("look_again", [True, False], ids=["service", "naive"])
+async def test_a_request_that_looks_in_the_disk_tier_meanwhile_does_not_build_again(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    monkeypatch: pytest.MonkeyPatch,
+    look_again: bool,
+) -> None:
+    """A second request for a key misses the memory tier while the first one's build is
+    under way, then reads the disk tier slowly: when it comes back, that build has
+    ended. It takes the bundle the build left in memory. Naive (not looking again):
+    a second esbuild run of the same bundle (seen under load in a release's storm)."""
+    wrapper, runs = counting_esbuild
+    app = create_app(make_settings(esbuild=wrapper))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    service = app[SERVICE]
+    if not look_again:
+        monkeypatch.setattr(service.cache, "get", lambda key: None)
+    real_get = service.disk.get
+    lookups = 0
+
+    async def slow_disk_get(key: str) -> Any:
+        nonlocal lookups
+        lookups += 1
+        mine = lookups
+        found = await real_get(key)
+        while mine == 2 and (runs() == before or key in service.flight):
+            await asyncio.sleep(0.005)  # the other request's build ends meanwhile
+        return found
+
+    monkeypatch.setattr(service.disk, "get", slow_disk_get)
+    query = "/bundle.js?modules=components/tabs&v=1.1.0"
+    before = runs()
+    first = asyncio.ensure_future(client.get(query))
+    second = asyncio.ensure_future(client.get(query))
+    assert (await first).status == 200
+    assert (await second).status == 200
+    assert runs() - before == (1 if look_again else 2)

@@ -258,6 +258,14 @@ class BundleService:
         return None
 
     async def build(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
+        """The flight of ``spec``'s key: its bundle from the shared tier or built here.
+        A request that missed the memory tier may start it just after another flight of
+        the same key ended (it was looking in the disk tier meanwhile): what that one
+        put in memory is taken, not built again."""
+        landed = self.cache.get(spec.key)
+        if landed is not None:
+            self.lookups["memory_hit"] += 1
+            return landed
         lease: Lease | None = None
         if self.shared is not None:
             found, waits = await shared_or_lease(self.shared, spec.key)
