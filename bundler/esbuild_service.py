@@ -5,8 +5,8 @@ esbuild's own JavaScript API is a thin client of a process started as
 packets over its stdin and stdout, and a build request carries the command
 line's flags as they are. Keeping one such process instead of starting the CLI
 per build saves the process start and the Go runtime's warm-up on every build
-(five example components: 5 ms instead of 11 by hand on 2 CPUs), and a build
-needs no output files: esbuild hands the bundle, its map, its CSS and the
+(most of a small bundle's build time; docs/architecture.md has the numbers), and a
+build needs no output files: esbuild hands the bundle, its map, its CSS and the
 metafile back in the response (``write: false``).
 
 The protocol is esbuild's internal one, tied to the binary's version: the

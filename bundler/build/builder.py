@@ -214,8 +214,8 @@ class Builder:
             if result.report is None:
                 metafile = await asyncio.to_thread(lambda: result.metafile)
                 if job.map_url and job.with_map and not externals:
-                    # The run made this one bundle: every input of it counts, as before
-                    # the long-lived esbuild.
+                    # The run made this one bundle: every input of it counts (a file
+                    # from outside the version anywhere in it refuses the bundle).
                     read = await asyncio.to_thread(
                         read_output, result, workdir / "0", source_root, job, self.assets, True
                     )
