@@ -69,7 +69,7 @@ class AccessLogger(AbstractAccessLogger):
                 "path": request.path_qs[:MAX_LOGGED_PATH],
                 "status": response.status,
                 "mode": request.get(MODE, "-"),
-                "bytes": response.body_length,
+                "bytes": response.body_length,  # sent: headers and body
                 "duration_ms": round(time * 1000, 2),
                 "remote": request.remote,
             },
