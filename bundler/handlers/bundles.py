@@ -67,11 +67,7 @@ async def handle_bundle_css(request: web.Request) -> web.Response:
 
 async def handle_bundle_css_map(request: web.Request) -> web.Response:
     """The source map of /bundle.css with the same query (the tailored bundle's CSS)."""
-    service = request.app[SERVICE]
-    spec, pinned = await service.parse(list(request.query.items()))
-    document = await service.document(f"css-map:{spec.key}", await service.css_source_map(spec))
-    cache_control = tailored_cache_control(service.settings, pinned)
-    return await bundle_response(request, document, {"Cache-Control": cache_control}, JSON_TYPE)
+    return await map_response(request, of_css=True)
 
 
 async def answer_bundle(
@@ -128,9 +124,18 @@ def tailored_cache_control(settings: Settings, pinned: bool) -> str:
 
 async def handle_bundle_map(request: web.Request) -> web.Response:
     """The source map of the tailored bundle with the same query (never of a fallback)."""
+    return await map_response(request, of_css=False)
+
+
+async def map_response(request: web.Request, *, of_css: bool) -> web.Response:
+    """A tailored bundle's map (or its CSS's), cached like the bundle, with an ETag."""
     service = request.app[SERVICE]
     spec, pinned = await service.parse(list(request.query.items()))
-    document = await service.document(f"map:{spec.key}", await service.source_map(spec))
+    if of_css:
+        name, made = f"css-map:{spec.key}", await service.css_source_map(spec)
+    else:
+        name, made = f"map:{spec.key}", await service.source_map(spec)
+    document = await service.document(name, made)
     cache_control = tailored_cache_control(service.settings, pinned)
     return await bundle_response(request, document, {"Cache-Control": cache_control}, JSON_TYPE)
 
