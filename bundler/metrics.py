@@ -186,6 +186,12 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "1 while the shared tier (Redis) answers; 0 when it does not, or is not configured.",
         "",
     ),
+    "bundler_shared_state": (
+        "gauge",
+        "1 for the state this replica sees Redis in: up, deciding (timeouts in a row, a PING "
+        "tells hung from busy) or down (left alone a second, then asked again).",
+        "state",
+    ),
     "bundler_shared_lookups": (
         "counter",
         "Shared tier (Redis) lookups by result (hit, miss, corrupt, error).",

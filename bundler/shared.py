@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import hashlib
 import logging
 import os
@@ -73,6 +74,18 @@ def unseal(raw: bytes) -> bytes | None:
     """The value ``seal`` wrapped, or None if it is not whole."""
     digest, value = raw[:32], raw[32:]
     return value if len(digest) == 32 and hashlib.sha256(value).digest() == digest else None
+
+
+class Link(enum.Enum):
+    """How this replica sees Redis. UP: every operation is asked (each with its own
+    timeout). DECIDING: timeouts came in a row; operations are still asked while a PING
+    with time to spare tells a hung Redis from a replica too busy to read its answers.
+    DOWN: refused, or the PING failed; nothing is asked for RETRY_S, then the next
+    operation tries again, and its success makes it UP."""
+
+    UP = "up"
+    DECIDING = "deciding"
+    DOWN = "down"
 
 
 class SharedTier:
@@ -146,6 +159,17 @@ class SharedTier:
     def deciding(self) -> bool:
         """Timeouts in a row are being checked against a PING (up or down, soon)."""
         return self._confirming is not None
+
+    @property
+    def state(self) -> Link:
+        if not self.up:
+            return Link.DOWN
+        return Link.DECIDING if self._confirming is not None else Link.UP
+
+    def state_gauge(self) -> dict[str, float]:
+        """1 for the state it is in, 0 for the others (bundler_shared_state)."""
+        now = self.state
+        return {link.value: float(link is now) for link in Link}
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.results["error"] += 1

@@ -325,13 +325,20 @@ async def test_redis_stopped_and_restarted_mid_traffic_gives_no_5xx(
     await traffic(5)
     redis_server.stop()
     await traffic(10)
-    assert (await metrics(client))["bundler_shared_up"] == 0
+    down = await metrics(client)
+    assert down["bundler_shared_up"] == 0
+    assert (
+        down["bundler_shared_state{state=down}"] == 1
+        and down["bundler_shared_state{state=up}"] == 0
+    )
     assert (await client.get("/readyz")).status == 200  # readiness never depends on Redis
     redis_server.start()
     await asyncio.sleep(1.2)  # the tier leaves Redis alone for a second after a failure
     await traffic(10)
     assert set(statuses) == {200}, statuses
-    assert (await metrics(client))["bundler_shared_up"] == 1
+    up = await metrics(client)
+    assert up["bundler_shared_up"] == 1
+    assert up["bundler_shared_state{state=up}"] == 1 and up["bundler_shared_state{state=down}"] == 0
 
 
 async def test_combos_are_the_fleets(

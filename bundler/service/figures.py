@@ -50,6 +50,7 @@ def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]
         "bundler_disk_writes_failing": float(service.writes.disk_failing),
         "bundler_data_dir_writable": float(service.health.problem is None),
         "bundler_shared_up": float(service.shared.up) if service.shared is not None else 0.0,
+        "bundler_shared_state": service.shared.state_gauge() if service.shared is not None else {},
         "bundler_shared_lookups": dict(service.shared.results)
         if service.shared is not None
         else {},
