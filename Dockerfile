@@ -12,13 +12,13 @@ RUN npm ci --omit=dev --no-audit --no-fund \
     && /out/esbuild --version
 
 # --- the package, installed into a venv the runtime copies as is ---
-# Its dependencies are exactly requirements/main.txt (pinned, hashes checked); the package
+# Its dependencies are exactly requirements.txt (pinned, hashes checked); the package
 # itself goes on top with the lock's setuptools, so nothing is resolved at build time.
 FROM python:3.11.11-slim-bookworm AS python
 WORKDIR /src
-COPY requirements/main.txt ./requirements/main.txt
+COPY requirements.txt ./
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/main.txt
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements.txt
 COPY pyproject.toml README.md LICENSE ./
 COPY bundler ./bundler
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation .

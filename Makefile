@@ -12,10 +12,10 @@ setup: $(VENV)/.installed node_modules/.installed
 
 # Exactly the lock's versions, checked against their hashes: the venv is made anew whenever
 # the lock changes, so nothing left over from an older lock stays installed.
-$(VENV)/.installed: requirements/dev.txt pyproject.toml
+$(VENV)/.installed: requirements-dev.txt pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -27,27 +27,27 @@ serve: setup
 	$(BIN)/bundler serve --host $(HOST) --port $(PORT)
 
 # The locks: every Python package, transitive ones included, pinned with its hashes.
-# requirements/main.txt is the service's own (the Docker image), requirements/dev.txt adds
+# requirements.txt is the service's own (the Docker image), requirements-dev.txt adds
 # the tests' and the tools'. `make lock` moves every pin to the newest release pyproject.toml
 # allows; `make lock LOCK_UPGRADE="--upgrade-package redis"` moves one.
 LOCK_UPGRADE ?= --upgrade
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet \
 	--custom-compile-command "make lock"
 define compile_locks
-$(BIN)/uv pip compile pyproject.toml --group dev $(LOCK_FLAGS) $(2) -o $(1)/dev.txt && \
-	$(BIN)/uv pip compile pyproject.toml --group build $(LOCK_FLAGS) $(2) -o $(1)/main.txt
+$(BIN)/uv pip compile pyproject.toml --group dev $(LOCK_FLAGS) $(2) -o $(1)/requirements-dev.txt && \
+	$(BIN)/uv pip compile pyproject.toml --group build $(LOCK_FLAGS) $(2) -o $(1)/requirements.txt
 endef
 
 lock: setup
-	$(call compile_locks,requirements,$(LOCK_UPGRADE))
+	$(call compile_locks,.,$(LOCK_UPGRADE))
 
 # The locks still say what pyproject.toml asks for: compiled again from the current pins
 # (which uv keeps when they still fit), nothing may move.
 lock-check: setup
-	@tmp=$$(mktemp -d) && cp requirements/*.txt $$tmp/ && \
+	@tmp=$$(mktemp -d) && cp requirements.txt requirements-dev.txt $$tmp/ && \
 	$(call compile_locks,$$tmp,) && \
-	for f in dev main; do diff -u requirements/$$f.txt $$tmp/$$f.txt || \
-	  { echo "!!! requirements/$$f.txt does not match pyproject.toml: run make lock" >&2; exit 1; }; done; \
+	for f in requirements-dev requirements; do diff -u $$f.txt $$tmp/$$f.txt || \
+	  { echo "!!! $$f.txt does not match pyproject.toml: run make lock" >&2; exit 1; }; done; \
 	rm -rf $$tmp
 
 lint: setup

@@ -1,5 +1,5 @@
 """The environment the tests run in is exactly the lock's: what `make setup` installed
-from requirements/dev.txt, no package more, none less, none at another version."""
+from requirements-dev.txt, no package more, none less, none at another version."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCK = ROOT / "requirements" / "dev.txt"
+LOCK = ROOT / "requirements-dev.txt"
 # The installer that ran the install, and the project itself (installed editable, no pin).
 NOT_LOCKED = {"pip", "bundler"}
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
