@@ -1,26 +1,17 @@
 """The shared tier: replicas share built bundles, one build per key, and their popularity,
-through Redis (redis-py's asyncio client, the plain protocol).
+through Redis (redis-py's asyncio client, the plain protocol). Every key is named in
+bundler.shared_keys, leases live in bundler.shared_lease, popularity in
+bundler.shared_popularity.
 
-- Bundles: ``<prefix>b:<key>`` holds the disk tier's entry format (every part's length
-  and SHA-256, verified on read: a corrupt or truncated value is a miss, deleted, never
-  served), with a TTL; Redis is expected to run with ``maxmemory`` and an LRU policy.
-  Source maps (``<prefix>m:<key>:<code digest>``, their SHA-256 in front) and fallbacks
-  (``<prefix>fb:...``, each part's length and SHA-256) are verified the same way.
-- One build per key across the fleet: a replica about to build takes the lease
-  ``<prefix>lease:<key>`` (SET NX, a few seconds, renewed until its build is done; the
-  build itself has its deadline). Another replica that finds it taken waits for the bundle to land,
-  woken by a message on ``<prefix>landed`` (one subscription per replica), or for the
-  lease to lapse (its holder died or lost Redis), and then takes it itself.
-- Popularity: each replica adds its requests' counts to the sorted set
-  ``<prefix>combos`` every few seconds (trimmed to a bound), so /combos is the fleet's.
+Every value is verified on read (each part's length and SHA-256): a corrupt or truncated
+one is a miss, deleted, never served. Values have a TTL; Redis is expected to run with
+``maxmemory`` and an LRU policy. A replica waiting for another's lease is woken by a
+message on the landing channel (one subscription per replica), or by the lease lapsing.
 
-Redis is never a single point of failure. Every operation gives up after
-``timeout_s``. A refused connection marks the tier down at once (one log line, a gauge);
-timeouts in a row do once a PING with time to spare fails too (a replica too busy to read
-Redis's answers in time is not an outage: the whole fleet would build on its own). For
-``RETRY_S`` after that nothing is asked of Redis at all, so requests do not keep paying the
-timeout; the local tiers carry on, and a waiter on another's lease builds itself.
-Readiness never looks at Redis.
+Redis is never a single point of failure (Link says how this replica sees it). Every
+operation gives up after ``timeout_s``; nothing is asked of a Redis taken for down for
+``RETRY_S``, so requests do not keep paying the timeout; the local tiers carry on, and a
+waiter on another's lease builds itself. Readiness never looks at Redis.
 """
 
 from __future__ import annotations
