@@ -62,7 +62,13 @@ class UnknownModule(BundlerError):
         names = ", ".join(modules)
         noun = "module" if len(modules) == 1 else "modules"
         super().__init__(f"unknown {noun} in version {version}: {names}{hint}")
+        self.version = version
         self.modules = modules
+        self.hint = hint
+
+    def suggesting(self, suggestions: str) -> UnknownModule:
+        """The same error with ``suggestions`` ("; did you mean ...?") before its hint."""
+        return UnknownModule(self.version, self.modules, suggestions + self.hint)
 
 
 class BuildFailed(BundlerError):

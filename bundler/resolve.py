@@ -130,14 +130,20 @@ def resolve_modules(root: Path, version: str, names: Sequence[str]) -> tuple[Reg
     found = [(name, resolve_module(root, name)) for name in names]
     missing = [name for name, path in found if path is None]
     if missing:
-        near = [
-            s if len(missing) == 1 else f"{s} (for {name})"
-            for name in missing
-            if (s := near_miss(root, name))
-        ]
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise UnknownModule(version, missing, hint + published_hint(root))
+        raise UnknownModule(version, missing, published_hint(root))
     return tuple((name, path) for name, path in found if path is not None)
+
+
+def near_misses(root: Path, names: Sequence[str]) -> str:
+    """What a 404 for ``names`` suggests instead ("" for nothing). A directory listing
+    and a fuzzy match per name, milliseconds for a package of a thousand files: call it
+    in a thread, never on the event loop (a flood of junk names would hold it)."""
+    near = [
+        s if len(names) == 1 else f"{s} (for {name})"
+        for name in names
+        if (s := near_miss(root, name))
+    ]
+    return f"; did you mean {', '.join(near)}?" if near else ""
 
 
 def _stem(entry: str) -> str:
@@ -170,7 +176,8 @@ def near_miss(root: Path, name: str) -> str | None:
         directory = directory / segment
         if last:
             suggestion = "/".join(parts)
-            return suggestion if suggestion != name and resolve_module(root, suggestion) else None
+            # _find only (no shared cache): this runs in a worker thread.
+            return suggestion if suggestion != name and _find(str(root), suggestion) else None
     return None
 
 

@@ -8,7 +8,8 @@ import asyncio
 from bundler.build.builder import Builder
 from bundler.build.jobs import BuildJob, BuildOutput
 from bundler.cache import Bundle
-from bundler.resolve import resolve_modules
+from bundler.errors import UnknownModule
+from bundler.resolve import near_misses, resolve_modules
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BundleSpec
@@ -18,7 +19,11 @@ async def build_output(
     source: SourceStore, builder: Builder, spec: BundleSpec, priority: Priority, *, with_map: bool
 ) -> BuildOutput:
     async with source.use(spec.version) as root:
-        registrations = resolve_modules(root, spec.version, spec.modules)
+        try:
+            registrations = resolve_modules(root, spec.version, spec.modules)
+        except UnknownModule as exc:
+            suggestions = await asyncio.to_thread(near_misses, root, exc.modules)
+            raise exc.suggesting(suggestions) from None
         job = BuildJob.tailored(spec, registrations, priority, with_map=with_map)
         return await builder.build(job, root)
 
