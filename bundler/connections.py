@@ -51,15 +51,23 @@ LISTEN_BACKLOG = 128
 # the extraction child.
 FD_RESERVE_OTHER = 64
 MIN_CONNECTIONS = 16
-REFUSED = (
-    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
-    b"Cache-Control: no-store\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 40\r\n\r\ntoo many connections; retry in a moment\n"
+
+
+def raw_answer(status: str, text: str, extra: str = "") -> bytes:
+    """A whole one-line answer written straight to a connection that has no request object
+    (it is being closed): the service's form, never cached."""
+    body = (text + "\n").encode()
+    return (
+        f"HTTP/1.1 {status}\r\nConnection: close\r\n{extra}Cache-Control: no-store\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+REFUSED = raw_answer(
+    "503 Service Unavailable", "too many connections; retry in a moment", "Retry-After: 1\r\n"
 )
-HEADERS_TIMED_OUT = (
-    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nCache-Control: no-store\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 48\r\n\r\n"
-    b"the request's headers did not arrive in time\r\n\r\n"
+HEADERS_TIMED_OUT = raw_answer(
+    "408 Request Timeout", "the request's headers did not arrive in time"
 )
 
 
