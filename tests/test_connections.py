@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import resource
+import selectors
 import shutil
 import socket
 import subprocess
@@ -256,7 +257,9 @@ def test_probes_stay_green_with_600_half_open_connections_at_512_fds(
             with contextlib.suppress(BlockingIOError):
                 sock.connect(("127.0.0.1", server.port))
             hostile.append(sock)
-        time.sleep(1.0)
+        # A connect whose SYN met a full backlog is retried by the kernel a second or
+        # more later: wait until they have all arrived, or the probes could slip in first.
+        wait_connected(hostile, deadline_s=15.0)
         for sock in hostile:
             with contextlib.suppress(OSError):
                 sock.send(b"GET /healthz HTTP/1.1\r\n")
@@ -274,6 +277,18 @@ def test_probes_stay_green_with_600_half_open_connections_at_512_fds(
         assert failures > 0
         return
     assert failures == 0, server.log.read_text()[-2000:]
+
+
+def wait_connected(socks: list[socket.socket], deadline_s: float) -> None:
+    """Until every non-blocking connect has completed (or the deadline)."""
+    pending = selectors.DefaultSelector()
+    for sock in socks:
+        pending.register(sock, selectors.EVENT_WRITE)
+    end = time.monotonic() + deadline_s
+    while pending.get_map() and time.monotonic() < end:
+        for key, _ in pending.select(timeout=0.5):
+            pending.unregister(key.fileobj)
+    pending.close()
 
 
 def answer(server: Server, raw: bytes) -> tuple[int, dict[str, str], bytes]:
