@@ -12,8 +12,7 @@ from aiohttp import HttpVersion11, web
 from prometheus_client import CollectorRegistry
 
 from bundler.build.jobs import BuildJob
-from bundler.cache import MemoryCache
-from bundler.components import make_components
+from bundler.components import make_components, make_fleet
 from bundler.connections import ConnectionStats, error_response
 from bundler.errors import BundlerError, Unavailable, one_line
 from bundler.handlers import bundles, operations
@@ -108,8 +107,9 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """Builds the service; raises ConfigError (one line) when a setting cannot work."""
-    parts = make_components(settings)
     registry = CollectorRegistry()
+    lag = LagMonitor(registry)
+    parts = make_components(settings, fleet=make_fleet(settings, lambda: lag.smoothed_s))
     durations = build_histogram(registry)
 
     def observe(job: BuildJob, seconds: float, result: str) -> None:
@@ -117,9 +117,7 @@ def create_app(settings: Settings) -> web.Application:
         durations.labels(kind=kind).observe(seconds)
 
     parts.builder.on_finish = observe
-    service = BundleService(
-        parts, MemoryCache(settings.memory_cache_max_bytes), LagMonitor(registry)
-    )
+    service = BundleService(parts, lag)
     connections = ConnectionStats()  # filled by the server's connections (bundler.cli)
     registry.register(
         ServiceCollector(lambda: {**service.metric_values(), **connections.metric_values()})

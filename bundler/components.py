@@ -1,21 +1,30 @@
 """The service's parts made from its settings, once, in one place: the app (create_app),
 the offline warm-up (bundler warm --data-dir) and build-fallback all build with the same
-source, builder options, disk tier and fallback store, so what one makes the others find."""
+source, builder options, cache tiers and fallback store, so what one makes the others
+find. Only the app joins a fleet (Redis): the offline commands are a fleet of one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler.build.builder import Builder
 from bundler.combos import COMBOS_FILE, PopularCombos
-from bundler.disk import DiskCache
 from bundler.fallback.ranking import OperatorList
 from bundler.fallback.store import FallbackStore
+from bundler.fleet.single import NoFleet
 from bundler.settings import Settings
 from bundler.source_config import open_source
 from bundler.sources import SourceStore
 from bundler.spec import BuildOptions
+from bundler.tiers.disk import DiskTier
+from bundler.tiers.memory import MemoryTier
+from bundler.tiers.tiered import TieredCache
+
+if TYPE_CHECKING:
+    from bundler.fleet import Fleet
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,8 @@ class Components:
     source: SourceStore
     builder: Builder
     options: BuildOptions
-    disk: DiskCache
+    fleet: Fleet
+    tiers: TieredCache
     combos: PopularCombos
     fallbacks: FallbackStore
 
@@ -39,11 +49,32 @@ def build_options(settings: Settings) -> BuildOptions:
     )
 
 
+def make_fleet(settings: Settings, lag: Callable[[], float]) -> Fleet:
+    """The Redis fleet where one is configured, else a fleet of one."""
+    if not settings.redis_url:
+        return NoFleet()
+    from bundler.fleet.client import RedisFleet  # redis-py: 7 MiB of RSS, only if used
+
+    return RedisFleet(
+        settings.redis_url,
+        timeout_s=settings.redis_timeout_ms / 1000,
+        ttl_s=settings.redis_ttl_s,
+        prefix=settings.redis_key_prefix,
+        lag=lag,
+    )
+
+
 def make_components(
-    settings: Settings, *, builder: Builder | None = None, max_versions: int | None = None
+    settings: Settings,
+    *,
+    builder: Builder | None = None,
+    max_versions: int | None = None,
+    fleet: Fleet | None = None,
 ) -> Components:
     """Raises ConfigError (one line) when a setting cannot work. ``builder``: another
-    pool shape (the offline commands); ``max_versions``: fallbacks kept in memory."""
+    pool shape (the offline commands); ``max_versions``: fallbacks kept in memory;
+    ``fleet``: the app's (make_fleet), none for the offline commands."""
+    fleet = fleet or NoFleet()
     data_dir = Path(settings.data_dir).resolve()
     source = open_source(settings)
     builder = builder or Builder.from_settings(settings)
@@ -59,8 +90,10 @@ def make_components(
         max_bytes=settings.fallback_max_bytes,
         operator=OperatorList.load(settings.fallback_modules),
         popular=combos.popular_modules,
+        fleet=fleet,
     )
-    disk = DiskCache(
+    disk = DiskTier(
         data_dir / "cache", settings.disk_cache_max_bytes, settings.disk_cache_min_free_bytes
     )
-    return Components(settings, data_dir, source, builder, options, disk, combos, fallbacks)
+    tiers = TieredCache(MemoryTier(settings.memory_cache_max_bytes), disk, fleet)
+    return Components(settings, data_dir, source, builder, options, fleet, tiers, combos, fallbacks)

@@ -122,7 +122,7 @@ class OfflineTarget:
         self.settings = settings
         self.version = version
         parts = make_components(settings, max_versions=1)
-        self.source, self.builder, self.disk = parts.source, parts.builder, parts.disk
+        self.source, self.builder, self.disk = parts.source, parts.builder, parts.tiers.disk
         self.options, self.fallbacks = parts.options, parts.fallbacks
         # The popularity the service saved in the data dir chooses the fallback's modules.
         parts.combos.load()
@@ -135,7 +135,7 @@ class OfflineTarget:
         await self.fallbacks.close()  # waits for its write into the data dir
         await self.builder.close()
         await self.source.close()
-        await asyncio.to_thread(self.disk.close)
+        await self.disk.close()
 
     async def fallback(self) -> dict[str, Any]:
         """Built into <data-dir>/fallback/, where the service finds it at its start."""

@@ -131,7 +131,7 @@ async def test_permutations_share_one_cache_entry_and_one_build(
         assert status == 200
         bodies.add(body)
     assert len(bodies) == 1
-    assert len(app[SERVICE].cache) == 1
+    assert app[SERVICE].tiers.memory.entries() == 1
     assert runs() == 1
 
 
@@ -243,7 +243,7 @@ async def test_a_gzip_request_arriving_as_the_gzip_is_handed_out_does_not_make_i
     status, _, _ = await get_bundle(client, "modules=components/card&v=1.1.0")
     assert status == 200
     service = client.app[SERVICE]
-    [bundle] = service.cache.bundles()  # the one bundle built
+    [bundle] = service.tiers.memory.bundles()  # the one bundle built
     first = asyncio.create_task(service.body(bundle, "gzip"))
     while not service.forms.gzipping(bundle):
         await asyncio.sleep(0)
@@ -319,9 +319,9 @@ async def test_memory_cache_stays_within_its_byte_bound(
             client, f"modules=components/{name},components/{components[i - 1]}"
         )
         assert status == 200
-        cache = app[SERVICE].cache
-        assert 0 < cache.bytes <= bound
-    assert 1 < len(app[SERVICE].cache) < len(components)  # some evicted, several kept
+        cache = app[SERVICE].tiers.memory
+        assert 0 < cache.stored_bytes() <= bound
+    assert 1 < app[SERVICE].tiers.memory.entries() < len(components)  # some evicted, several kept
 
 
 async def test_bare_import_resolving_outside_the_version_is_refused(
@@ -409,8 +409,8 @@ async def test_a_request_that_looks_in_the_disk_tier_meanwhile_does_not_build_ag
     await wait_ready(client)
     service = app[SERVICE]
     if not look_again:
-        monkeypatch.setattr(service.cache, "get", lambda key: None)
-    real_get = service.disk.get
+        monkeypatch.setattr(service.tiers.memory, "peek", lambda key: None)
+    real_get = service.tiers.disk.get
     lookups = 0
 
     async def slow_disk_get(key: str) -> Any:
@@ -422,7 +422,7 @@ async def test_a_request_that_looks_in_the_disk_tier_meanwhile_does_not_build_ag
             await asyncio.sleep(0.005)  # the other request's build ends meanwhile
         return found
 
-    monkeypatch.setattr(service.disk, "get", slow_disk_get)
+    monkeypatch.setattr(service.tiers.disk, "get", slow_disk_get)
     query = "/bundle.js?modules=components/tabs&v=1.1.0"
     before = runs()
     first = asyncio.ensure_future(client.get(query))

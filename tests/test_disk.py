@@ -18,10 +18,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bundler.app import create_app
-from bundler.cache import Bundle
-from bundler.disk import CorruptEntry, DiskCache, decode_entry, encode_entry
+from bundler.bundle import Bundle
 from bundler.keys import SERVICE
 from bundler.settings import Settings
+from bundler.tiers.disk import CorruptEntry, DiskTier, decode_entry, encode_entry
 from tests.conftest import NODE, ROOT, wait_ready
 
 QUERY = "/bundle.js?modules=components/rating,components/hero,components/card&v=1.1.0"
@@ -36,7 +36,7 @@ async def restartable(
 
 
 async def drain_disk_writes(client: TestClient) -> None:
-    await client.app[SERVICE].writes.flush()
+    await client.app[SERVICE].tiers.flush()
 
 
 async def test_restart_serves_from_disk_without_esbuild(
@@ -53,7 +53,7 @@ async def test_restart_serves_from_disk_without_esbuild(
     assert resp.headers["X-Bundle-Mode"] == "tailored"
     assert await resp.read() == body
     assert runs() == 1  # no esbuild after the restart
-    assert second.app[SERVICE].lookups["disk_hit"] == 1
+    assert second.app[SERVICE].tiers.lookups["disk_hit"] == 1
 
 
 async def test_corrupt_entry_is_rebuilt_never_served(
@@ -75,7 +75,7 @@ async def test_corrupt_entry_is_rebuilt_never_served(
     resp = await second.get(QUERY)
     assert await resp.read() == good
     assert runs() == 2  # rebuilt
-    assert second.app[SERVICE].disk.corrupt == 1
+    assert second.app[SERVICE].tiers.disk.corrupt == 1
 
 
 def sample_bundle(key: str, size: int, seed: int) -> Bundle:
@@ -104,17 +104,17 @@ def test_every_truncation_and_flip_is_caught() -> None:
 
 
 def test_disk_tier_stays_within_its_byte_bound(tmp_path: Path) -> None:
-    disk = DiskCache(tmp_path / "cache", max_bytes=60_000)
+    disk = DiskTier(tmp_path / "cache", max_bytes=60_000)
     disk.scan()
     for i in range(40):
         disk.write(sample_bundle(f"{i:064x}", 4000, i))
         on_disk = sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*.bundle"))
-        assert on_disk == disk.bytes <= 60_000
+        assert on_disk == disk.stored_bytes() <= 60_000
     assert disk.read(f"{39:064x}") is not None  # the newest stays
     assert disk.read(f"{0:064x}") is None  # the oldest went
-    restarted = DiskCache(tmp_path / "cache", max_bytes=60_000)
+    restarted = DiskTier(tmp_path / "cache", max_bytes=60_000)
     restarted.scan()
-    assert restarted.bytes == disk.bytes and len(restarted) == len(disk)
+    assert restarted.stored_bytes() == disk.stored_bytes() and restarted.entries() == disk.entries()
 
 
 @pytest.mark.parametrize(
@@ -204,9 +204,9 @@ async def test_combos_returns_the_most_requested_lists(
 WRITER = r"""
 import random, sys
 from pathlib import Path
-from bundler.cache import Bundle
-from bundler.disk import DiskCache
-disk = DiskCache(Path(sys.argv[1]), max_bytes=10**9)
+from bundler.bundle import Bundle
+from bundler.tiers.disk import DiskTier
+disk = DiskTier(Path(sys.argv[1]), max_bytes=10**9)
 disk.scan()
 rng = random.Random(int(sys.argv[2]))
 print("ready", flush=True)
@@ -234,7 +234,7 @@ def test_sigkill_while_writing_never_leaves_a_servable_corrupt_entry(tmp_path: P
             child.kill()
         child.wait()
         child.stdout.close()
-    disk = DiskCache(root, max_bytes=10**9)
+    disk = DiskTier(root, max_bytes=10**9)
     disk.scan()  # also drops leftover temp files
     assert not [f for f in root.rglob(".*") if f.is_file()]
     served = 0
@@ -256,10 +256,10 @@ async def test_a_disk_slower_than_the_builds_never_holds_a_growing_backlog(
     counted (the memory tier still has the bundle). Naive: every write queued, each
     holding its bundle in memory until the disk gets to it. The disk is made slow by
     holding the writer thread, which a real disk cannot be made to do on cue."""
-    import bundler.disk
+    import bundler.tiers.disk
 
-    monkeypatch.setattr(bundler.disk, "MAX_PENDING_BYTES", 300_000)
-    disk = DiskCache(tmp_path / "cache", max_bytes=10**9)
+    monkeypatch.setattr(bundler.tiers.disk, "MAX_PENDING_BYTES", 300_000)
+    disk = DiskTier(tmp_path / "cache", max_bytes=10**9)
     gate = threading.Event()
     real_write = disk.write
 
@@ -276,7 +276,7 @@ async def test_a_disk_slower_than_the_builds_never_holds_a_growing_backlog(
     assert sum(b.size for b in bundles[:queued]) <= 300_000 or queued == 1
     gate.set()
     await asyncio.gather(*puts)
-    assert len(disk) == queued and disk.pending_bytes == 0
+    assert disk.entries() == queued and disk.pending_bytes == 0
     await disk.put(bundles[-1])  # room again: written
-    assert len(disk) == queued + 1
-    disk.close()
+    assert disk.entries() == queued + 1
+    await disk.close()

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from bundler.app import create_app
-from bundler.cache import Bundle
-from bundler.disk import DiskCache, encode_entry
+from bundler.bundle import Bundle
 from bundler.fsutil import atomic_write
 from bundler.keys import SERVICE
 from bundler.settings import Settings
+from bundler.tiers.disk import DiskTier, encode_entry
 from tests.conftest import wait_ready
 from tests.tarballs import LIB_FILES, ArtifactServer, make_tarball
 from tests.test_fallback import metrics
@@ -172,11 +172,11 @@ def random_bundle(i: int, size: int = 200_000) -> Bundle:
 
 
 def test_the_disk_tier_leaves_its_volume_the_free_space_it_is_told(small_disk: Path) -> None:
-    disk = DiskCache(small_disk / "cache", max_bytes=1 << 30, min_free_bytes=1 << 20)
+    disk = DiskTier(small_disk / "cache", max_bytes=1 << 30, min_free_bytes=1 << 20)
     for i in range(40):  # 40 x ~600 KB (code, gzip, br) on a 4 MiB volume
         disk.write(random_bundle(i))
         assert shutil.disk_usage(small_disk).free >= (1 << 20) - 65536
-    assert 0 < len(disk) < 40
+    assert 0 < disk.entries() < 40
     assert disk.read(f"{39:064x}") is not None  # the newest kept, the oldest evicted
     assert disk.read(f"{0:064x}") is None
 
@@ -186,17 +186,17 @@ def test_a_full_volume_makes_the_tier_evict_even_without_a_free_space_floor(
 ) -> None:
     """min_free_bytes 0: the tier alone fills the volume; then its oldest entries make
     room for the newest, as they would past max_bytes."""
-    disk = DiskCache(small_disk / "cache", max_bytes=1 << 30, min_free_bytes=0)
+    disk = DiskTier(small_disk / "cache", max_bytes=1 << 30, min_free_bytes=0)
     for i in range(40):  # 40 x ~400 KB (code, br) on a 4 MiB volume
         disk.write(random_bundle(i))
-    assert 0 < len(disk) < 40
+    assert 0 < disk.entries() < 40
     assert disk.read(f"{39:064x}") is not None and disk.read(f"{0:064x}") is None
 
 
 def test_control_writes_that_do_not_evict_fill_the_volume(small_disk: Path) -> None:
     """The same entries written as the tier wrote them before (no eviction on a full
     volume): the volume fills and writes fail."""
-    disk = DiskCache(small_disk / "cache", max_bytes=1 << 30)
+    disk = DiskTier(small_disk / "cache", max_bytes=1 << 30)
     with pytest.raises(OSError) as caught:
         for i in range(40):
             bundle = random_bundle(i)

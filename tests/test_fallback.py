@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bundler.app import create_app
 from bundler.fallback import build as fallback_build
-from bundler.fallback.store import FallbackStore
+from bundler.fallback.store import FallbackStore, Stage
 from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, ROOT, run_in_node, wait_ready
@@ -619,6 +619,40 @@ async def test_a_first_part_is_served_at_once_and_the_rest_answers_pages_waiting
         assert first_s < ready["bundler_fallback_ready_seconds{part=all,version=3.0.0}"]
     else:
         assert resp.headers["X-Bundle-Mode"] == "tailored" and waited > 3.5, waited
+
+
+async def test_a_versions_fallback_goes_through_its_stages(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], esbuild: str, tmp_path: Path
+) -> None:
+    """NONE, MAKING, FIRST_PART (as it is published, so the queue is reordered knowing
+    the rest is coming), WHOLE; a version whose fallback cannot be built is FAILED."""
+    source = two_part_release(tmp_path)
+    broken = source / "4.0.0"
+    shutil.copytree(source / "3.0.0", broken)
+    for module in broken.glob("m*.js"):
+        module.write_text("export const = 1;\n")
+    app = create_app(two_part_settings(make_settings, tmp_path, esbuild, source))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    fallbacks = app[SERVICE].fallbacks
+    on_loaded = fallbacks.on_loaded
+    assert on_loaded is not None
+    seen: list[Stage] = []
+
+    def record(fallback: Any) -> None:
+        if fallback.version == "3.0.0":
+            seen.append(fallbacks.stage("3.0.0"))
+        on_loaded(fallback)
+
+    fallbacks.on_loaded = record
+    assert fallbacks.stage("3.0.0") is Stage.NONE
+    fallbacks.ensure("3.0.0")
+    assert fallbacks.stage("3.0.0") is Stage.MAKING
+    whole = await fallbacks.get("3.0.0")
+    assert whole is not None and seen == [Stage.FIRST_PART, Stage.WHOLE]
+    assert fallbacks.stage("3.0.0") is Stage.WHOLE and fallbacks.stage("3.0.0").usable
+    assert await fallbacks.get("4.0.0") is None
+    assert fallbacks.stage("4.0.0") is Stage.FAILED and not Stage.FAILED.usable
 
 
 @pytest.mark.parametrize("first_part", [True, False], ids=["service", "naive"])

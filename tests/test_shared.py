@@ -20,11 +20,11 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from bundler import shared as shared_module
 from bundler.app import create_app
+from bundler.fleet import client as shared_module
+from bundler.fleet.client import RedisFleet
 from bundler.keys import SERVICE
 from bundler.settings import Settings
-from bundler.shared import SharedTier
 from tests.conftest import EXAMPLES, free_port, start_service, wait_process_ready, wait_ready
 from tests.test_fallback import metrics
 from tests.test_identity import QUERY as IDENTITY_QUERY
@@ -99,16 +99,16 @@ async def on_redis(
 
 
 @pytest.fixture
-async def tier(redis_server: RedisServer) -> AsyncIterator[SharedTier]:
+async def tier(redis_server: RedisServer) -> AsyncIterator[RedisFleet]:
     """A shared tier alone, connected, with a 50 ms operation timeout."""
-    made = SharedTier(redis_server.url, timeout_s=0.05, ttl_s=60)
+    made = RedisFleet(redis_server.url, timeout_s=0.05, ttl_s=60)
     await made.start()
     assert await made.get("warm-up") is None  # connected
     yield made
     await made.close()
 
 
-async def made_up_its_mind(tier: SharedTier) -> None:
+async def made_up_its_mind(tier: RedisFleet) -> None:
     """Until the tier has made up its mind about timeouts in a row (its PING)."""
     async with asyncio.timeout(2):
         while tier.deciding:
@@ -357,7 +357,7 @@ async def test_combos_are_the_fleets(
         assert (await a.get("/bundle.js?modules=components/card&v=1.1.0")).status == 200
     for _ in range(2):
         assert (await b.get("/bundle.js?modules=components/hero&v=1.1.0")).status == 200
-    await b.app[SERVICE].shared.flush_combos()
+    await b.app[SERVICE].fleet.flush_combos()
     combos = (await (await a.get("/combos?top=10")).json())["combos"]
     assert {"modules": ["components/card"], "count": 3} in combos
     assert {"modules": ["components/hero"], "count": 2} in combos
@@ -429,7 +429,7 @@ async def test_a_fallback_one_replica_built_is_taken_by_another(
 
 @pytest.mark.parametrize("tolerant", [True, False], ids=["service", "naive"])
 async def test_one_slow_answer_is_not_an_outage(
-    tier: SharedTier, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tolerant: bool
+    tier: RedisFleet, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tolerant: bool
 ) -> None:
     """Redis paused for 300 ms (CLIENT PAUSE): the operation caught in it times out, and the
     tier stays up (the next one goes to Redis). Naive: down at the first timeout, and
@@ -446,7 +446,7 @@ async def test_one_slow_answer_is_not_an_outage(
 
 @pytest.mark.parametrize("confirmed", [True, False], ids=["confirmed", "naive"])
 async def test_timeouts_in_a_row_are_not_an_outage_while_redis_answers_a_ping(
-    tier: SharedTier, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, confirmed: bool
+    tier: RedisFleet, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, confirmed: bool
 ) -> None:
     """Redis too slow for 300 ms (CLIENT PAUSE; on a storm's few CPUs, a starved Redis or a
     replica's connection pool): three operations in a row time out, then a PING given
@@ -464,7 +464,7 @@ async def test_timeouts_in_a_row_are_not_an_outage_while_redis_answers_a_ping(
 
 
 async def test_a_hung_redis_is_taken_for_down_and_left_alone(
-    tier: SharedTier, redis_server: RedisServer
+    tier: RedisFleet, redis_server: RedisServer
 ) -> None:
     """SIGSTOP: Redis accepts nothing and answers nothing. Timeouts, then the PING fails:
     down, and for a second nothing is asked of it (no request pays the timeout)."""

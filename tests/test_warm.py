@@ -62,7 +62,7 @@ async def test_offline_warm_then_50_hits_and_no_esbuild(
     for line in COMBOS:
         resp = await client.get(f"/bundle.js?modules={line}&v=1.1.0")
         assert resp.headers["X-Bundle-Mode"] == "tailored"
-    assert app[SERVICE].lookups["disk_hit"] == 50
+    assert app[SERVICE].tiers.lookups["disk_hit"] == 50
     assert runs() == 0
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bundler.cache import BROTLI_QUALITY, Bundle
+from bundler.bundle import BROTLI_QUALITY, Bundle
 from bundler.fallback.ranking import DOES_NOT_BUILD, IMPORTS_FAILING, OperatorList, reason_counts
 from bundler.spec import FORMAT_VERSION, BuildOptions
 

@@ -8,6 +8,7 @@ published in two parts: the most wanted modules first, the rest when built.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cachetools import LRUCache, TTLCache
 
 from bundler.build.builder import Builder
-from bundler.cache import BROTLI_QUALITY_MAX
+from bundler.bundle import BROTLI_QUALITY_MAX
 from bundler.errors import BuildFailed, BundlerError, UnknownModule
 from bundler.fallback.build import build_fallback
 from bundler.fallback.model import Fallback, FallbackBuild, Plan, identity
@@ -31,14 +32,14 @@ from bundler.fallback.storage import (
     read_fallback,
     write_fallback,
 )
+from bundler.fleet.keys import fallback_name
 from bundler.flight import SingleFlight
-from bundler.shared_keys import fallback_name
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BuildOptions
 
 if TYPE_CHECKING:
-    from bundler.shared import SharedTier
+    from bundler.fleet import Fleet
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +54,30 @@ RECOMPRESS_MAX_WAIT_S = 30.0
 LOG_NAMES = 10
 
 
+class Stage(enum.Enum):
+    """Where a version's fallback is. NONE -> MAKING (ensure/get: loaded from disk or the
+    fleet, or built) -> FIRST_PART (a large one: its most wanted modules are out, the rest
+    coming) -> WHOLE; MAKING -> FAILED (remembered FAILURE_TTL_S, then NONE again: a
+    request retries); FIRST_PART whose rest fails stays served as it is: WHOLE, with the
+    rest left out. A version evicted from memory (max_versions) is NONE again."""
+
+    NONE = "none"
+    MAKING = "making"
+    FIRST_PART = "first_part"
+    WHOLE = "whole"
+    FAILED = "failed"
+
+    @property
+    def usable(self) -> bool:
+        return self in (Stage.FIRST_PART, Stage.WHOLE)
+
+
 class FallbackStore:
     """Loads (or builds, ahead of tailored builds) one fallback per version, once.
 
     A fallback is usable as soon as esbuild has made it: it is served with quick
     compression at first, while brotli 11 and the write to disk finish behind it.
+    Each version is in one Stage at a time (``stage``).
     """
 
     def __init__(
@@ -72,6 +92,7 @@ class FallbackStore:
         max_bytes: int,
         operator: OperatorList | None = None,
         popular: Callable[[], Sequence[str]] = tuple,
+        fleet: Fleet,
     ) -> None:
         self.static_dir = static_dir
         self.built_dir = data_dir / BUILT_FALLBACKS
@@ -81,8 +102,8 @@ class FallbackStore:
         self.max_bytes = max_bytes
         self.operator = operator or OperatorList()
         self.popular = popular
-        # The shared tier (Redis) of a fleet: a fallback one replica built, others take.
-        self.shared: SharedTier | None = None
+        # A fallback one replica of a fleet built, the others take.
+        self.fleet = fleet
         self._loaded: LRUCache[str, Fallback] = LRUCache(maxsize=max_versions)
         self._failures: TTLCache[str, BundlerError] = TTLCache(maxsize=64, ttl=FAILURE_TTL_S)
         self.flight: SingleFlight[str, Fallback | None] = SingleFlight("fallback")
@@ -98,6 +119,15 @@ class FallbackStore:
         self._last_whole: Fallback | None = None
         # Called the moment a fallback is loaded (the service reorders its queue then).
         self.on_loaded: Callable[[Fallback], None] | None = None
+
+    def stage(self, version: str) -> Stage:
+        if version in self._partial:
+            return Stage.FIRST_PART
+        if self._loaded.get(version) is not None:
+            return Stage.WHOLE
+        if version in self.flight:
+            return Stage.MAKING
+        return Stage.FAILED if version in self._failures else Stage.NONE
 
     def loaded(self, version: str) -> Fallback | None:
         return self._loaded.get(version)
@@ -142,8 +172,7 @@ class FallbackStore:
 
         async def early(build: FallbackBuild) -> None:
             nonlocal first_part
-            first_part = self._publish(await asyncio.to_thread(build.fallback))
-            self._partial.add(version)
+            first_part = self._publish(await asyncio.to_thread(build.fallback), first_part=True)
             self._log_ready(first_part, time.perf_counter() - started, built=True, first_part=True)
 
         try:
@@ -157,7 +186,7 @@ class FallbackStore:
                 # or shared fallback is used only for the exact source it was built from.
                 digest = await self.source.digest(version)
                 stored = await asyncio.to_thread(self._read_stored, version, plan, digest)
-                if stored is None and self.shared is not None:
+                if stored is None:
                     stored = await self._read_shared(version, plan, digest)
                 if stored is not None:
                     build = stored
@@ -208,9 +237,13 @@ class FallbackStore:
         """Done when the version's fallback, served in a first part now, is complete (its
         next publication, or the build's end): a page its first part does not cover may
         find itself in the rest. None when no rest is coming."""
-        return self.published(version) if version in self._partial else None
+        return self.published(version) if self.stage(version) is Stage.FIRST_PART else None
 
-    def _publish(self, fallback: Fallback) -> Fallback:
+    def _publish(self, fallback: Fallback, *, first_part: bool = False) -> Fallback:
+        if first_part:
+            self._partial.add(fallback.version)
+        else:
+            self._partial.discard(fallback.version)
         self._failures.pop(fallback.version, None)
         self._loaded[fallback.version] = fallback
         waiting = self._next_publish.pop(fallback.version, None)
@@ -279,7 +312,7 @@ class FallbackStore:
             self._loaded[build.version] = best
 
     async def _write(self, build: FallbackBuild) -> None:
-        if self.shared is not None:
+        if self.fleet.shares:  # else a fleet of one: its encoding would be for nobody
             wanted = identity(
                 build.version,
                 self.options,
@@ -288,20 +321,19 @@ class FallbackStore:
                 build.operator_digest,
             )
             value = await asyncio.to_thread(encode_shared, build, self.options)
-            await self.shared.put_raw(fallback_name(wanted), value)
+            await self.fleet.put_raw(fallback_name(wanted), value)
         await asyncio.to_thread(write_fallback, self.built_dir / build.version, self.options, build)
 
     async def _read_shared(self, version: str, plan: Plan, digest: str) -> FallbackBuild | None:
         """The fallback another replica built from this exact source, the same way."""
-        assert self.shared is not None
         wanted = identity(version, self.options, digest, plan.max_bytes, plan.operator_digest)
-        raw = await self.shared.get_raw(fallback_name(wanted))
+        raw = await self.fleet.get_raw(fallback_name(wanted))
         if raw is None:
             return None
         build = await asyncio.to_thread(decode_shared, raw, wanted, plan)
         if build is None:
             logger.error("corrupt shared fallback; rebuilt", extra={"version": version})
-            await self.shared.delete_raw(fallback_name(wanted))
+            await self.fleet.delete_raw(fallback_name(wanted))
             return None
         # Kept on this replica's disk too, as if built here (the first use does not wait).
         self._in_background(

@@ -11,7 +11,7 @@ from importlib import resources
 from aiohttp import web
 
 from bundler import css, logs
-from bundler.cache import Bundle
+from bundler.bundle import Bundle
 from bundler.errors import BadRequest
 from bundler.keys import SERVICE
 from bundler.negotiate import choose_encoding

@@ -37,9 +37,8 @@ async def handle_combos(request: web.Request) -> web.Response:
     if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_COMBOS:
         raise BadRequest(f"use {usage}")
     service = request.app[SERVICE]
-    top = None
-    if service.shared is not None:  # the fleet's counts; this replica's when Redis is down
-        top = await service.shared.top_combos(int(raw))
+    # The fleet's counts; this replica's without Redis, or when Redis is down.
+    top = await service.fleet.top_combos(int(raw))
     return web.json_response(
         {"combos": top if top is not None else service.combos.top(int(raw))},
         headers={"Cache-Control": "no-store"},

@@ -7,7 +7,7 @@ import asyncio
 
 from bundler.build.builder import Builder
 from bundler.build.jobs import BuildJob, BuildOutput
-from bundler.cache import Bundle
+from bundler.bundle import Bundle
 from bundler.errors import UnknownModule
 from bundler.resolve import near_misses, resolve_modules
 from bundler.slots import Priority

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from cachetools import TTLCache
 
 from bundler import css
-from bundler.cache import Bundle, MemoryCache
+from bundler.bundle import Bundle
 from bundler.components import Components
 from bundler.errors import (
     BuildFailed,
@@ -31,24 +31,22 @@ from bundler.errors import (
     one_line,
 )
 from bundler.fallback.model import Fallback
+from bundler.fleet.builds import shared_or_lease
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.service.building import build_bundle
 from bundler.service.deferred import DeferredBuilds
 from bundler.service.derived import DerivedForms
 from bundler.service.figures import metric_values
-from bundler.service.fleet import share, shared_or_lease
 from bundler.service.health import DataDirHealth
 from bundler.service.maps import SourceMaps
 from bundler.service.parsing import Queries
 from bundler.service.race import Answer, Mode, answer_miss
-from bundler.service.writes import WriteBehind, shared_write_name
 from bundler.slots import Priority
 from bundler.spec import BundleSpec, validate_version
 
-if TYPE_CHECKING:  # redis-py is imported only where Redis is configured (7 MiB of RSS)
-    from bundler.shared import SharedTier
-    from bundler.shared_lease import Lease
+if TYPE_CHECKING:
+    from bundler.fleet.lease import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +59,14 @@ STARTUP_RETRY_MAX_S = 30.0
 
 
 class BundleService:
-    def __init__(self, parts: Components, cache: MemoryCache, lag: LagMonitor) -> None:
+    def __init__(self, parts: Components, lag: LagMonitor) -> None:
         settings, source, builder = parts.settings, parts.source, parts.builder
-        disk, fallbacks = parts.disk, parts.fallbacks
+        fallbacks = parts.fallbacks
         self.settings = settings
         self.source = source
         self.builder = builder
-        self.cache = cache
-        self.disk = disk
+        self.tiers = parts.tiers
+        self.fleet = parts.fleet
         self.combos = parts.combos
         self.fallbacks = fallbacks
         self.lag = lag
@@ -81,11 +79,9 @@ class BundleService:
             maxsize=MAX_REMEMBERED_FAILURES, ttl=settings.build_failure_ttl_s
         )
         self.requests: collections.Counter[str] = collections.Counter()
-        self.lookups: collections.Counter[str] = collections.Counter()
         self.draining = False
         self._startup: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
-        self.writes = WriteBehind(cache, disk)
         self.health = DataDirHealth(builder.scratch_dir)
         self.forms = DerivedForms()
         self.deferred = DeferredBuilds(
@@ -93,19 +89,7 @@ class BundleService:
         )
         self.queries = Queries(settings, source, self.options, self.default_version)
         fallbacks.on_loaded = self._promote_uncovered
-        self.shared: SharedTier | None = None
-        if settings.redis_url:
-            from bundler.shared import SharedTier
-
-            self.shared = SharedTier(
-                settings.redis_url,
-                timeout_s=settings.redis_timeout_ms / 1000,
-                ttl_s=settings.redis_ttl_s,
-                prefix=settings.redis_key_prefix,
-                lag=lambda: self.lag.smoothed_s,
-            )
-            fallbacks.shared = self.shared
-        self.maps = SourceMaps(source, builder, self.shared, self.writes)
+        self.maps = SourceMaps(source, builder, self.fleet, self.tiers)
         self.lease_waits = 0
 
     def _newest_version(self) -> str:
@@ -129,7 +113,7 @@ class BundleService:
         """What is wrong but does not stop the pod serving (/readyz says it)."""
         if self.health.problem is not None:
             return self.health.problem
-        if self.writes.disk_failing:
+        if self.tiers.disk_failing:
             return "the disk cache's writes fail (full or read-only data dir)"
         return None
 
@@ -153,14 +137,12 @@ class BundleService:
                     pass
             except BundlerError as exc:
                 raise ConfigError(f"default version: {exc.message}") from None
-        await self.disk.start()
+        await self.tiers.start()  # the fleet's Redis never fails the start: it may come later
         await asyncio.to_thread(self.combos.load)
         self._saver = asyncio.create_task(
             self.combos.save_every(self.settings.combos_save_interval_s), name="save-combos"
         )
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
-        if self.shared is not None:
-            await self.shared.start()  # never fails the start: Redis may come later
 
     async def _prepare_default(self) -> None:
         delay_s = STARTUP_RETRY_MIN_S
@@ -212,7 +194,7 @@ class BundleService:
 
     def settled(self, key: str) -> bool:
         """Built, or known to fail: a deferred build of it is not needed."""
-        return self.cache.get(key) is not None or key in self.failures
+        return self.tiers.memory.peek(key) is not None or key in self.failures
 
     async def variant(self, bundle: Bundle, kind: str, map_url: str | None = None) -> Bundle:
         return await self.forms.variant(bundle, kind, map_url)
@@ -230,68 +212,48 @@ class BundleService:
     async def answer(self, spec: BundleSpec, waited_s: float = 0.0) -> Answer:
         """``waited_s``: spent on the request already (its version's pull): taken from the
         fallback budget, which counts from the request's arrival."""
-        bundle = self.cache.get(spec.key)
+        bundle = self.tiers.hit(spec.key)
         if bundle is not None:  # the warm hit, without a coroutine more than it needs
-            self.lookups["memory_hit"] += 1
             answer = Answer(bundle, Mode.HIT)
         else:
             answer = await answer_miss(self, spec, waited_s)
         # Only what was answered with a bundle: junk and failures never reach the warm-up.
         self.combos.record(spec.modules)
-        if self.shared is not None:
-            self.shared.record(spec.modules)
+        self.fleet.record(spec.modules)
         self.requests[answer.mode.value] += 1
         return answer
 
     async def cached(self, spec: BundleSpec) -> Bundle | None:
-        """Memory, then disk (a disk hit is promoted to memory)."""
-        bundle = self.cache.get(spec.key)
-        if bundle is not None:
-            self.lookups["memory_hit"] += 1
-            return bundle
-        bundle = await self.disk.get(spec.key)
-        if bundle is not None:
-            self.lookups["disk_hit"] += 1
-            self.cache.put(bundle)
-            return bundle
-        self.lookups["miss"] += 1
-        return None
+        """Memory, then disk (bundler.tiers.tiered)."""
+        return await self.tiers.cached(spec.key)
 
     async def build(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
         """The flight of ``spec``'s key: its bundle from the shared tier or built here.
         A request that missed the memory tier may start it just after another flight of
         the same key ended (it was looking in the disk tier meanwhile): what that one
         put in memory is taken, not built again."""
-        landed = self.cache.get(spec.key)
+        landed = self.tiers.hit(spec.key)
         if landed is not None:
-            self.lookups["memory_hit"] += 1
             return landed
-        lease: Lease | None = None
-        if self.shared is not None:
-            found, waits = await shared_or_lease(self.shared, spec.key)
-            self.lease_waits += waits
-            if isinstance(found, Bundle):  # another replica built it
-                self.lookups["shared_hit"] += 1
-                self.deferred.freed()
-                self.writes.keep(found)
-                return found
-            lease = found
+        found, waits = await shared_or_lease(self.fleet, spec.key)
+        self.lease_waits += waits
+        if isinstance(found, Bundle):  # another replica built it
+            self.tiers.lookups["shared_hit"] += 1
+            self.deferred.freed()
+            self.tiers.keep(found)
+            return found
+        lease: Lease = found
         try:
             bundle = await build_bundle(self.source, self.builder, spec, priority)
         except (BuildFailed, UnknownModule) as exc:
             self.failures[spec.key] = exc
             raise
         except BaseException:
-            if lease is not None:
-                self.writes.in_background(lease.release(), f"lease-release:{spec.key}")
+            self.tiers.in_background(lease.release(), f"lease-release:{spec.key}")
             raise
         finally:
             self.deferred.freed()
-        self.writes.keep(bundle)
-        if self.shared is not None and lease is not None:
-            self.writes.in_background(
-                share(self.shared, bundle, lease), shared_write_name(spec.key)
-            )
+        self.tiers.keep(bundle, lease)
         return bundle
 
     async def built(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
@@ -342,7 +304,7 @@ class BundleService:
             return "cached"
         await self.built(spec, Priority.WARM)
         # Warmed means the fleet has it: answered once it is in the shared tier too.
-        await self.writes.shared_written(spec.key)
+        await self.tiers.shared_written(spec.key)
         return "built"
 
     def abort_waiters(self) -> int:
@@ -367,15 +329,12 @@ class BundleService:
             await asyncio.to_thread(self.combos.save, self.combos.snapshot())
         except OSError as exc:  # a full or read-only disk must not fail the shutdown
             logger.error("could not save the popularity sketch", extra={"error": str(exc)})
-        await self.writes.flush()
-        await asyncio.to_thread(self.disk.close)
         await self.flight.close()
         await self.maps.flight.close()
         await self.fallbacks.close()
         await self.builder.kill_all()
         await self.source.close()
-        if self.shared is not None:
-            await self.shared.close()
+        await self.tiers.close()
 
     def metric_values(self) -> dict[str, float | dict[str, float]]:
         return metric_values(self)

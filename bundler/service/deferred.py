@@ -9,7 +9,7 @@ import collections
 import functools
 from collections.abc import Awaitable, Callable
 
-from bundler.cache import Bundle
+from bundler.bundle import Bundle
 from bundler.flight import SingleFlight
 from bundler.slots import Priority
 from bundler.spec import BundleSpec

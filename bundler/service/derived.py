@@ -15,7 +15,7 @@ import contextlib
 from cachetools import LRUCache
 
 from bundler import css
-from bundler.cache import Bundle, gzip_body
+from bundler.bundle import Bundle, gzip_body
 from bundler.flight import SingleFlight
 
 # Bundles' CSS-less JavaScript and stylesheets (css=link, /bundle.css), at most.

@@ -23,7 +23,6 @@ def fallback_module_counts(fallbacks: FallbackStore) -> dict[str, float]:
 def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]:
     return {
         "bundler_requests": dict(service.requests),
-        "bundler_cache_lookups": dict(service.lookups),
         "bundler_builds": dict(service.builder.results),
         "bundler_esbuild_runs": dict(service.builder.runs),
         "bundler_esbuild_starts": float(service.builder.starts),
@@ -32,10 +31,6 @@ def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]
         "bundler_build_queue_depth": service.builder.queued,
         "bundler_build_pool_busy": service.builder.busy,
         "bundler_build_pool_size": service.builder.pool_size,
-        "bundler_cache_entries": {"memory": len(service.cache), "disk": len(service.disk)},
-        "bundler_cache_bytes": {"memory": service.cache.bytes, "disk": service.disk.bytes},
-        "bundler_cache_corrupt_entries": service.disk.corrupt,
-        "bundler_disk_writes_skipped": service.disk.skipped,
         "bundler_fallbacks_loaded": len(service.fallbacks),
         "bundler_fallback_bytes": {
             f.version: len(f.bundle.code) for f in service.fallbacks.all_loaded()
@@ -47,15 +42,11 @@ def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]
             for part, seconds in service.fallbacks.ready_seconds.get(f.version, {}).items()
         },
         "bundler_ready": float(service.ready),
-        "bundler_disk_writes_failing": float(service.writes.disk_failing),
         "bundler_data_dir_writable": float(service.health.problem is None),
-        "bundler_shared_up": float(service.shared.up) if service.shared is not None else 0.0,
-        "bundler_shared_state": service.shared.state_gauge() if service.shared is not None else {},
-        "bundler_shared_lookups": dict(service.shared.results)
-        if service.shared is not None
-        else {},
         "bundler_shared_lease_waits": float(service.lease_waits),
         "bundler_draining": float(service.draining),
         "bundler_event_loop_lag_max_seconds": service.lag.max_s,
         "bundler_event_loop_lag_smoothed_seconds": service.lag.smoothed_s,
+        **service.tiers.metric_values(),
+        **service.fleet.metric_values(),
     }

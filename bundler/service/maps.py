@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING
 from cachetools import LRUCache
 
 from bundler.build.builder import Builder
-from bundler.cache import Bundle
+from bundler.bundle import Bundle
 from bundler.errors import Unavailable
+from bundler.fleet.keys import source_map_name
 from bundler.flight import SingleFlight
 from bundler.service.building import build_output
-from bundler.service.writes import WriteBehind
-from bundler.shared_keys import source_map_name
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BundleSpec
+from bundler.tiers.tiered import TieredCache
 
 if TYPE_CHECKING:
-    from bundler.shared import SharedTier
+    from bundler.fleet import Fleet
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ class SourceMaps:
         self,
         source: SourceStore,
         builder: Builder,
-        shared: SharedTier | None,
-        writes: WriteBehind,
+        fleet: Fleet,
+        tiers: TieredCache,
     ) -> None:
         self.source = source
         self.builder = builder
-        self.shared = shared
-        self.writes = writes
+        self.fleet = fleet
+        self.tiers = tiers
         self._maps: LRUCache[str, bytes] = LRUCache(maxsize=MAP_CACHE_BYTES, getsizeof=len)
         self.flight: SingleFlight[str, bytes] = SingleFlight("source-map")
 
@@ -63,11 +63,10 @@ class SourceMaps:
         self, spec: BundleSpec, bundle: Bundle, key: str, of_css: bool
     ) -> bytes:
         """The map another replica made, else made here (and then shared)."""
-        if self.shared is not None:
-            found = await self.shared.get_sealed(source_map_name(key, bundle.digest))
-            if found is not None:
-                self._keep(key, found)
-                return found
+        found = await self.fleet.get_sealed(source_map_name(key, bundle.digest))
+        if found is not None:
+            self._keep(key, found)
+            return found
         return await self._build(spec, bundle, of_css=of_css)
 
     def _keep(self, key: str, made: bytes) -> None:
@@ -91,11 +90,9 @@ class SourceMaps:
             if made is None:
                 continue
             self._keep(key, made)
-            if self.shared is not None and output.code == bundle.code:
+            if self.fleet.shares and output.code == bundle.code:
                 name = source_map_name(key, bundle.digest)
-                self.writes.in_background(
-                    self.shared.put_sealed(name, made), f"shared-write:{name}"
-                )
+                self.tiers.in_background(self.fleet.put_sealed(name, made), f"shared-write:{name}")
         if of_css:
             if output.css_map is None:
                 raise Unavailable("the CSS source map could not be made; retry")

@@ -14,7 +14,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bundler.cache import Bundle
+from bundler.bundle import Bundle
 from bundler.errors import BundlerError, DiskFault
 from bundler.fallback.model import Fallback
 from bundler.slots import Priority

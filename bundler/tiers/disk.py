@@ -29,7 +29,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from bundler.cache import Bundle
+from bundler.bundle import Bundle
 from bundler.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def decode_entry(raw: bytes, key: str) -> Bundle:
     )
 
 
-class DiskCache:
+class DiskTier:
     def __init__(self, root: Path, max_bytes: int, min_free_bytes: int = 0) -> None:
         self.root = root
         self.max_bytes = max_bytes
@@ -115,14 +115,13 @@ class DiskCache:
         self.skipped = 0  # writes not queued because the backlog was full
         self.corrupt = 0
 
-    def __len__(self) -> int:
+    def entries(self) -> int:
         return len(self._index)
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
 
-    @property
-    def bytes(self) -> int:
+    def stored_bytes(self) -> int:
         return self._bytes
 
     @property
@@ -248,7 +247,7 @@ class DiskCache:
         except OSError as exc:  # a read-only or failing data dir: start empty, say so
             logger.error("disk cache unreadable; starting empty", extra={"error": str(exc)})
             return
-        logger.info("disk cache", extra={"entries": len(self), "bytes": self.bytes})
+        logger.info("disk cache", extra={"entries": self.entries(), "bytes": self._bytes})
 
     async def get(self, key: str) -> Bundle | None:
         return await asyncio.to_thread(self.read, key)
@@ -268,5 +267,6 @@ class DiskCache:
         finally:
             self._pending_bytes -= bundle.size
 
-    def close(self) -> None:
-        self._writer.shutdown(wait=True)
+    async def close(self) -> None:
+        """Once the writes queued have ended (their fsyncs can take a while)."""
+        await asyncio.to_thread(self._writer.shutdown, wait=True)

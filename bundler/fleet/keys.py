@@ -1,5 +1,5 @@
 """Every key the service uses in Redis, in one place (their values are described in
-bundler.shared): a deployment's keys all start with its prefix (--redis-key-prefix)."""
+bundler.fleet.client): a deployment's keys all start with its prefix (--redis-key-prefix)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The shared tier: replicas share built bundles, one build per key, and their popularity,
 through Redis (redis-py's asyncio client, the plain protocol). Every key is named in
-bundler.shared_keys, leases live in bundler.shared_lease, popularity in
-bundler.shared_popularity.
+bundler.fleet.keys, leases live in bundler.fleet.lease, popularity in
+bundler.fleet.popularity.
 
 Every value is verified on read (each part's length and SHA-256): a corrupt or truncated
 one is a miss, deleted, never served. Values have a TTL; Redis is expected to run with
@@ -32,11 +32,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from bundler.cache import Bundle
-from bundler.disk import CorruptEntry, decode_entry, encode_entry
-from bundler.shared_keys import Keys
-from bundler.shared_lease import LEASE_S, RELEASE, RENEW, Lease
-from bundler.shared_popularity import FleetPopularity
+from bundler.bundle import Bundle
+from bundler.fleet.keys import Keys
+from bundler.fleet.landing import LandingChannel
+from bundler.fleet.lease import LEASE_S, RELEASE, RENEW, Lease
+from bundler.fleet.popularity import FleetPopularity
+from bundler.tiers.disk import CorruptEntry, decode_entry, encode_entry
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ T = TypeVar("T")
 # left alone for RETRY_S (then tried again).
 FAILURES_TO_DOWN = 3
 CONFIRM_TIMEOUT_S = 0.5
-# The landing subscription reads with this timeout (None back when nothing landed).
-LISTEN_POLL_S = 30.0
 MAX_CONNECTIONS = 32
 # What no request waits on (writing a bundle, renewing or releasing a lease) may take longer.
 BACKGROUND_TIMEOUT_S = 1.0
@@ -79,7 +78,9 @@ class Link(enum.Enum):
     DOWN = "down"
 
 
-class SharedTier:
+class RedisFleet:
+    shares = True
+
     def __init__(
         self,
         url: str,
@@ -116,9 +117,7 @@ class SharedTier:
         self.state_changes = 0
         self._renew = self.redis.register_script(RENEW)
         self._release = self.redis.register_script(RELEASE)
-        self._landed: dict[str, list[asyncio.Future[None]]] = {}
-        self._listener: asyncio.Task[None] | None = None
-        self._listening = asyncio.Event()
+        self.landing = LandingChannel(self)
         self.popularity = FleetPopularity(self)
         self._flusher: asyncio.Task[None] | None = None
         self._confirming: asyncio.Future[None] | None = None
@@ -130,14 +129,14 @@ class SharedTier:
     ) -> T | None:
         """``op``'s result, or None when Redis is down or does not answer in time (a
         request waits on it: ``timeout_s``, the setting; nobody does: longer)."""
-        if not self.up and time.monotonic() < self._down_until:
+        if self.resting():
             return None
         try:
             # Redis gets its time of its own: a busy event loop's lag is not charged to it.
             async with asyncio.timeout((timeout_s or self.timeout_s) + self.lag()):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(what, exc)
+            self.failed(what, exc)
             return None
         self._failures = 0
         if not self.up:
@@ -145,6 +144,10 @@ class SharedTier:
             self.state_changes += 1
             logger.warning("shared tier (Redis) reachable again")
         return result
+
+    def resting(self) -> bool:
+        """Taken for down less than RETRY_S ago: nothing is asked of it."""
+        return not self.up and time.monotonic() < self._down_until
 
     @property
     def deciding(self) -> bool:
@@ -157,12 +160,15 @@ class SharedTier:
             return Link.DOWN
         return Link.DECIDING if self._confirming is not None else Link.UP
 
-    def state_gauge(self) -> dict[str, float]:
-        """1 for the state it is in, 0 for the others (bundler_shared_state)."""
-        now = self.state
-        return {link.value: float(link is now) for link in Link}
+    def metric_values(self) -> dict[str, float | dict[str, float]]:
+        now = self.state  # 1 for the state it is in, 0 for the others
+        return {
+            "bundler_shared_up": float(self.up),
+            "bundler_shared_state": {link.value: float(link is now) for link in Link},
+            "bundler_shared_lookups": dict(self.results),
+        }
 
-    def _failed(self, what: str, exc: BaseException) -> None:
+    def failed(self, what: str, exc: BaseException) -> None:
         self.results["error"] += 1
         self._failures += 1
         refused = isinstance(exc, (RedisConnectionError, ConnectionError)) and not isinstance(
@@ -197,9 +203,15 @@ class SharedTier:
                 "shared tier (Redis) unreachable; serving from the local tiers",
                 extra={"operation": what, "error": repr(exc)[:300]},
             )
-        self._wake_all()
+        self.landing.wake_all()
 
-    # ------------------------------------------------------------ bundles
+    # ------------------------------------------------------------ bundles (a BundleTier)
+
+    def entries(self) -> int | None:
+        return None  # shared by the fleet, bounded by Redis's maxmemory: not ours to count
+
+    def stored_bytes(self) -> int | None:
+        return None
 
     async def get(self, key: str) -> Bundle | None:
         raw = cast(
@@ -300,72 +312,7 @@ class SharedTier:
         )
 
     async def wait_landed(self, key: str) -> None:
-        """Returns when ``key``'s bundle lands, its lease lapses, or Redis is lost: the
-        caller then looks again (and takes the lease if it is free)."""
-        if not await self._listen():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._landed.setdefault(key, []).append(waiter)
-        try:
-            # It may have landed between our look and the subscription.
-            exists = await self.ask("exists", lambda: self.redis.exists(self.keys.bundle(key)))
-            if exists or not self.up:
-                return
-            ttl_ms = await self.ask("pttl", lambda: self.redis.pttl(self.keys.lease(key)))
-            if ttl_ms is None or ttl_ms < 0:
-                return  # lapsed already (or Redis lost)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), ttl_ms / 1000 + 0.05)
-        finally:
-            waiters = self._landed.get(key, [])
-            with contextlib.suppress(ValueError):
-                waiters.remove(waiter)
-            if not waiters:
-                self._landed.pop(key, None)
-
-    async def _listen(self) -> bool:
-        """One subscription to the landing messages per replica, started on first need."""
-        if self._listener is None or self._listener.done():
-            if not self.up and time.monotonic() < self._down_until:
-                return False
-            self._listening.clear()
-            self._listener = asyncio.create_task(self._listen_loop(), name="shared-landed")
-        try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                await self._listening.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def _listen_loop(self) -> None:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                await pubsub.subscribe(self.keys.landed)
-            self._listening.set()
-            while True:
-                # Not block=True: that read would end at the socket timeout.
-                message = await pubsub.get_message(timeout=LISTEN_POLL_S)
-                if message is None:
-                    continue
-                key = message["data"].decode()
-                for waiter in self._landed.get(key, []):
-                    if not waiter.done():
-                        waiter.set_result(None)
-        except asyncio.CancelledError:
-            raise
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed("subscribe", exc)
-        finally:
-            self._listening.clear()
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-
-    def _wake_all(self) -> None:
-        for waiters in self._landed.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        await self.landing.wait(key)
 
     # ------------------------------------------------------------ popularity
 
@@ -386,7 +333,8 @@ class SharedTier:
         await self.ask("ping", self.redis.ping)
 
     async def close(self) -> None:
-        for task in (self._flusher, self._listener, self._confirming):
+        await self.landing.close()
+        for task in (self._flusher, self._confirming):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

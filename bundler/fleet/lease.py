@@ -8,7 +8,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bundler.shared import SharedTier
+    from bundler.fleet.client import RedisFleet
 
 # A lease lapses this long after its last renewal: a replica that died, or cannot reach
 # Redis any more, holds nobody up for longer.
@@ -36,7 +36,7 @@ class Lease:
     """This replica's right to build one key (``held=False``: Redis could not be asked,
     so it builds without one, as a replica without Redis would)."""
 
-    def __init__(self, tier: SharedTier, key: str, held: bool) -> None:
+    def __init__(self, tier: RedisFleet | None, key: str, held: bool) -> None:
         self.tier = tier
         self.key = key
         self.held = held
@@ -44,16 +44,22 @@ class Lease:
         if held:
             self._renewing = asyncio.create_task(self._renew(), name=f"lease:{key}")
 
+    @classmethod
+    def alone(cls, key: str) -> Lease:
+        """A replica without a fleet builds every key it misses: nobody to ask."""
+        return cls(None, key, held=False)
+
     async def _renew(self) -> None:
         """Until released: the build (its queue wait included) may take longer than one
         lease, and the build itself is killed at its deadline. A replica that dies, or
         loses Redis, stops renewing, and the lease lapses within LEASE_S."""
         while True:
             await asyncio.sleep(RENEW_EVERY_S)
-            await self.tier.renew(self.key)
+            if self.tier is not None:
+                await self.tier.renew(self.key)
 
     async def release(self) -> None:
         if self._renewing is not None:
             self._renewing.cancel()
-        if self.held:
+        if self.held and self.tier is not None:
             await self.tier.release(self.key)

@@ -9,7 +9,7 @@ import collections
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from bundler.shared import SharedTier
+    from bundler.fleet.client import RedisFleet
 
 # Popularity counts are sent this often, and the fleet's set is trimmed to this many.
 COMBOS_FLUSH_S = 2.0
@@ -17,7 +17,7 @@ MAX_COMBOS = 5000
 
 
 class FleetPopularity:
-    def __init__(self, tier: SharedTier) -> None:
+    def __init__(self, tier: RedisFleet) -> None:
         self.tier = tier
         self._counts: collections.Counter[str] = collections.Counter()
         self._flushing = asyncio.Lock()

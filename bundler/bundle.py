@@ -1,4 +1,4 @@
-"""Built bundles and the memory tier: an LRU bounded in bytes (cachetools).
+"""A built bundle, the value every cache tier stores.
 
 A Bundle carries its code and its brotli form (what browsers ask for), computed
 once when it is built (or read back from the disk tier), never per request. The
@@ -14,7 +14,6 @@ import hashlib
 from dataclasses import dataclass
 
 import brotli
-from cachetools import LRUCache
 
 # Compression runs once per bundle, in a thread (both compressors release the GIL),
 # but during a release storm it competes with esbuild for the CPUs: brotli 11 takes
@@ -80,30 +79,3 @@ class Bundle:
 def gzip_body(code: bytes) -> bytes:
     """The gzip form (CPU work: off the event loop); the same bytes every time."""
     return gzip.compress(code, compresslevel=GZIP_LEVEL, mtime=0)
-
-
-class MemoryCache:
-    def __init__(self, max_bytes: int) -> None:
-        self._lru: LRUCache[str, Bundle] = LRUCache(maxsize=max_bytes, getsizeof=_size)
-
-    def get(self, key: str) -> Bundle | None:
-        return self._lru.get(key)
-
-    def put(self, bundle: Bundle) -> None:
-        if bundle.size <= self._lru.maxsize:
-            self._lru[bundle.key] = bundle
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    def bundles(self) -> list[Bundle]:
-        """What the tier holds now, least recently used first."""
-        return list(self._lru.values())
-
-    @property
-    def bytes(self) -> int:
-        return int(self._lru.currsize)
-
-
-def _size(bundle: Bundle) -> int:
-    return bundle.size
