@@ -550,3 +550,47 @@ async def test_two_sources_sharing_one_redis_in_process_with_the_naive_control(
     resp = await other.get(IDENTITY_QUERY)
     assert resp.status == 200
     assert (b"of source B" in await resp.read()) == (keys == "content")
+
+
+@pytest.mark.parametrize("released", [True, False], ids=["service", "naive"])
+async def test_a_failed_build_releases_its_lease_so_other_replicas_do_not_wait_for_it(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    released: bool,
+) -> None:
+    """Replica A's build of a broken module fails (422); its lease must go with it. Naive
+    (the lease kept, as before): A renews it for as long as it runs, and replica B, asked
+    for the same bundle, waits for it to land or lapse, which never happens."""
+    if not released:
+        monkeypatch.setattr("bundler.service.core.BundleService.fail_lease", lambda *a: None)
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "2.0.0")
+    (source / "2.0.0" / "components" / "broken.js").write_text("export const = 1;\n")
+    a, b = [
+        await aiohttp_client(
+            create_app(
+                make_settings(
+                    source=str(source),
+                    default_version="2.0.0",
+                    redis_url=redis_server.url,
+                    data_dir=str(tmp_path / name),
+                )
+            )
+        )
+        for name in ("a", "b")
+    ]
+    await wait_ready(a)
+    await wait_ready(b)
+    query = "/bundle.js?modules=components/broken&v=2.0.0"
+    assert (await a.get(query)).status == 422
+    await asyncio.sleep(1.5)  # past a renewal: a kept lease is still there
+    assert bool(redis_server.client().keys("bundler:lease:*")) != released
+    try:
+        async with asyncio.timeout(5):
+            status = (await b.get(query)).status
+    except TimeoutError:
+        status = None
+    assert status == (422 if released else None)

@@ -247,14 +247,21 @@ class BundleService:
             bundle = await build_bundle(self.source, self.builder, spec, priority)
         except (BuildFailed, UnknownModule) as exc:
             self.failures[spec.key] = exc
+            self.fail_lease(spec.key, lease)
             raise
         except BaseException:
-            self.tiers.in_background(lease.release(), f"lease-release:{spec.key}")
+            self.fail_lease(spec.key, lease)
             raise
         finally:
             self.deferred.freed()
         self.tiers.keep(bundle, lease)
         return bundle
+
+    def fail_lease(self, key: str, lease: Lease) -> None:
+        """A build that ended without a bundle gives its lease back: another replica may
+        take it (and meet the same error itself) instead of waiting for a bundle that is
+        not coming, on a lease renewed for as long as this replica runs."""
+        self.tiers.in_background(lease.release(), f"lease-release:{key}")
 
     async def built(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
         """The tailored bundle, built if need be; never the fallback (source maps, warm-up)."""
