@@ -86,8 +86,8 @@ def _directory_main(root: str, name: str) -> Iterator[str]:
 # installed; a directory source may still gain a missing one).
 _found: LRUCache[tuple[str, str], str] = LRUCache(maxsize=65536)
 # package.json files parsed, by path and identity (read from threads too: locked).
-_packages: LRUCache[tuple[str, int, int, int], dict[str, Any]] = LRUCache(maxsize=64)
-_packages_lock = threading.Lock()
+PACKAGE_JSONS: LRUCache[tuple[str, int, int, int], dict[str, Any]] = LRUCache(maxsize=64)
+PACKAGE_JSONS_LOCK = threading.Lock()
 
 
 def _find(root: str, name: str) -> str | None:
@@ -193,8 +193,8 @@ def read_package_json(root: Path) -> dict[str, Any]:
     except OSError:
         return {}
     key = (path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    with _packages_lock:
-        cached = _packages.get(key)
+    with PACKAGE_JSONS_LOCK:
+        cached = PACKAGE_JSONS.get(key)
     if cached is not None:
         return cached
     try:
@@ -203,8 +203,8 @@ def read_package_json(root: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     parsed = data if isinstance(data, dict) else {}
-    with _packages_lock:
-        _packages[key] = parsed
+    with PACKAGE_JSONS_LOCK:
+        PACKAGE_JSONS[key] = parsed
     return parsed
 
 

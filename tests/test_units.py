@@ -216,7 +216,7 @@ def test_package_json_is_parsed_once_per_file(
             def __setitem__(self, key: object, value: object) -> None:
                 pass
 
-        monkeypatch.setattr(resolve, "_packages", Forgetful())
+        monkeypatch.setattr(resolve, "PACKAGE_JSONS", Forgetful())
     resolve.resolve_modules(root, "1.0.0", [f"m{i}" for i in range(50)])
     assert parses == (1 if cached else 50), parses
     (root / "package.json").write_text('{"name": "pkg", "version": "2"}')
