@@ -25,7 +25,7 @@ from tqdm import tqdm
 from bundler.components import make_components
 from bundler.errors import BundlerError, one_line
 from bundler.fallback.model import describe_fallback
-from bundler.service.building import build_bundle
+from bundler.service.building import tailored_bundle
 from bundler.settings import Settings
 from bundler.slots import Priority
 from bundler.spec import parse_query
@@ -156,7 +156,7 @@ class OfflineTarget:
         spec = dataclasses.replace(spec, content=await self.source.digest(self.version))
         if await self.disk.get(spec.key) is not None:
             return "cached"
-        bundle = await build_bundle(self.source, self.builder, spec, Priority.WARM)
+        bundle = await tailored_bundle(self.source, self.builder, spec, Priority.WARM)
         await self.disk.put(bundle)
         return "built"
 

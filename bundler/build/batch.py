@@ -121,7 +121,7 @@ class BatchQueue:
         for _, path in job.registrations:
             self._suspects[(job.version, path)] = True
 
-    async def build(self, job: BuildJob, source_root: Path) -> BuildOutput:
+    async def run(self, job: BuildJob, source_root: Path) -> BuildOutput:
         """Queued for a slot; built alone or in the batch of the first to get one."""
         loop = asyncio.get_running_loop()
         me = Waiting(

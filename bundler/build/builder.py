@@ -94,7 +94,7 @@ class Builder:
         self.esbuilds = EsbuildPool(
             esbuild, threads=threads_per_build * pool_size, memory_mib=memory_mib
         )
-        self.batches = BatchQueue(self.slots, batch_max, self._build_many, self._count, timeout_s)
+        self.batches = BatchQueue(self.slots, batch_max, self._run_batch, self._count, timeout_s)
         self.batch_max = batch_max
         self.results: collections.Counter[str] = collections.Counter()
         # Builds asked of esbuild, by kind: single, batch, survey.
@@ -147,10 +147,10 @@ class Builder:
     async def build(self, job: BuildJob, source_root: Path) -> BuildOutput:
         if job.mode == "tailored" and not self.batches.suspect(job):
             try:
-                return await self.batches.build(job, source_root)
+                return await self.batches.run(job, source_root)
             except RunAlone:
                 pass
-        return await self._in_slot(job, self._build(job, source_root))
+        return await self._in_slot(job, self._run_alone(job, source_root))
 
     def _count(self, job: BuildJob, seconds: float, outcome: object) -> None:
         if isinstance(outcome, BuildTimeout):
@@ -249,9 +249,9 @@ class Builder:
         """The esbuild command line of a build, as one would run it by hand."""
         return command(self.esbuilds.esbuild, entry, outfile, job)
 
-    async def _build(self, job: BuildJob, source_root: Path) -> BuildOutput:
+    async def _run_alone(self, job: BuildJob, source_root: Path) -> BuildOutput:
         try:
-            [output] = await self._build_many([job], source_root)
+            [output] = await self._run_batch([job], source_root)
         except (BuildFailed, UnknownModule):
             self.batches.remember_failure(job)
             raise
@@ -259,7 +259,7 @@ class Builder:
             raise output
         return output
 
-    async def _build_many(
+    async def _run_batch(
         self, jobs: Sequence[BuildJob], source_root: Path
     ) -> list[BuildOutput | BuildFailed]:
         """One esbuild build for ``jobs`` (same version and options). A failed build

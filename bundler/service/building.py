@@ -15,7 +15,7 @@ from bundler.sources import SourceStore
 from bundler.spec import BundleSpec
 
 
-async def build_output(
+async def tailored_output(
     source: SourceStore, builder: Builder, spec: BundleSpec, priority: Priority, *, with_map: bool
 ) -> BuildOutput:
     async with source.use(spec.version) as root:
@@ -28,9 +28,9 @@ async def build_output(
         return await builder.build(job, root)
 
 
-async def build_bundle(
+async def tailored_bundle(
     source: SourceStore, builder: Builder, spec: BundleSpec, priority: Priority
 ) -> Bundle:
     """Build one tailored bundle (no source map: it is made on request) and its compressed forms."""
-    output = await build_output(source, builder, spec, priority, with_map=False)
+    output = await tailored_output(source, builder, spec, priority, with_map=False)
     return await asyncio.to_thread(Bundle.create, spec.key, output.code)

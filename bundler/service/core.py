@@ -34,7 +34,7 @@ from bundler.fallback.model import Fallback
 from bundler.fleet.builds import shared_or_lease
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
-from bundler.service.building import build_bundle
+from bundler.service.building import tailored_bundle
 from bundler.service.deferred import DeferredBuilds
 from bundler.service.derived import DerivedForms
 from bundler.service.figures import metric_values
@@ -244,7 +244,7 @@ class BundleService:
             return found
         lease: Lease = found
         try:
-            bundle = await build_bundle(self.source, self.builder, spec, priority)
+            bundle = await tailored_bundle(self.source, self.builder, spec, priority)
         except (BuildFailed, UnknownModule) as exc:
             self.failures[spec.key] = exc
             self.fail_lease(spec.key, lease)

@@ -15,7 +15,7 @@ from bundler.bundle import Bundle
 from bundler.errors import Unavailable
 from bundler.fleet.keys import source_map_name
 from bundler.flight import SingleFlight
-from bundler.service.building import build_output
+from bundler.service.building import tailored_output
 from bundler.slots import Priority
 from bundler.sources import SourceStore
 from bundler.spec import BundleSpec
@@ -74,7 +74,7 @@ class SourceMaps:
             self._maps[key] = made
 
     async def _build(self, spec: BundleSpec, bundle: Bundle, *, of_css: bool) -> bytes:
-        output = await build_output(
+        output = await tailored_output(
             self.source, self.builder, spec, Priority.TAILORED, with_map=True
         )
         assert output.sourcemap is not None
