@@ -136,12 +136,19 @@ async def test_full_queue_sheds_to_the_fallback_without_queuing(
     assert runs() <= 3  # the deferred one may share the second page's run
 
 
-async def test_failed_build_is_not_hidden_by_the_fallback(
-    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
+def with_a_broken_module(tmp_path: Path) -> Path:
+    """A source whose version 2.0.0 is the examples plus components/broken, which does
+    not build (a syntax error)."""
     source = tmp_path / "src"
     shutil.copytree(EXAMPLES / "1.1.0", source / "2.0.0")
     (source / "2.0.0" / "components" / "broken.js").write_text("export const = 1;\n")
+    return source
+
+
+async def test_failed_build_is_not_hidden_by_the_fallback(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    source = with_a_broken_module(tmp_path)
     client = await aiohttp_client(
         create_app(
             make_settings(source=str(source), default_version="2.0.0", fallback_budget_ms=2000)

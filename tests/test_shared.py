@@ -26,7 +26,7 @@ from bundler.fleet.client import RedisFleet
 from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, free_port, start_service, wait_process_ready, wait_ready
-from tests.test_fallback import metrics
+from tests.test_fallback import metrics, with_a_broken_module
 from tests.test_identity import QUERY as IDENTITY_QUERY
 from tests.test_identity import keyed_as_before, two_sources
 
@@ -566,9 +566,7 @@ async def test_a_failed_build_releases_its_lease_so_other_replicas_do_not_wait_f
     for the same bundle, waits for it to land or lapse, which never happens."""
     if not released:
         monkeypatch.setattr("bundler.service.core.BundleService.fail_lease", lambda *a: None)
-    source = tmp_path / "src"
-    shutil.copytree(EXAMPLES / "1.1.0", source / "2.0.0")
-    (source / "2.0.0" / "components" / "broken.js").write_text("export const = 1;\n")
+    source = with_a_broken_module(tmp_path)
     a, b = [
         await aiohttp_client(
             create_app(
