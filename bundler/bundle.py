@@ -36,10 +36,14 @@ class Bundle:
     sourcemap: bytes | None = None
     etag_prefix: str = ""
     br_quality: int = BROTLI_QUALITY
+    # Where a tailored bundle's code names its version (bundler.build.marks), and what it
+    # was built from (bundler.carry.record; b"": nothing, it is never carried).
+    version_at: tuple[tuple[int, int], ...] = ()
+    inputs: bytes = b""
 
     @property
     def size(self) -> int:
-        return len(self.code) + len(self.br) + len(self.sourcemap or b"")
+        return len(self.code) + len(self.br) + len(self.sourcemap or b"") + len(self.inputs)
 
     def body(self, encoding: str) -> bytes:
         """The bytes for ``br`` or ``identity``; gzip is made apart (gzip_body)."""
@@ -63,6 +67,8 @@ class Bundle:
         sourcemap: bytes | None = None,
         etag_prefix: str = "",
         brotli_quality: int = BROTLI_QUALITY,
+        version_at: tuple[tuple[int, int], ...] = (),
+        inputs: bytes = b"",
     ) -> Bundle:
         """CPU work (hashing, compressing): call it off the event loop."""
         return cls(
@@ -73,6 +79,8 @@ class Bundle:
             sourcemap=sourcemap,
             etag_prefix=etag_prefix,
             br_quality=brotli_quality,
+            version_at=version_at,
+            inputs=inputs,
         )
 
 

@@ -61,9 +61,12 @@ class BundleSpec:
     @functools.cached_property
     def query(self) -> str:
         """The canonical query string of this bundle, URL-encoded (for links and logs)."""
-        return urllib.parse.urlencode(
-            {"modules": ",".join(self.modules), "v": self.version}, safe=",/@"
-        )
+        return self.query_for(self.version)
+
+    def query_for(self, version: str) -> str:
+        """The same query naming another version (a build writes a mark there:
+        bundler.build.marks)."""
+        return urllib.parse.urlencode({"modules": ",".join(self.modules), "v": version}, safe=",/@")
 
 
 def validate_version(version: str) -> str:

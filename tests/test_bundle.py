@@ -430,3 +430,17 @@ async def test_a_request_that_looks_in_the_disk_tier_meanwhile_does_not_build_ag
     assert (await first).status == 200
     assert (await second).status == 200
     assert runs() - before == (1 if look_again else 2)
+
+
+async def test_a_tailored_bundle_knows_where_it_names_its_version(client: TestClient) -> None:
+    """The build writes a mark where the bundle names its version (the registry record,
+    the source map's URL), replaced before it is kept: the served bytes hold the version
+    there and no mark anywhere, and its source map (a second run) matches it."""
+    resp = await client.get("/bundle.js?modules=components/card,components/hero&v=1.1.0")
+    code = await resp.read()
+    assert resp.status == 200 and b"bundler-version" not in code
+    [bundle] = client.app[SERVICE].tiers.memory.bundles()
+    assert bundle.code == code and sorted(form for _, form in bundle.version_at) == [0, 1]
+    assert all(code[at : at + 5] == b"1.1.0" for at, _ in bundle.version_at)
+    source_map = await client.get("/bundle.js.map?modules=components/card,components/hero&v=1.1.0")
+    assert source_map.status == 200 and b"bundler-version" not in await source_map.read()

@@ -81,7 +81,9 @@ async def test_corrupt_entry_is_rebuilt_never_served(
 def sample_bundle(key: str, size: int, seed: int) -> Bundle:
     rng = random.Random(seed)
     code = f"/*{key}*/".encode() + bytes(rng.randrange(32, 127) for _ in range(size))
-    return Bundle.create(key, code, b'{"version":3}')
+    return Bundle.create(
+        key, code, b'{"version":3}', version_at=((2, 0), (40, 1)), inputs=b'{"inputs":{}}'
+    )
 
 
 def test_every_truncation_and_flip_is_caught() -> None:

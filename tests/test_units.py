@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bundler.build.marks import QUERY_MARK, RAW_MARK, rename, render
 from bundler.cpus import cgroup_cpu_limit, cpus_from
 from bundler.errors import BadRequest, ConfigError
 from bundler.negotiate import choose_encoding
@@ -221,3 +222,21 @@ def test_package_json_is_parsed_once_per_file(
     assert parses == (1 if cached else 50), parses
     (root / "package.json").write_text('{"name": "pkg", "version": "2"}')
     assert resolve.read_package_json(root) == {"name": "pkg", "version": "2"}
+
+
+def test_a_rendered_bundle_can_be_renamed_to_another_version_as_if_built_for_it() -> None:
+    template = (
+        f'push({{version:"{RAW_MARK}"}});url(assets/{RAW_MARK}/a.png)\n'
+        f"//# sourceMappingURL=bundle.js.map?modules=a&v={QUERY_MARK}\n"
+    ).encode()
+    old, marks = render(template, "1.0.0")
+    assert old == (
+        b'push({version:"1.0.0"});url(assets/1.0.0/a.png)\n'
+        b"//# sourceMappingURL=bundle.js.map?modules=a&v=1.0.0\n"
+    )
+    new, new_marks = rename(old, marks, "1.0.0", "2.0.0-rc.1+build")
+    # The query form is URL-encoded, as BundleSpec.query writes it.
+    assert (new, new_marks) == render(template, "2.0.0-rc.1+build")
+    assert b"v=2.0.0-rc.1%2Bbuild" in new and b"assets/2.0.0-rc.1+build/" in new
+    with pytest.raises(ValueError):
+        rename(old, marks, "1.0.1", "2.0.0")  # the marks do not hold that version

@@ -306,7 +306,9 @@ class Builder:
                     "batch": len(jobs),
                 },
             )
-            results.append(BuildOutput(read.code, read.sourcemap, duration, read.css_map))
+            results.append(
+                BuildOutput(read.code, read.sourcemap, duration, read.css_map, read.marks)
+            )
         return results
 
     async def _esbuild(

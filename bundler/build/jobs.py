@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bundler.build.marks import QUERY_MARK, RAW_MARK, Marks
 from bundler.entry import Registration
 from bundler.slots import Priority
 from bundler.spec import BuildOptions, BundleSpec
@@ -51,9 +52,15 @@ class BuildJob:
             key=spec.key,
             label=spec.query,
             priority=priority,
-            map_url="bundle.js.map?" + spec.query,
+            map_url="bundle.js.map?" + spec.query_for(QUERY_MARK),
             with_map=with_map,
         )
+
+    @property
+    def written_version(self) -> str:
+        """The version as the build writes it: a tailored bundle's is a mark, replaced
+        once its output is read (bundler.build.marks), a fallback's is itself."""
+        return RAW_MARK if self.mode == "tailored" else self.version
 
     @classmethod
     def fallback(
@@ -99,6 +106,7 @@ class BuildOutput:
     sourcemap: bytes | None
     duration_s: float
     css_map: bytes | None = None  # the source map of the CSS it carries (/bundle.css.map)
+    marks: Marks = ()  # where a tailored bundle's code names its version
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 from bundler import css
 from bundler.build.assets import AssetStore
 from bundler.build.jobs import BuildJob
+from bundler.build.marks import Marks, render
 
 # A build's layout in its scratch dir: entry I/entry.js comes back as I/bundle.js.
 ENTRY_NAME = "entry.js"
@@ -50,6 +51,7 @@ class ReadOutput:
     sourcemap: bytes | None
     outside: list[str]
     css_map: bytes | None = None
+    marks: Marks = ()
 
 
 def read_output(
@@ -86,7 +88,7 @@ def read_output(
         css_pieces, css_edits = css.move_out_css(
             css.pieces(css_bytes, css.css_inputs(css_from)),
             job.options.asset_inline_max_bytes,
-            job.version,
+            job.written_version,
             assets.put,
         )
         # What the CSS points at (inlined, so in no output's inputs) is checked like an import.
@@ -104,7 +106,10 @@ def read_output(
         if name != entry_key and (name.startswith("../") or os.path.isabs(name))
     ]
     code, js_edits = css.move_out_js(
-        result.files[str(outfile)], job.options.asset_inline_max_bytes, job.version, assets.put
+        result.files[str(outfile)],
+        job.options.asset_inline_max_bytes,
+        job.written_version,
+        assets.put,
     )
     map_bytes = css_map = None
     if css_pieces and job.map_url and job.with_map:
@@ -120,7 +125,12 @@ def read_output(
             SOURCE_MAP_COMMENT.sub(b"", code).rstrip()
             + f"\n//# sourceMappingURL={job.map_url}\n".encode()
         )
-    return ReadOutput(code, map_bytes, outside, css_map)
+    marks: Marks = ()
+    if job.written_version != job.version:
+        code, marks = render(code, job.version)
+        map_bytes = None if map_bytes is None else render(map_bytes, job.version)[0]
+        css_map = None if css_map is None else render(css_map, job.version)[0]
+    return ReadOutput(code, map_bytes, outside, css_map, marks)
 
 
 def read_outputs(

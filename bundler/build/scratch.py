@@ -70,6 +70,6 @@ def entry(job: BuildJob, source_root: Path) -> str:
         job.registrations,
         source_root,
         job.options.registry_name,
-        version=job.version,
+        version=job.written_version,
         mode=job.mode,
     )

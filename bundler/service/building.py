@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from bundler.build.builder import Builder
 from bundler.build.jobs import BuildJob, BuildOutput
@@ -33,4 +34,6 @@ async def tailored_bundle(
 ) -> Bundle:
     """Build one tailored bundle (no source map: it is made on request) and its compressed forms."""
     output = await tailored_output(source, builder, spec, priority, with_map=False)
-    return await asyncio.to_thread(Bundle.create, spec.key, output.code)
+    return await asyncio.to_thread(
+        functools.partial(Bundle.create, spec.key, output.code, version_at=output.marks)
+    )

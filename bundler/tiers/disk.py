@@ -36,7 +36,11 @@ logger = logging.getLogger(__name__)
 
 MAGIC = b"bundler-entry-1\n"
 SUFFIX = ".bundle"
-PARTS = ("code", "gzip", "br", "sourcemap")
+# "marks" and "inputs": where a tailored bundle names its version and what it was built
+# from (bundler.carry); an entry written before them has neither, and is read as a
+# bundle that is never carried.
+PARTS = ("code", "gzip", "br", "sourcemap", "marks", "inputs")
+EMPTY_PART = [0, hashlib.sha256(b"").hexdigest()]
 # A header is a few hundred bytes; anything longer is not one of ours.
 MAX_HEADER_BYTES = 4096
 # Bundles waiting for the writer thread, at most (their bytes stay in memory meanwhile).
@@ -53,6 +57,8 @@ def encode_entry(bundle: Bundle) -> bytes:
         "gzip": b"",
         "br": bundle.br,
         "sourcemap": bundle.sourcemap or b"",
+        "marks": json.dumps(bundle.version_at).encode() if bundle.version_at else b"",
+        "inputs": bundle.inputs,
     }
     header = {
         "key": bundle.key,
@@ -73,8 +79,9 @@ def decode_entry(raw: bytes, key: str) -> Bundle:
         raise CorruptEntry("no header")
     try:
         header = json.loads(raw[len(MAGIC) : end])
-        lengths = [int(header["parts"][name][0]) for name in PARTS]
-        digests = [str(header["parts"][name][1]) for name in PARTS]
+        described = [header["parts"].get(name, EMPTY_PART) for name in PARTS]
+        lengths = [int(length) for length, _ in described]
+        digests = [str(digest) for _, digest in described]
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise CorruptEntry(f"bad header: {exc}") from None
     if header.get("key") != key:
@@ -91,6 +98,11 @@ def decode_entry(raw: bytes, key: str) -> Bundle:
             raise CorruptEntry(f"checksum of {name}")
         parts[name] = data
     code = parts["code"]
+    try:
+        marks = json.loads(parts["marks"]) if parts["marks"] else ()
+        version_at = tuple((int(at), int(form)) for at, form in marks)
+    except (ValueError, TypeError) as exc:
+        raise CorruptEntry(f"bad marks: {exc}") from None
     return Bundle(
         key=key,
         code=code,
@@ -98,6 +110,8 @@ def decode_entry(raw: bytes, key: str) -> Bundle:
         digest=digests[0],
         sourcemap=parts["sourcemap"] if header.get("has_sourcemap") else None,
         etag_prefix=str(header.get("etag_prefix", "")),
+        version_at=version_at,
+        inputs=parts["inputs"],
     )
 
 
