@@ -167,7 +167,7 @@ def move_out_css(
         moved.append(new)
         spots += [(at + offset, change) for offset, change in piece_spots]
         at += len(piece)
-    return moved, _by_line(b"".join(css_pieces), spots)
+    return moved, by_line(b"".join(css_pieces), spots)
 
 
 def move_out_js(
@@ -187,7 +187,7 @@ def move_out_js(
     )
     if not spots:
         return code, {}
-    edits = _by_line(code, spots)
+    edits = by_line(code, spots)
     edits.setdefault(0, []).insert(0, (-1, len(JS_BASE_LINE)))  # before everything
     return JS_BASE_LINE + new, edits
 
@@ -221,7 +221,7 @@ def _move_out(
     return pattern.sub(replace, text), spots
 
 
-def _by_line(text: bytes, spots: Sequence[tuple[int, int]]) -> Edits:
+def by_line(text: bytes, spots: Sequence[tuple[int, int]]) -> Edits:
     """(offset, change) spots of ``text`` as a source map counts them: by line, column."""
     edits: Edits = {}
     for offset, change in spots:

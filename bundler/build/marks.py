@@ -20,6 +20,7 @@ import urllib.parse
 RAW_MARK = "bundler-version-mark-7c1e0f93"
 QUERY_MARK = "bundler-version-query-7c1e0f93"
 _MARKS = re.compile(f"({RAW_MARK}|{QUERY_MARK})".encode())
+_RAW = RAW_MARK.encode()
 RAW, QUERY = 0, 1
 
 # (offset in the code, form: RAW or QUERY), in order.
@@ -43,13 +44,26 @@ def render(template: bytes, version: str) -> tuple[bytes, Marks]:
     for match in _MARKS.finditer(template):
         out.append(template[at : match.start()])
         length += match.start() - at
-        form = RAW if match.group(0) == RAW_MARK.encode() else QUERY
+        form = RAW if match.group(0) == _RAW else QUERY
         marks.append((length, form))
         out.append(written[form])
         length += len(written[form])
         at = match.end()
     out.append(template[at:])
     return b"".join(out), tuple(marks)
+
+
+def spots(template: bytes, version: str) -> list[tuple[int, int]]:
+    """(offset in the template, change in length) of each mark ``render`` replaces: a
+    source map of the template is shifted by them (bundler.css.shift_map)."""
+    written = forms(version)
+    return [
+        (
+            match.start(),
+            len(written[RAW if match.group(0) == _RAW else QUERY]) - len(match.group(0)),
+        )
+        for match in _MARKS.finditer(template)
+    ]
 
 
 def rename(code: bytes, marks: Marks, old: str, new: str) -> tuple[bytes, Marks]:

@@ -21,7 +21,8 @@ from typing import Any
 from bundler import css
 from bundler.build.assets import AssetStore
 from bundler.build.jobs import BuildJob
-from bundler.build.marks import Marks, render
+from bundler.build.marks import Marks, render, spots
+from bundler.carry.record import make_record
 
 # A build's layout in its scratch dir: entry I/entry.js comes back as I/bundle.js.
 ENTRY_NAME = "entry.js"
@@ -52,6 +53,7 @@ class ReadOutput:
     outside: list[str]
     css_map: bytes | None = None
     marks: Marks = ()
+    inputs: bytes = b""  # what it was built from (bundler.carry.record)
 
 
 def read_output(
@@ -61,6 +63,7 @@ def read_output(
     job: BuildJob,
     assets: AssetStore,
     whole_run: bool = False,
+    esbuild_version: str = "",
 ) -> ReadOutput:
     """The bundle esbuild made in ``outdir`` (its entry beside it), its map, and the
     inputs esbuild took from outside the source root.
@@ -126,11 +129,23 @@ def read_output(
             + f"\n//# sourceMappingURL={job.map_url}\n".encode()
         )
     marks: Marks = ()
+    record = b""
     if job.written_version != job.version:
+        # The maps were made for the text with its marks: shifted where a mark's
+        # replacement is shorter or longer (a minified bundle is one long line).
+        if map_bytes is not None:
+            edits = css.by_line(code, spots(code, job.version))
+            map_bytes = css.shift_map(render(map_bytes, job.version)[0], edits)
+        if css_map is not None:
+            sheet = b"".join(css_pieces)
+            edits = css.by_line(sheet, spots(sheet, job.version))
+            css_map = css.shift_map(render(css_map, job.version)[0], edits)
         code, marks = render(code, job.version)
-        map_bytes = None if map_bytes is None else render(map_bytes, job.version)[0]
-        css_map = None if css_map is None else render(css_map, job.version)[0]
-    return ReadOutput(code, map_bytes, outside, css_map, marks)
+        if esbuild_version and not outside:
+            record = make_record(
+                meta, list(inputs), entry_key, source_root, job.registrations, esbuild_version
+            )
+    return ReadOutput(code, map_bytes, outside, css_map, marks, record)
 
 
 def read_outputs(
@@ -139,10 +154,13 @@ def read_outputs(
     jobs: Sequence[BuildJob],
     source_root: Path,
     assets: AssetStore,
+    esbuild_version: str = "",
 ) -> list[ReadOutput]:
     """Every bundle of one build (the layout of Builder._request)."""
     return [
-        read_output(result, workdir / str(i), source_root, job, assets)
+        read_output(
+            result, workdir / str(i), source_root, job, assets, esbuild_version=esbuild_version
+        )
         for i, job in enumerate(jobs)
     ]
 
