@@ -197,6 +197,14 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "Shared tier (Redis) lookups by result (hit, miss, corrupt, error).",
         "result",
     ),
+    "bundler_carryover": (
+        "counter",
+        "Bundles of a version looked for among other versions' bundles: carried (no build), "
+        "or rebuilt and why (changed: an input's bytes; resolution: what an import resolves "
+        "to may differ; entry: a requested name resolves elsewhere; esbuild: another "
+        "esbuild; unrecorded: built before records, or what it depends on cannot be told).",
+        "result,reason",
+    ),
     "bundler_shared_lease_waits": (
         "counter",
         "Times a build waited for another replica's lease on the same bundle.",

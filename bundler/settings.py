@@ -151,6 +151,16 @@ class Settings:
     combos_save_interval_s: float = _opt(
         "How often the popular combinations are saved to the data dir.", default=60.0
     )
+    carry_over: str = _opt(
+        "Answer a version's bundle with one built for another version when its inputs "
+        "and their resolution did not change (no build): 'on' or 'off'.",
+        default="on",
+    )
+    carry_sweep_top: int = _opt(
+        "How many of the most requested combinations a new version gets carried over "
+        "before they are asked for (0: only on request).",
+        default=500,
+    )
     warm_token: str = _opt(
         "If set, POST /warm needs the header 'X-Warm-Token: <this>'.", default=""
     )
@@ -326,6 +336,10 @@ class Settings:
             out.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.log_format not in ("text", "json"):
             out.append("log_format must be 'text' or 'json'")
+        if self.carry_over not in ("on", "off"):
+            out.append(f"carry_over must be 'on' or 'off', got {self.carry_over!r}")
+        if self.carry_sweep_top < 0:
+            out.append("carry_sweep_top must be 0 or more")
         if self.access_log not in ("on", "off"):
             out.append(f"access_log must be 'on' or 'off', got {self.access_log!r}")
         return out

@@ -281,7 +281,7 @@ class Builder:
                 logger.info("batch build failed; its builds run alone", extra={"builds": len(jobs)})
                 raise BuildFailed("a batch failed")
             reads = await asyncio.to_thread(
-                read_outputs, result, workdir, jobs, source_root, self.assets
+                read_outputs, result, workdir, jobs, source_root, self.assets, self.esbuilds.version
             )
         finally:
             self.scratch.remove_later(workdir)
@@ -307,7 +307,9 @@ class Builder:
                 },
             )
             results.append(
-                BuildOutput(read.code, read.sourcemap, duration, read.css_map, read.marks)
+                BuildOutput(
+                    read.code, read.sourcemap, duration, read.css_map, read.marks, read.inputs
+                )
             )
         return results
 

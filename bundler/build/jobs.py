@@ -107,6 +107,7 @@ class BuildOutput:
     duration_s: float
     css_map: bytes | None = None  # the source map of the CSS it carries (/bundle.css.map)
     marks: Marks = ()  # where a tailored bundle's code names its version
+    inputs: bytes = b""  # what it was built from (bundler.carry.record)
 
 
 @dataclass(frozen=True)

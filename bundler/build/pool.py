@@ -82,7 +82,7 @@ class EsbuildPool:
                 raise ServiceGone(None, "", killed=True)
             service = EsbuildService(
                 self.esbuild,
-                await self._esbuild_version(),
+                await self.binary_version(),
                 {
                     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                     # Builds in flight share the pool's CPUs: one build alone (a quiet
@@ -108,7 +108,12 @@ class EsbuildPool:
             return {}
         return {"GOGC": "off", "GOMEMLIMIT": f"{self.memory_mib}MiB"}
 
-    async def _esbuild_version(self) -> str:
+    @property
+    def version(self) -> str:
+        """The binary's version ("" until it was asked: binary_version)."""
+        return self._version or ""
+
+    async def binary_version(self) -> str:
         """The binary's version, which its service must be started with (asked once)."""
         if self._version is None:
             proc = await asyncio.create_subprocess_exec(

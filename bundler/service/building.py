@@ -35,5 +35,7 @@ async def tailored_bundle(
     """Build one tailored bundle (no source map: it is made on request) and its compressed forms."""
     output = await tailored_output(source, builder, spec, priority, with_map=False)
     return await asyncio.to_thread(
-        functools.partial(Bundle.create, spec.key, output.code, version_at=output.marks)
+        functools.partial(
+            Bundle.create, spec.key, output.code, version_at=output.marks, inputs=output.inputs
+        )
     )

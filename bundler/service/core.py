@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
 from bundler import css
 from bundler.bundle import Bundle
+from bundler.carry.carrier import Carrier
 from bundler.components import Components
 from bundler.errors import (
     BuildFailed,
@@ -32,6 +33,7 @@ from bundler.errors import (
 )
 from bundler.fallback.model import Fallback
 from bundler.fleet.builds import shared_or_lease
+from bundler.fleet.lease import Lease
 from bundler.flight import SingleFlight
 from bundler.metrics import LagMonitor
 from bundler.service.building import tailored_bundle
@@ -44,9 +46,6 @@ from bundler.service.parsing import Queries
 from bundler.service.race import Answer, Mode, answer_miss
 from bundler.slots import Priority
 from bundler.spec import BundleSpec, validate_version
-
-if TYPE_CHECKING:
-    from bundler.fleet.lease import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +89,12 @@ class BundleService:
         self.queries = Queries(settings, source, self.options, self.default_version)
         fallbacks.on_loaded = self._promote_uncovered
         self.maps = SourceMaps(source, builder, self.fleet, self.tiers)
+        self.carrier = Carrier(
+            source,
+            self.tiers,
+            builder.esbuilds.binary_version,
+            enabled=settings.carry_over == "on",
+        )
         self.lease_waits = 0
 
     def _newest_version(self) -> str:
@@ -169,8 +174,27 @@ class BundleService:
     async def parse(
         self, pairs: Sequence[tuple[str, str]], other_params: frozenset[str] = frozenset()
     ) -> tuple[BundleSpec, bool]:
-        """The request's spec, bound to its version's content (bundler.service.parsing)."""
-        return await self.queries.parse(pairs, other_params)
+        """The request's spec, bound to its version's content (bundler.service.parsing).
+        A version's first request carries its most requested bundles over, behind it."""
+        spec, pinned = await self.queries.parse(pairs, other_params)
+        if not self.carrier.swept(spec.version):
+            popular = [tuple(c["modules"]) for c in self.combos.top(self.settings.carry_sweep_top)]
+            fill = functools.partial(self._carry_ahead, spec.version, spec.content)
+            self.carrier.sweep(spec.version, self.options, popular, fill)
+        return spec, pinned
+
+    async def _carry_ahead(self, version: str, content: str, modules: tuple[str, ...]) -> None:
+        spec = BundleSpec(version, modules, self.options, content)
+        if (
+            spec.key in self.flight
+            or self.tiers.memory.peek(spec.key)
+            or spec.key in self.tiers.disk
+        ):
+            return
+        carried = await self.carrier.carry(spec)
+        if carried is not None and self.tiers.memory.peek(spec.key) is None:
+            self.carrier.built(spec, carried)
+            self.tiers.keep(carried, Lease.alone(spec.key))  # to the fleet too
 
     def queue_full(self) -> bool:
         """Tailored builds admitted (running, queued, or created but not yet queued: a
@@ -224,8 +248,11 @@ class BundleService:
         return answer
 
     async def cached(self, spec: BundleSpec) -> Bundle | None:
-        """Memory, then disk (bundler.tiers.tiered)."""
-        return await self.tiers.cached(spec.key)
+        """Memory, then disk (bundler.tiers.tiered); known to the carry-over from now."""
+        bundle = await self.tiers.cached(spec.key)
+        if bundle is not None:
+            self.carrier.built(spec, bundle)
+        return bundle
 
     async def build(self, spec: BundleSpec, priority: Priority = Priority.TAILORED) -> Bundle:
         """The flight of ``spec``'s key: its bundle from the shared tier or built here.
@@ -240,11 +267,15 @@ class BundleService:
         if isinstance(found, Bundle):  # another replica built it
             self.tiers.lookups["shared_hit"] += 1
             self.deferred.freed()
+            self.carrier.built(spec, found)
             self.tiers.keep(found)
             return found
         lease: Lease = found
         try:
-            bundle = await tailored_bundle(self.source, self.builder, spec, priority)
+            # Built for another version with the same inputs: no build (bundler.carry).
+            bundle = await self.carrier.carry(spec) or await tailored_bundle(
+                self.source, self.builder, spec, priority
+            )
         except (BuildFailed, UnknownModule) as exc:
             self.failures[spec.key] = exc
             self.fail_lease(spec.key, lease)
@@ -254,6 +285,7 @@ class BundleService:
             raise
         finally:
             self.deferred.freed()
+        self.carrier.built(spec, bundle)
         self.tiers.keep(bundle, lease)
         return bundle
 
@@ -312,7 +344,7 @@ class BundleService:
         await self.built(spec, Priority.WARM)
         # Warmed means the fleet has it: answered once it is in the shared tier too.
         await self.tiers.shared_written(spec.key)
-        return "built"
+        return "carried" if self.carrier.carried_from(spec.key) else "built"
 
     def abort_waiters(self) -> int:
         """The shutdown deadline: every request still waiting for a build, a fallback or a
@@ -340,6 +372,7 @@ class BundleService:
         await self.maps.flight.close()
         await self.fallbacks.close()
         await self.builder.kill_all()
+        await self.carrier.close()
         await self.source.close()
         await self.tiers.close()
 

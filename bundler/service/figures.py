@@ -49,4 +49,5 @@ def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]
         "bundler_event_loop_lag_smoothed_seconds": service.lag.smoothed_s,
         **service.tiers.metric_values(),
         **service.fleet.metric_values(),
+        **service.carrier.metric_values(),
     }

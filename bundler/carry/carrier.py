@@ -1,0 +1,168 @@
+"""The service's carry-over: a miss for a version is answered with a bundle of the same
+modules built for another version, when the decision (bundler.carry.record) says this
+version would build it byte for byte alike; and, as soon as a new version is here, its
+most popular combinations are carried before they are asked for.
+
+Which bundles can be carried is known by their modules and build options (an index of
+what was built or carried here, by version); the bytes come from the tiers. Everything
+that reads files runs in a worker thread; each version's file digests and path states
+are taken once (a sweep asks the same package.json thousands of times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from cachetools import LRUCache
+
+from bundler.build.marks import rename
+from bundler.bundle import Bundle
+from bundler.carry.probes import Probe
+from bundler.carry.record import FileDigests, decide
+from bundler.resolve import resolve_modules
+from bundler.sources import SourceStore, version_sort_key
+from bundler.spec import BuildOptions, BundleSpec
+from bundler.tiers.tiered import TieredCache
+
+logger = logging.getLogger(__name__)
+
+# Module lists whose bundles' keys are known, by version (a few bytes each).
+INDEXED = 65536
+# Versions whose file digests and path states are kept (a release: the old and the new).
+LOOKED_AT = 4
+
+
+class Carrier:
+    def __init__(
+        self,
+        source: SourceStore,
+        tiers: TieredCache,
+        esbuild_version: Callable[[], Awaitable[str]],
+        *,
+        enabled: bool = True,
+    ) -> None:
+        self.source = source
+        self.tiers = tiers
+        self.esbuild_version = esbuild_version
+        self.enabled = enabled
+        # (modules, options) -> {version: key}
+        self._index: LRUCache[tuple[tuple[str, ...], BuildOptions], dict[str, str]] = LRUCache(
+            maxsize=INDEXED
+        )
+        self._looks: LRUCache[tuple[str, str], tuple[Probe, FileDigests]] = LRUCache(
+            maxsize=LOOKED_AT
+        )
+        # carried, and rebuilt by reason (bundler_carryover_total): each key decided once
+        self.results: collections.Counter[str] = collections.Counter()
+        self._rebuilt: LRUCache[str, str] = LRUCache(maxsize=INDEXED)
+        self._carried: LRUCache[str, str] = LRUCache(maxsize=INDEXED)  # key -> from version
+        self._sweeps: dict[str, asyncio.Task[None]] = {}
+
+    def built(self, spec: BundleSpec, bundle: Bundle) -> None:
+        """A tailored bundle of ``spec`` is in the tiers (built or carried here)."""
+        if bundle.inputs and bundle.version_at:
+            self._index.setdefault((spec.modules, spec.options), {})[spec.version] = bundle.key
+
+    async def carry(self, spec: BundleSpec) -> Bundle | None:
+        """``spec``'s bundle made from one built for another version, or None (built, then)."""
+        if not self.enabled or spec.key in self._rebuilt:
+            return None
+        known = self._index.get((spec.modules, spec.options), {})
+        others = sorted((v for v in known if v != spec.version), key=version_sort_key, reverse=True)
+        for version in others[:2]:  # the newest first: the likeliest to match
+            old = await self.tiers.cached(known[version])
+            if old is None:
+                known.pop(version, None)
+                continue
+            carried = await self._carry_from(spec, version, old)
+            if carried is not None:
+                return carried
+        return None
+
+    async def _carry_from(self, spec: BundleSpec, version: str, old: Bundle) -> Bundle | None:
+        esbuild = await self.esbuild_version()
+        async with self.source.use(spec.version) as root:
+            look = self._looks.get((spec.version, spec.content))
+            if look is None:
+                look = self._looks[(spec.version, spec.content)] = (Probe(root), FileDigests(root))
+            probe, digests = look
+            reason = await asyncio.to_thread(
+                decide,
+                old.inputs,
+                probe,
+                digests,
+                esbuild,
+                functools.partial(resolve_modules, root, spec.version, spec.modules),
+            )
+        if reason is not None:
+            if spec.key not in self._rebuilt:
+                self.results[f"rebuilt:{reason}"] += 1
+            self._rebuilt[spec.key] = reason
+            logger.debug(
+                "not carried", extra={"bundle": spec.query, "from": version, "why": reason}
+            )
+            return None
+        try:
+            code, marks = rename(old.code, old.version_at, version, spec.version)
+        except ValueError:
+            self.results["rebuilt:marks"] += 1
+            return None
+        bundle = await asyncio.to_thread(
+            functools.partial(Bundle.create, spec.key, code, version_at=marks, inputs=old.inputs)
+        )
+        self.results["carried"] += 1
+        self._carried[spec.key] = version
+        return bundle
+
+    def carried_from(self, key: str) -> str | None:
+        """The version the bundle of ``key`` was carried from (None: built, or not here)."""
+        return self._carried.get(key)
+
+    def rebuilt_because(self, key: str) -> str | None:
+        return self._rebuilt.get(key)
+
+    def swept(self, version: str) -> bool:
+        return version in self._sweeps
+
+    def sweep(
+        self,
+        version: str,
+        options: BuildOptions,
+        popular: Sequence[tuple[str, ...]],
+        fill: Callable[[tuple[str, ...]], Awaitable[None]],
+    ) -> None:
+        """Once per version: ``fill`` each popular module list that has a bundle of another
+        version here, most popular first, one at a time, behind the requests."""
+        if not self.enabled or version in self._sweeps:
+            return
+        wanted = [
+            modules
+            for modules in popular
+            if any(v != version for v in self._index.get((modules, options), {}))
+        ]
+
+        async def run() -> None:
+            for modules in wanted:
+                try:
+                    await fill(modules)
+                except Exception as exc:  # a request for it will say what is wrong
+                    logger.debug("carry sweep skipped one", extra={"error": repr(exc)})
+
+        self._sweeps[version] = asyncio.create_task(run(), name=f"carry-sweep:{version}")
+
+    def metric_values(self) -> dict[str, float | dict[str, float]]:
+        return {
+            "bundler_carryover": {
+                key.replace(":", "|") if ":" in key else f"{key}|": float(n)
+                for key, n in self.results.items()
+            }
+        }
+
+    async def close(self) -> None:
+        for task in self._sweeps.values():
+            task.cancel()
+        await asyncio.gather(*self._sweeps.values(), return_exceptions=True)

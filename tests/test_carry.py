@@ -1,0 +1,224 @@
+"""Carry-over, tested differentially: a server that built a version's bundles answers the
+next version's, carried where it decides they did not change; a cold server without
+carry-over builds the next version fresh. Every answer must be byte-identical (or the
+same error). Fixture versions change one thing each; real releases change what they did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bundler.app import create_app
+from bundler.carry import record as carry_record
+from bundler.keys import SERVICE
+from bundler.settings import Settings
+from tests.conftest import wait_ready
+from tests.packages import npm_tarball
+from tests.tarballs import ArtifactServer
+
+BASE = {
+    "package.json": json.dumps(
+        {
+            "name": "fx",
+            "version": "1.0.0",
+            "sideEffects": ["./lib/side.js"],
+            "exports": {"./util": "./lib/util.js", "./package.json": "./package.json"},
+            "browser": {"./lib/impl.js": "./lib/impl-browser.js"},
+        }
+    ),
+    "lib/a.js": 'import { dep } from "./dep";\nexport const a = () => "a:" + dep;\n',
+    "lib/dep.js": 'export const dep = "dep.js";\n',
+    "lib/b.js": 'import { util } from "fx/util";\nexport const b = () => "b:" + util;\n',
+    "lib/util.js": 'export const util = "util";\n',
+    "lib/other.js": 'export const other = "other";\n',
+    "lib/c.js": 'import "./side.js";\nimport "./quiet.js";\nexport const c = 1;\n',
+    "lib/side.js": "globalThis.sideRan = true;\n",
+    "lib/quiet.js": "globalThis.quietRan = true;\n",
+    "lib/d.js": 'import { impl } from "./impl.js";\nexport const d = impl;\n',
+    "lib/impl.js": 'export const impl = "node";\n',
+    "lib/impl-browser.js": 'export const impl = "browser";\n',
+    "lib/e.js": 'import "./e.css";\nexport const e = "e";\n',
+    "lib/e.css": ".e { background: url(./img/dot.svg); }\n",
+    "lib/img/dot.svg": '<svg xmlns="http://www.w3.org/2000/svg"/>\n',
+}
+
+
+def changed_package(**fields: Any) -> dict[str, str]:
+    package = json.loads(BASE["package.json"])
+    package.update(fields)
+    return {"package.json": json.dumps(package)}
+
+
+ALL = {"lib/a", "lib/b", "lib/c", "lib/d", "lib/e"}
+# version -> (files changed from BASE (None: removed), modules whose bundle must be carried)
+VARIANTS: dict[str, tuple[dict[str, str | None], set[str]]] = {
+    # Only the version field: every bundle is carried.
+    "1.0.1": (changed_package(version="1.0.1"), ALL),
+    # A file no bundle here imports: all carried.
+    "1.0.2": ({"lib/other.js": 'export const other = "changed";\n'}, ALL),
+    # sideEffects: quiet.js is no longer dropped from c (every bundle is rebuilt: the
+    # package.json that configures them all changed).
+    "1.1.0": (changed_package(sideEffects=True), set()),
+    # exports: fx/util points at another file.
+    "1.2.0": (
+        {**changed_package(exports={"./util": "./lib/other.js"}), "lib/other.js": None},
+        set(),
+    ),
+    # browser: impl.js is no longer swapped.
+    "1.3.0": (changed_package(browser={}), set()),
+    # dep.ts next to dep.js: "./dep" is dep.ts now (esbuild tries .ts before .js).
+    "1.4.0": ({"lib/dep.ts": 'export const dep: string = "dep.ts";\n'}, ALL - {"lib/a"}),
+    # dep/index.js next to dep.js: "./dep" is still dep.js (a file before a directory),
+    # but a's resolution looks at lib/dep, which is something else now: rebuilt, the same.
+    "1.5.0": ({"lib/dep/index.js": 'export const dep = "index";\n'}, ALL - {"lib/a"}),
+    # The CSS url() target moved: the CSS no longer builds.
+    "1.6.0": (
+        {"lib/img/dot.svg": None, "lib/img2/dot.svg": BASE["lib/img/dot.svg"]},
+        ALL - {"lib/e"},
+    ),
+}
+COMBOS = [("lib/a",), ("lib/b",), ("lib/c",), ("lib/d",), ("lib/e",), ("lib/a", "lib/c")]
+
+
+def write_version(root: Path, files: dict[str, str | None]) -> None:
+    for name, text in {**BASE, **files}.items():
+        if text is None:
+            continue
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    link = root / "node_modules" / "fx"  # as the extraction links a package to itself
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink("..", link)
+
+
+def fixture_source(tmp_path: Path) -> Path:
+    source = tmp_path / "fx"
+    write_version(source / "1.0.0", {})
+    for version, (files, _) in VARIANTS.items():
+        write_version(source / version, files)
+    return source
+
+
+async def answer(client: TestClient, modules: tuple[str, ...], version: str) -> tuple[int, bytes]:
+    resp = await client.get(f"/bundle.js?modules={','.join(modules)}&v={version}")
+    assert resp.headers.get("X-Bundle-Mode", "tailored") == "tailored"
+    return resp.status, await resp.read()
+
+
+def decided(client: TestClient) -> dict[str, int]:
+    return dict(client.app[SERVICE].carrier.results)
+
+
+@pytest.mark.parametrize("decision", ["sound", "naive"])
+async def test_fixture_releases_are_carried_only_when_a_build_would_be_the_same(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    decision: str,
+) -> None:
+    """Each variant changes one thing from 1.0.0. Naive: carried whenever the inputs'
+    bytes match, resolution ignored: dep.ts shadowing dep.js is served as dep.js."""
+    if decision == "naive":
+        monkeypatch.setattr(carry_record, "probe_paths", lambda *args: [])
+    source = fixture_source(tmp_path)
+
+    def server(name: str, carry: str) -> Settings:
+        return make_settings(
+            source=str(source),
+            default_version="1.0.0",
+            data_dir=str(tmp_path / name),
+            carry_over=carry,
+            carry_sweep_top=0,
+        )
+
+    cold = await aiohttp_client(create_app(server("cold", "off")))
+    await wait_ready(cold)
+    mismatches = []
+    carried_count = 0
+    for version, (_, expected) in VARIANTS.items():
+        # A server that built 1.0.0 only (it carries from the newest versions it has).
+        warm = await aiohttp_client(create_app(server(f"warm-{version}", "on")))
+        await wait_ready(warm)
+        for modules in COMBOS:
+            assert (await answer(warm, modules, "1.0.0"))[0] == 200
+        for modules in COMBOS:
+            before = decided(warm).get("carried", 0)
+            carried = await answer(warm, modules, version)
+            was_carried = decided(warm).get("carried", 0) > before
+            fresh = await answer(cold, modules, version)
+            if carried != fresh:
+                mismatches.append((version, modules))
+            elif decision == "sound" and len(modules) == 1:
+                assert was_carried == (modules[0] in expected), (version, modules)
+        carried_count += decided(warm).get("carried", 0)
+        await warm.close()
+    if decision == "naive":
+        assert ("1.4.0", ("lib/a",)) in mismatches
+        return
+    assert mismatches == []
+    assert carried_count >= 25
+
+
+@pytest.mark.parametrize(("package", "old", "new"), [("lodash-es", "4.17.20", "4.17.21")])
+async def test_a_real_release_carried_is_byte_identical_to_a_fresh_build(
+    aiohttp_client: Any,
+    aiohttp_server: Any,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    package: str,
+    old: str,
+    new: str,
+) -> None:
+    """A few hundred combinations of a real release pair (popular functions, a bare
+    package name, combinations that import a changed file): each carried answer is the
+    bytes of a fresh build on a cold server, or it was rebuilt."""
+    artifacts = ArtifactServer()
+    for version in (old, new):
+        artifacts.publish(version, npm_tarball(package, version))
+    served = await aiohttp_server(artifacts.app())
+    artifacts.url = f"http://127.0.0.1:{served.port}"
+
+    def server(name: str, carry: str, default: str) -> Settings:
+        return make_settings(
+            source=artifacts.template,
+            default_version=default,
+            data_dir=str(tmp_path / name),
+            carry_over=carry,
+            carry_sweep_top=0,
+            fallback_budget_ms=-1,
+        )
+
+    warm = await aiohttp_client(create_app(server("warm", "on", old)))
+    cold = await aiohttp_client(create_app(server("cold", "off", new)))
+    await wait_ready(warm, timeout_s=60)
+    await wait_ready(cold, timeout_s=60)
+    names = json.loads(await (await warm.get(f"/fallback.json?v={old}")).read())["names"]
+    names = sorted(n for n in names if not n.endswith(".js") and "/" not in n.strip("/"))
+    rng = random.Random(29)
+    combos = [(package,)] + [
+        tuple(sorted(rng.sample(names, rng.randint(1, 8)))) for _ in range(200)
+    ]
+    combos = list(dict.fromkeys(combos))
+    for modules in combos:
+        assert (await answer(warm, modules, old))[0] == 200
+    mismatches = []
+    for modules in combos:
+        if await answer(warm, modules, new) != await answer(cold, modules, new):
+            mismatches.append(modules)
+    results = decided(warm)
+    print(f"{package} {old} -> {new}: {len(combos)} combinations, {results}")
+    assert mismatches == [], mismatches[:3]
+    assert results.get("carried", 0) > len(combos) / 4, results
+    assert sum(n for k, n in results.items() if k.startswith("rebuilt:changed")) > 0, results
+    shutil.rmtree(tmp_path / "warm", ignore_errors=True)
