@@ -195,7 +195,7 @@ async def _warm(
             report.failures.insert(0, (f"fallback of {args.version}", one_line(problem)))
         return report
 
-    return await warm.with_target(settings, args.version, args.server, run)
+    return await warm.with_target(settings, args.version, args.server, run, args.carry_from)
 
 
 def warm_command(args: argparse.Namespace) -> int:
@@ -266,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--server", metavar="URL", help="warm this running server (POST /warm)"
     )
     warm_parser.add_argument("--concurrency", type=int, default=4, help="combinations at once")
+    warm_parser.add_argument(
+        "--carry-from",
+        metavar="VERSION",
+        help="offline: carry over this version's bundles in the data dir where their inputs "
+        "did not change, instead of building them (a server carries from what it has)",
+    )
     add_arguments(warm_parser, only=WARM_SETTINGS)
     warm_parser.set_defaults(func=warm_command)
     return parser

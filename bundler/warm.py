@@ -22,6 +22,7 @@ from typing import Any, Protocol, TextIO
 import aiohttp
 from tqdm import tqdm
 
+from bundler.carry.carrier import Carrier
 from bundler.components import make_components
 from bundler.errors import BundlerError, one_line
 from bundler.fallback.model import describe_fallback
@@ -37,7 +38,8 @@ BUSY_RETRIES = 5
 
 
 class Target(Protocol):
-    async def warm_one(self, modules: list[str]) -> str: ...  # "built" | "cached"; raises
+    # "built" | "carried" | "cached"; raises
+    async def warm_one(self, modules: list[str]) -> str: ...
     async def fallback(self) -> dict[str, Any]: ...  # the version's fallback, built if need be
 
 
@@ -50,6 +52,8 @@ class Report:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    # Why bundles that could not be carried over were built (offline: bundler.carry).
+    rebuilt: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
     def ok(self) -> bool:
@@ -61,8 +65,8 @@ class Report:
         return (
             f"warmed {total} combinations in {self.seconds:.1f} s ({rate:.1f}/s): "
             f"{self.counts['built']} built, {self.counts['cached']} already cached, "
-            f"{self.counts['failed']} failed"
-        )
+            f"{self.counts['failed']} failed, {self.counts['carried']} carried over"
+        ) + "".join(f"\n  rebuilt, {why}: {n}" for why, n in sorted(self.rebuilt.items()))
 
 
 def read_combinations(lines: Iterable[str]) -> list[list[str]]:
@@ -118,12 +122,19 @@ class ServerTarget:
 class OfflineTarget:
     """Builds here and writes into the data dir's disk tier, as the service would."""
 
-    def __init__(self, settings: Settings, version: str) -> None:
+    def __init__(self, settings: Settings, version: str, carry_from: str | None = None) -> None:
         self.settings = settings
         self.version = version
+        self.carry_from = carry_from  # the bundles of this version are carried where they can be
         parts = make_components(settings, max_versions=1)
         self.source, self.builder, self.disk = parts.source, parts.builder, parts.tiers.disk
         self.options, self.fallbacks = parts.options, parts.fallbacks
+        self.carrier = Carrier(
+            parts.source,
+            parts.tiers,
+            self.builder.esbuilds.binary_version,
+            enabled=settings.carry_over == "on" and carry_from is not None,
+        )
         # The popularity the service saved in the data dir chooses the fallback's modules.
         parts.combos.load()
 
@@ -156,9 +167,29 @@ class OfflineTarget:
         spec = dataclasses.replace(spec, content=await self.source.digest(self.version))
         if await self.disk.get(spec.key) is not None:
             return "cached"
+        if self.carrier.enabled and self.carry_from is not None:
+            old = dataclasses.replace(
+                spec, version=self.carry_from, content=await self.source.digest(self.carry_from)
+            )
+            built = await self.disk.get(old.key)
+            if built is not None:
+                self.carrier.built(old, built)
+            carried = await self.carrier.carry(spec)
+            if carried is not None:
+                await self.disk.put(carried)
+                return "carried"
         bundle = await tailored_bundle(self.source, self.builder, spec, Priority.WARM)
         await self.disk.put(bundle)
         return "built"
+
+    def rebuilt(self) -> collections.Counter[str]:
+        return collections.Counter(
+            {
+                k.removeprefix("rebuilt:"): n
+                for k, n in self.carrier.results.items()
+                if k != "carried"
+            }
+        )
 
 
 async def warm(
@@ -208,7 +239,12 @@ async def run_with_progress(
 
         def advance(outcome: str) -> None:
             counts[outcome] += 1
-            bar.set_postfix(built=counts["built"], cached=counts["cached"], failed=counts["failed"])
+            bar.set_postfix(
+                built=counts["built"],
+                carried=counts["carried"],
+                cached=counts["cached"],
+                failed=counts["failed"],
+            )
             bar.update()
 
         counts: collections.Counter[str] = collections.Counter()
@@ -220,13 +256,16 @@ async def with_target(
     version: str,
     server: str | None,
     fn: Callable[[Target], Awaitable[Report]],
+    carry_from: str | None = None,
 ) -> Report:
     if server:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
             return await fn(ServerTarget(session, server, version, settings.warm_token))
-    target = OfflineTarget(settings, version)
+    target = OfflineTarget(settings, version, carry_from)
     await target.start()
     try:
-        return await fn(target)
+        report = await fn(target)
+        report.rebuilt.update(target.rebuilt())
+        return report
     finally:
         await target.close()

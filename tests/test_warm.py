@@ -34,9 +34,9 @@ def write_combos(path: Path, extra: list[str] = ()) -> Path:  # type: ignore[ass
     return path
 
 
-def run_warm(*args: str) -> subprocess.CompletedProcess[str]:
+def run_warm(*args: str, version: str = "1.1.0") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bundler", "warm", "--version", "1.1.0", *args],
+        [sys.executable, "-m", "bundler", "warm", "--version", version, *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -150,3 +150,23 @@ def test_offline_warm_from_stdin_names_what_failed(tmp_path: Path) -> None:
         "failed: components/hero,components/cookie-banner: "
         "unknown module in version 1.0.0: components/cookie-banner"
     ) in result.stderr
+
+
+async def test_offline_warm_of_a_release_carries_over_what_did_not_change(tmp_path: Path) -> None:
+    """1.1.0 changed card.js and hero.js, not tabs, accordion or countdown: warmed from the
+    data dir that holds 1.0.0's bundles, those are carried over (no esbuild run), the
+    others are built, and the report says why. Without --carry-from, all are built."""
+    combos = tmp_path / "combos.txt"
+    unchanged = ["components/tabs", "components/accordion,components/tabs", "components/countdown"]
+    changed = ["components/card", "components/hero,components/tabs"]
+    combos.write_text("\n".join(unchanged + changed) + "\n")
+    data = tmp_path / "data"
+    flags = ("--input", str(combos), "--data-dir", str(data))
+    old = await asyncio.to_thread(run_warm, *flags, version="1.0.0")
+    assert old.returncode == 0 and "5 built" in old.stdout, old.stdout + old.stderr
+    plain = await asyncio.to_thread(run_warm, *flags[:2], "--data-dir", str(tmp_path / "plain"))
+    assert "5 built, 0 already cached, 0 failed, 0 carried over" in plain.stdout, plain.stdout
+    new = await asyncio.to_thread(run_warm, *flags, "--carry-from", "1.0.0")
+    assert new.returncode == 0, new.stderr
+    assert "2 built, 0 already cached, 0 failed, 3 carried over" in new.stdout, new.stdout
+    assert "rebuilt, changed: 2" in new.stdout, new.stdout
