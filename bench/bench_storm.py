@@ -12,9 +12,10 @@ warm on the older release; then the newer one is "released": requests for it arr
 open-loop at --rate per second for --duration seconds, drawn by Zipf popularity
 from --combos distinct combinations of 3-12 modules, module order shuffled.
 A separate probe process polls /readyz and /healthz every 100 ms with a 1 s
-timeout, as kubelet would. The same storm then hits a naive configuration
-(one esbuild run per bundle, waiters woken in one iteration, no fallback budget,
-unbounded queue, no lag shedding). One table compares the two.
+timeout, as kubelet would. The same storm then hits the tuned service with carry-over
+off (every bundle of the release built), and a naive configuration (one esbuild run per
+bundle, waiters woken in one iteration, no fallback budget, unbounded queue, no lag
+shedding, no carry-over). One table compares the three.
 
 Run: make bench-storm   (about five minutes; not part of the test suite)
 """
@@ -90,6 +91,7 @@ NAIVE_FLAGS = [
     "--build-queue-max", "-1",
     "--shed-lag-ms", "0",
 ]  # fmt: skip
+CARRYOVER = "bundler_carryover_total"
 # What browsers send; the bytes counted are the compressed bytes on the wire.
 ACCEPT_ENCODING = "gzip, deflate, br"
 PROBE_INTERVAL_S = 0.1
@@ -353,6 +355,28 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) 
     raise RuntimeError("the service did not become ready")
 
 
+def fill_cache(url: str, combos: list[list[str]], version: str) -> None:
+    """The old version's cache as days of its traffic leave it: every combination built
+    (POST /warm, as `bundler warm --server` does)."""
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            sem = asyncio.Semaphore(8)
+
+            async def one(mods: list[str]) -> None:
+                body = {"version": version, "modules": mods}
+                for _ in range(20):
+                    async with sem, session.post(f"{url}/warm", json=body) as r:
+                        await r.read()
+                        if r.status != 503:
+                            return
+                    await asyncio.sleep(0.5)
+
+            await asyncio.gather(*(one(c) for c in combos))
+
+    asyncio.run(run())
+
+
 def warm_up(url: str, combos: list[list[str]], count: int, version: str) -> None:
     """The old version's traffic: ``count`` requests by the same Zipf popularity as the
     storm (so the versionless popularity sketch has seen what pages ask for)."""
@@ -389,6 +413,8 @@ class Result:
     cpu_s: tuple[float, float]  # during the storm: the service's own, its children's (esbuild)
     pull_s: float  # the release's pull (download and unpack)
     fallback_ready_s: tuple[float | None, float | None]  # first part, all of it
+    carried: float  # bundles carried over from the warm version (no build)
+    changed: float  # bundles whose inputs (or their resolution) changed: rebuilt
 
 
 def fallback_info(url: str, version: str) -> dict[str, Any]:
@@ -424,8 +450,12 @@ def run_storm(
         )  # fmt: skip
         try:
             wait_ready(url, server)
+            if args.fill_cache:
+                fill_cache(url, json.loads(combos_file.read_text()), corpus.warm)
             warm_up(url, json.loads(combos_file.read_text()), args.warm, corpus.warm)
             builds_before = metric(url, "bundler_builds_total")
+            carried_before = labelled(url, CARRYOVER, {"reason": "", "result": "carried"}) or 0.0
+            changed_before = metric(url, CARRYOVER) - carried_before
             cpu_before = cpu_seconds(server.pid)
             runs_before = metric(url, "bundler_esbuild_runs_total")
             pull_before = metric(url, "bundler_source_pull_seconds_total")
@@ -481,6 +511,9 @@ def run_storm(
                 spy.wait()
             cpu_after = cpu_seconds(server.pid)
             builds = metric(url, "bundler_builds_total") - builds_before
+            carried = labelled(url, CARRYOVER, {"reason": "", "result": "carried"}) or 0.0
+            changed = metric(url, CARRYOVER) - carried - changed_before
+            carried -= carried_before
             runs = metric(url, "bundler_esbuild_runs_total") - runs_before
             fallback = (
                 fallback_info(url, corpus.release) if "--fallback-budget-ms" not in flags else {}
@@ -511,6 +544,8 @@ def run_storm(
                 (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]),
                 pull_s,
                 (first, whole),
+                carried,
+                changed,
             )
         finally:
             server.send_signal(signal.SIGKILL)
@@ -559,6 +594,8 @@ def summarize(result: Result, duration_s: float) -> dict[str, str]:
         f"{pct(all_ttfb, 0.5):.0f} / {pct(all_ttfb, 0.95):.0f} / {pct(all_ttfb, 0.99):.0f}"
     )
     row["5xx / no answer"] = f"{five} / {lost}"
+    tailored_all = sum(1 for r in done if r["mode"] == "tailored") / max(1, len(done))
+    row["tailored share, whole storm"] = f"{tailored_all:.1%}"
     row["tailored share, last third"] = f"{tailored_last:.1%}"
     fallback = result.fallback
     row["fallback bytes / modules"] = (
@@ -576,6 +613,9 @@ def summarize(result: Result, duration_s: float) -> dict[str, str]:
         f"<= {result.lag_p99_s * 1000:g} / {result.lag_max_s * 1000:.0f}"
     )
     row["builds / s"] = f"{result.builds / duration_s:.1f}"
+    row["built / carried / inputs changed"] = (
+        f"{result.builds:.0f} / {result.carried:.0f} / {result.changed:.0f}"
+    )
     row["esbuild runs / bundles per run"] = (
         f"{result.esbuild_runs:.0f} / {result.builds / max(1.0, result.esbuild_runs):.1f}"
     )
@@ -599,8 +639,16 @@ def main() -> None:
     parser.add_argument(
         "--warm", type=int, default=600, help="requests for the old version, made first"
     )
+    parser.add_argument(
+        "--fill-cache",
+        action="store_true",
+        help="first build every combination for the old version (its cache after days of "
+        "traffic: what carry-over starts from)",
+    )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--only", choices=("tuned", "naive"))
+    parser.add_argument(
+        "--only", help="comma-separated configurations to run: tuned, no-carry, naive"
+    )
     parser.add_argument(
         "--packages",
         default=",".join(CORPORA),
@@ -653,9 +701,16 @@ def main() -> None:
         ensure_corpus(corpus)
     artifact_port = free_port()
     fill_registry(corpora, f"http://127.0.0.1:{artifact_port}")
-    configs = {"tuned": args.serve_flags.split(), "naive": NAIVE_FLAGS}
+    configs = {
+        "tuned": args.serve_flags.split(),
+        "no-carry": [*args.serve_flags.split(), "--carry-over", "off"],
+        "naive": [*NAIVE_FLAGS, "--carry-over", "off"],
+    }
     if args.only:
-        configs = {args.only: configs[args.only]}
+        unknown = set(args.only.split(",")) - set(configs)
+        if unknown:
+            parser.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
+        configs = {name: configs[name] for name in args.only.split(",")}
     tables: dict[str, dict[str, dict[str, str]]] = {}
     with artifact_server(artifact_port) as artifact_url:
         for corpus in corpora:

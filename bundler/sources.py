@@ -62,6 +62,7 @@ class SourceStore(Protocol):
     pull_seconds: float  # spent on pulls that succeeded (download and unpack)
 
     def use(self, version: str) -> AbstractAsyncContextManager[Path]: ...
+    def here(self, version: str) -> bool: ...  # usable without a pull
     async def digest(self, version: str) -> str: ...
     def known_digest(self, version: str) -> str | None: ...
     def newest_version(self) -> str | None: ...
@@ -100,6 +101,9 @@ class DirectorySource:
 
     def newest_version(self) -> str | None:
         return max(self._names(), key=version_sort_key, default=None)
+
+    def here(self, version: str) -> bool:
+        return (self.root / version).is_dir()
 
     @asynccontextmanager
     async def use(self, version: str) -> AsyncIterator[Path]:
@@ -284,6 +288,9 @@ class TarballSource:
         )
         await self.housekeep()
         return root
+
+    def here(self, version: str) -> bool:
+        return (self.sources_dir / version / extract.COMPLETE).exists()
 
     def installed(self) -> list[str]:
         if not self.sources_dir.is_dir():

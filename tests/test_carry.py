@@ -130,7 +130,7 @@ async def test_fixture_releases_are_carried_only_when_a_build_would_be_the_same(
     """Each variant changes one thing from 1.0.0. Naive: carried whenever the inputs'
     bytes match, resolution ignored: dep.ts shadowing dep.js is served as dep.js."""
     if decision == "naive":
-        monkeypatch.setattr(carry_record, "probe_paths", lambda *args: [])
+        monkeypatch.setattr(carry_record, "probe_facts", lambda *args: [])
     source = fixture_source(tmp_path)
 
     def server(name: str, carry: str) -> Settings:

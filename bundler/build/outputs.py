@@ -142,9 +142,7 @@ def read_output(
             css_map = css.shift_map(render(css_map, job.version)[0], edits)
         code, marks = render(code, job.version)
         if esbuild_version and not outside:
-            record = make_record(
-                meta, list(inputs), entry_key, source_root, job.registrations, esbuild_version
-            )
+            record = make_record(meta, list(inputs), entry_key, job.registrations, esbuild_version)
     return ReadOutput(code, map_bytes, outside, css_map, marks, record)
 
 

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from cachetools import LRUCache
 
 from bundler.build.marks import rename
 from bundler.bundle import Bundle
-from bundler.carry.probes import Probe
-from bundler.carry.record import FileDigests, decide
+from bundler.carry.record import Look, changed_files, decide
 from bundler.resolve import resolve_modules
 from bundler.sources import SourceStore, version_sort_key
 from bundler.spec import BuildOptions, BundleSpec
@@ -53,14 +54,17 @@ class Carrier:
         self._index: LRUCache[tuple[tuple[str, ...], BuildOptions], dict[str, str]] = LRUCache(
             maxsize=INDEXED
         )
-        self._looks: LRUCache[tuple[str, str], tuple[Probe, FileDigests]] = LRUCache(
-            maxsize=LOOKED_AT
-        )
+        self._looks: LRUCache[tuple[str, str | None], Look] = LRUCache(maxsize=LOOKED_AT)
         # carried, and rebuilt by reason (bundler_carryover_total): each key decided once
         self.results: collections.Counter[str] = collections.Counter()
         self._rebuilt: LRUCache[str, str] = LRUCache(maxsize=INDEXED)
         self._carried: LRUCache[str, str] = LRUCache(maxsize=INDEXED)  # key -> from version
         self._sweeps: dict[str, asyncio.Task[None]] = {}
+        # Decisions read files and hold the GIL for milliseconds: one thread of their own,
+        # so that they never hold up the disk reads, compression and fallback builds
+        # that share the default pool, and take one CPU at most.
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="carry")
+        self._changes: dict[tuple[Look, Look], asyncio.Future[frozenset[str]]] = {}
 
     def built(self, spec: BundleSpec, bundle: Bundle) -> None:
         """A tailored bundle of ``spec`` is in the tiers (built or carried here)."""
@@ -73,7 +77,9 @@ class Carrier:
             return None
         known = self._index.get((spec.modules, spec.options), {})
         others = sorted((v for v in known if v != spec.version), key=version_sort_key, reverse=True)
-        for version in others[:2]:  # the newest first: the likeliest to match
+        # The newest first (the likeliest to match), of those on disk: a decision never
+        # waits for a pull.
+        for version in [v for v in others if self.source.here(v)][:2]:
             old = await self.tiers.cached(known[version])
             if old is None:
                 known.pop(version, None)
@@ -85,16 +91,24 @@ class Carrier:
 
     async def _carry_from(self, spec: BundleSpec, version: str, old: Bundle) -> Bundle | None:
         esbuild = await self.esbuild_version()
-        async with self.source.use(spec.version) as root:
-            look = self._looks.get((spec.version, spec.content))
-            if look is None:
-                look = self._looks[(spec.version, spec.content)] = (Probe(root), FileDigests(root))
-            probe, digests = look
-            reason = await asyncio.to_thread(
+        loop = asyncio.get_running_loop()
+        async with self.source.use(version) as old_root, self.source.use(spec.version) as root:
+            before, after = self._look(version, old_root), self._look(spec.version, root)
+            pair = (before, after)
+            if pair not in self._changes:  # once per pair of versions, however many ask
+                if len(self._changes) >= LOOKED_AT:
+                    self._changes.clear()
+                self._changes[pair] = loop.run_in_executor(
+                    self._thread, changed_files, before, after
+                )
+            changed = await asyncio.shield(self._changes[pair])
+            reason = await loop.run_in_executor(
+                self._thread,
                 decide,
                 old.inputs,
-                probe,
-                digests,
+                before,
+                after,
+                changed,
                 esbuild,
                 functools.partial(resolve_modules, root, spec.version, spec.modules),
             )
@@ -117,6 +131,13 @@ class Carrier:
         self.results["carried"] += 1
         self._carried[spec.key] = version
         return bundle
+
+    def _look(self, version: str, root: Path) -> Look:
+        identity = (version, self.source.known_digest(version))
+        look = self._looks.get(identity)
+        if look is None or look.root != root:
+            look = self._looks[identity] = Look(root)
+        return look
 
     def carried_from(self, key: str) -> str | None:
         """The version the bundle of ``key`` was carried from (None: built, or not here)."""
@@ -166,3 +187,4 @@ class Carrier:
         for task in self._sweeps.values():
             task.cancel()
         await asyncio.gather(*self._sweeps.values(), return_exceptions=True)
+        self._thread.shutdown(wait=False, cancel_futures=True)

@@ -1,21 +1,28 @@
 """What esbuild may look at to resolve an import, and what it finds there.
 
 An import's resolution is a function of the specifier, the importer's place and what
-exists at the paths esbuild tries: ``./x`` is ``x``, then ``x`` with each extension,
-then ``x/package.json``'s main fields, then ``x/index`` with each extension; a bare
-``pkg/sub`` is tried in ``node_modules/pkg`` of every directory up from the importer,
-through that package's ``package.json``; every package.json and tsconfig.json above a
-file may remap or reconfigure it (``browser``, ``exports``, ``imports``, ``paths``,
-``sideEffects``, ``type``). ``candidates`` lists a superset of those paths; ``state``
-says what is at one (nothing, a directory, a file, a symlink and its target, and for a
-package.json the fields esbuild reads, never its ``version``). Two versions in which
-every candidate of every import is in the same state resolve every import alike. A
-specifier of a form not modelled here (``#imports``, absolute paths, URLs) has no
-candidates: its bundle is rebuilt.
+exists at the paths esbuild tries: ``./x`` is ``x``, then ``x`` with each extension (and
+``x.ts`` for ``x.js``), then ``x/package.json``'s main fields, then ``x/index`` with each
+extension; a bare ``pkg/sub`` is looked for in ``node_modules/pkg`` of every directory up
+from the importer, through that package's ``package.json``; every package.json above a
+file may remap or reconfigure it (``browser``, ``exports``, ``imports``, ``sideEffects``,
+``type``).
+
+Each of those looks is summed up as a fact, a string: every entry of a directory whose
+name starts with ``x`` (a superset of ``x`` with any extension), with its kind (a file, a
+directory, a symlink and its target); a package.json's fields that esbuild reads, never
+its ``version``. Two versions with the same facts for every import resolve every import
+alike. A specifier of a form not modelled here (``#imports``, absolute paths, URLs), or a
+tsconfig.json or jsconfig.json above an input (esbuild reads them; they may extend files
+elsewhere), is a doubt (a fact starting "doubt "): the bundle is rebuilt, never carried.
+
+Directory listings are read once per probe (a sorted list of names: a prefix is a
+bisection), so a bundle of hundreds of files costs milliseconds; reads run in a thread.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -23,60 +30,68 @@ import posixpath
 from collections.abc import Iterable
 from pathlib import Path
 
-# esbuild's default resolveExtensions, and the module extensions it may be pointed at.
-EXTENSIONS = (".tsx", ".ts", ".jsx", ".js", ".css", ".json", ".mjs", ".cjs", ".mts", ".cts")
-# An import of x.js may be answered by x.ts (TypeScript's convention, which esbuild follows).
-TS_REWRITES = {
-    ".js": (".ts", ".tsx"),
-    ".jsx": (".ts", ".tsx"),
-    ".mjs": (".mts",),
-    ".cjs": (".cts",),
-}
 # What esbuild reads of a package.json: not "version", "description", "scripts", ...
 PACKAGE_FIELDS = ("name", "main", "module", "browser", "exports", "imports", "sideEffects", "type")
 MAIN_FIELDS = ("browser", "module", "main")
-CONFIG_FILES = ("package.json", "tsconfig.json", "jsconfig.json")
+CONFIG_FILES = ("tsconfig.json", "jsconfig.json")
 # CSS names a file relative to itself even without "./" (url(a.png)).
 CSS_KINDS = frozenset({"url-token", "import-rule", "composes-from"})
 
 
+class Listing:
+    def __init__(self, names: list[str], kinds: dict[str, str]) -> None:
+        self.names = names  # sorted
+        self.kinds = kinds  # name -> "f", "d", "l:<target>", "?"
+
+    def starting(self, prefix: str) -> list[str]:
+        at = bisect.bisect_left(self.names, prefix)
+        out = []
+        while at < len(self.names) and self.names[at].startswith(prefix):
+            out.append(f"{self.names[at]}={self.kinds[self.names[at]]}")
+            at += 1
+        return out
+
+
 class Probe:
-    """The states of one version's paths, each looked at once (a sweep over hundreds of
-    bundles asks for the same package.json thousands of times). Runs in a thread."""
+    """One version's directories and package.json files, each read once."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._states: dict[str, str] = {}
+        self._listings: dict[str, Listing | None] = {}
         self._packages: dict[str, dict[str, object] | None] = {}
+        self._chains: dict[str, list[str]] = {}
 
-    def state(self, path: str) -> str:
-        known = self._states.get(path)
-        if known is None:
-            known = self._states[path] = self._look(path)
-        return known
+    def listing(self, directory: str) -> Listing | None:
+        if directory not in self._listings:
+            self._listings[directory] = self._read(directory)
+        return self._listings[directory]
 
-    def _look(self, path: str) -> str:
-        full = self.root / path
+    def _read(self, directory: str) -> Listing | None:
+        kinds: dict[str, str] = {}
         try:
-            if full.is_symlink():
-                return "l:" + os.readlink(full)
-            if full.is_dir():
-                return "d"
-            if not full.is_file():
-                return "-"
-            name = posixpath.basename(path)
-            if name == "package.json":
-                return "p:" + _digest(json.dumps(self._relevant(path), sort_keys=True).encode())
-            if name in CONFIG_FILES:
-                return "c:" + _digest(full.read_bytes())
-            return "f"
-        except OSError:
-            return "?"
+            with os.scandir(self.root / directory if directory else self.root) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_symlink():
+                            kinds[entry.name] = "l:" + os.readlink(entry.path)
+                        else:
+                            kinds[entry.name] = "d" if entry.is_dir() else "f"
+                    except OSError:
+                        kinds[entry.name] = "?"
+        except OSError:  # not a directory, or none: as esbuild finds it
+            return None
+        return Listing(sorted(kinds), kinds)
+
+    def kind(self, path: str) -> str:
+        """ "-" (nothing), "f", "d" or "l:<target>" (no symlink is followed at the end)."""
+        listing = self.listing(posixpath.dirname(path))
+        return "-" if listing is None else listing.kinds.get(posixpath.basename(path), "-")
 
     def package(self, path: str) -> dict[str, object] | None:
-        """The fields esbuild reads of the package.json at ``path`` (None: not one)."""
+        """The fields esbuild reads of the package.json at ``path`` (None: none there, or
+        not readable as JSON)."""
         if path not in self._packages:
-            self._packages[path] = self._relevant(path)
+            self._packages[path] = self._relevant(path) if self.kind(path) != "-" else None
         return self._packages[path]
 
     def _relevant(self, path: str) -> dict[str, object] | None:
@@ -88,43 +103,60 @@ class Probe:
             return {"": data}
         return {field: data[field] for field in PACKAGE_FIELDS if field in data}
 
-    def digest(self, paths: Iterable[str]) -> str:
-        """One SHA-256 over the paths and their states, in a fixed order."""
-        h = hashlib.sha256()
-        for path in sorted(set(paths)):
-            h.update(path.encode() + b"\0" + self.state(path).encode() + b"\n")
-        return h.hexdigest()
+    # -------------------------------------------------------------- facts
 
-    # -------------------------------------------------------------- candidates
+    def _package_fact(self, path: str) -> str:
+        fields = self.package(path)
+        if fields is None:
+            return f"package {path} -" if self.kind(path) == "-" else f"doubt unreadable {path}"
+        return f"package {path} {json.dumps(fields, sort_keys=True)}"
 
-    def file_candidates(self, base: str) -> list[str]:
-        """Where esbuild may look for ``base`` as a file or a directory."""
-        out = [base, *(base + ext for ext in EXTENSIONS)]
-        stem, ext = posixpath.splitext(base)
-        out += [stem + other for other in TS_REWRITES.get(ext, ())]
+    def base_facts(self, base: str, depth: int = 0) -> list[str]:
+        """What resolving ``base`` as a file or a directory may look at."""
+        directory, name = posixpath.split(base)
+        listing = self.listing(directory)
+        out = [
+            f"dir {directory} {name}* "
+            + ("-" if listing is None else " ".join(listing.starting(name)))
+        ]
+        found = None if listing is None else listing.kinds.get(name)
+        if found is None or found in ("f", "?"):  # a directory (or a symlink) is looked into
+            return out
+        inner = self.listing(base)
+        out.append(
+            f"dir {base} index* " + ("-" if inner is None else " ".join(inner.starting("index")))
+        )
         package = posixpath.join(base, "package.json")
-        out += [package, *(posixpath.join(base, "index" + ext) for ext in EXTENSIONS)]
-        fields = self.package(package) if self.state(base) == "d" else None
+        out.append(self._package_fact(package))
+        fields = self.package(package) or {}
         for field in MAIN_FIELDS:
-            value = (fields or {}).get(field)
-            if isinstance(value, str):
+            value = fields.get(field)
+            if isinstance(value, str) and depth == 0:
                 target = posixpath.normpath(posixpath.join(base, value))
-                out += [target, *(target + ext for ext in EXTENSIONS)]
-                out += [posixpath.join(target, "index" + ext) for ext in EXTENSIONS]
+                if target == ".." or target.startswith("../"):
+                    return [*out, f"doubt {package} points outside the version"]
+                out += self.base_facts("" if target == "." else target, depth + 1)
         return out
 
     def config_chain(self, path: str) -> list[str]:
-        """Every package.json and tsconfig.json that may configure ``path``."""
-        out = []
-        directory = posixpath.dirname(path)
-        while True:
-            out += [posixpath.join(directory, name) for name in CONFIG_FILES]
-            if not directory:
-                return out
-            directory = posixpath.dirname(directory)
+        """Every package.json that may configure ``path``; a tsconfig.json or jsconfig.json
+        there is a doubt."""
+        return self._chain(posixpath.dirname(path))
+
+    def _chain(self, directory: str) -> list[str]:
+        known = self._chains.get(directory)
+        if known is None:
+            known = [self._package_fact(posixpath.join(directory, "package.json"))]
+            for name in CONFIG_FILES:
+                if self.kind(posixpath.join(directory, name)) != "-":
+                    known.append(f"doubt {posixpath.join(directory, name)} configures its files")
+            if directory:
+                known = known + self._chain(posixpath.dirname(directory))
+            self._chains[directory] = known
+        return known
 
     def candidates(self, importer: str, specifier: str, kind: str) -> list[str] | None:
-        """Where resolving ``specifier`` from ``importer`` may look; None: a form not
+        """The facts resolving ``specifier`` from ``importer`` depends on; None: a form not
         modelled (the bundle is rebuilt)."""
         if not specifier or specifier.startswith(("/", "#")) or ":" in specifier:
             return None
@@ -137,26 +169,28 @@ class Probe:
             base = posixpath.normpath(posixpath.join(directory, specifier))
             if base == ".." or base.startswith("../"):
                 return None
-            out += self.file_candidates("" if base == "." else base)
+            out += self.base_facts("" if base == "." else base)
             if relative:
                 return out
-        return out + self._package_candidates(directory, specifier)
+        return out + self._package_facts(directory, specifier)
 
-    def _package_candidates(self, directory: str, specifier: str) -> list[str]:
+    def _package_facts(self, directory: str, specifier: str) -> list[str]:
         parts = specifier.split("/")
         count = 2 if specifier.startswith("@") else 1
         name, sub = "/".join(parts[:count]), "/".join(parts[count:])
         out = []
         while True:
-            modules = posixpath.join(directory, "node_modules")
-            package = posixpath.join(modules, name)
-            out += [modules, package, posixpath.join(package, "package.json")]
-            if self.state(package) != "-":
-                out += self.file_candidates(posixpath.join(package, sub) if sub else package)
+            package = posixpath.join(directory, "node_modules", name)
+            out += self.base_facts(package)
+            if self.kind(package) != "-" and sub:
+                out += self.base_facts(posixpath.join(package, sub))
             if not directory:
                 return out
             directory = posixpath.dirname(directory)
 
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    def digest(self, facts: Iterable[str]) -> str:
+        """One SHA-256 over the facts, in a fixed order."""
+        h = hashlib.sha256()
+        for fact in sorted(set(facts)):
+            h.update(fact.encode() + b"\n")
+        return h.hexdigest()

@@ -1,79 +1,121 @@
 """What a tailored bundle was built from, recorded when it is built, and the decision
 whether another version would build it byte for byte alike (bundler.carry).
 
-The record holds what the bundle depends on, and nothing of its version: each input
-file's SHA-256, each import (importer, specifier as written, kind) from esbuild's
-metafile, one digest over the state of every path those imports' resolution may look at
-(bundler.carry.probes) and every package.json and tsconfig.json above an input, the
-entry's registrations (names to files, from bundler.resolve) and esbuild's version.
-Another version builds the same bundle when its files have the same bytes, the same
-probe digest, the same registrations and the same esbuild: the decision needs only that
-version's files, never the version the bundle was built for.
+The record is what esbuild's metafile says the bundle depends on, and nothing of its
+version: its input files, each import as written (importer, specifier, kind), the
+entry's registrations (names to files, from bundler.resolve) and esbuild's version. It
+costs a build next to nothing (the metafile is parsed already). The decision compares
+the two versions: which files differ in their bytes (``changed_files``, taken once per
+pair of versions: then a bundle that reads one of them costs a set look-up to rule out),
+the facts every import's resolution depends on (bundler.carry.probes), taken in both
+versions, and the new version's registrations. It needs the version the bundle was built for on disk, as it is
+in a release's first minutes: without it, the bundle is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
 from bundler.carry.probes import Probe
 from bundler.entry import PACKAGE_PREFIX, Registration
 
-FORMAT = 1
+FORMAT = 2
 # A pseudo-input esbuild names for a module a browser field turns off: no file.
 DISABLED = "(disabled):"
 
+# Files' SHA-256 by path and identity: a version's files are read once for all the
+# bundles decided (a lodash-es bundle has a hundred inputs, most shared).
+_HASHED: LRUCache[tuple[str, int, int, int], str] = LRUCache(maxsize=65536)
+_HASHED_LOCK = threading.Lock()
+
 
 class FileDigests:
-    """The SHA-256 of one version's files, each read once (in a thread)."""
+    """The SHA-256 of one version's files (in a thread)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._known: dict[str, str | None] = {}
 
     def get(self, path: str) -> str | None:
-        if path not in self._known:
-            try:
-                self._known[path] = hashlib.sha256((self.root / path).read_bytes()).hexdigest()
-            except OSError:
-                self._known[path] = None
-        return self._known[path]
+        full = self.root / path
+        try:
+            st = full.stat()
+            identity = (str(full), st.st_ino, st.st_mtime_ns, st.st_size)
+            with _HASHED_LOCK:
+                known = _HASHED.get(identity)
+            if known is None:
+                known = hashlib.sha256(full.read_bytes()).hexdigest()
+                with _HASHED_LOCK:
+                    _HASHED[identity] = known
+            return known
+        except OSError:
+            return None
 
 
-def probe_paths(
+class Look:
+    """One version's files as the decision sees them, each read once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.probe = Probe(root)
+        self.digests = FileDigests(root)
+
+    def files(self) -> set[str]:
+        """Every file's path under the root (symlinked directories are not entered)."""
+        out: set[str] = set()
+        for directory, _, names in os.walk(self.root):
+            relative = os.path.relpath(directory, self.root)
+            prefix = "" if relative == "." else relative + "/"
+            out.update(prefix + name for name in names)
+        return out
+
+
+def changed_files(old: Look, new: Look) -> frozenset[str]:
+    """The files whose bytes differ between two versions, or that only one has."""
+    before, after = old.files(), new.files()
+    both = before & after
+    return frozenset(
+        (before ^ after) | {p for p in both if old.digests.get(p) != new.digests.get(p)}
+    )
+
+
+def probe_facts(
     probe: Probe,
     files: Sequence[str],
     edges: Sequence[Sequence[str]],
     registrations: Sequence[Registration],
 ) -> list[str] | None:
-    """Every path whose state decides how the imports resolve; None: one that cannot be
-    modelled."""
-    paths: list[str] = []
+    """Every fact that decides how the imports resolve (bundler.carry.probes); None: one
+    that cannot be modelled."""
+    facts: list[str] = []
     for path in files:
-        paths += probe.config_chain(path)
+        facts += probe.config_chain(path)
     for importer, specifier, kind in edges:
         found = probe.candidates(importer, specifier, kind)
         if found is None:
             return None
-        paths += found
+        facts += found
     for _, path in registrations:
         if path.startswith(PACKAGE_PREFIX):  # the entry imports it by name, from the root
             found = probe.candidates("", path.removeprefix(PACKAGE_PREFIX), "entry")
             if found is None:
                 return None
-            paths += found
-    return paths
+            facts += found
+    return None if any(fact.startswith("doubt ") for fact in facts) else facts
 
 
 def make_record(
     meta: dict[str, Any],
     inputs: Sequence[str],
     entry_key: str,
-    root: Path,
     registrations: Sequence[Registration],
     esbuild_version: str,
 ) -> bytes:
@@ -82,7 +124,6 @@ def make_record(
     files = sorted(p for p in inputs if p != entry_key and not p.startswith(DISABLED))
     if any(p.startswith("../") or p.startswith("/") for p in files):
         return b""
-    digests = FileDigests(root)
     edges: list[list[str]] = []
     for path in files:
         for record in meta.get("inputs", {}).get(path, {}).get("imports", []):
@@ -92,20 +133,11 @@ def make_record(
             if record.get("external"):
                 continue  # left as written: no file is looked at
             edges.append([path, original, str(record.get("kind", ""))])
-    probe = Probe(root)
-    paths = probe_paths(probe, files, edges, registrations)
-    if paths is None or any(probe.state(p).startswith("c:") for p in paths):
-        # tsconfig.json may extend files outside what is recorded: rebuilt, never carried.
-        return b""
-    hashed = {path: digests.get(path) for path in files}
-    if any(digest is None for digest in hashed.values()):
-        return b""
     record = {
         "format": FORMAT,
         "esbuild": esbuild_version,
-        "files": hashed,
+        "files": files,
         "edges": edges,
-        "probes": probe.digest(paths),
         "registrations": [list(r) for r in registrations],
     }
     return zlib.compress(json.dumps(record, separators=(",", ":")).encode(), 6)
@@ -113,13 +145,15 @@ def make_record(
 
 def decide(
     raw: bytes,
-    probe: Probe,
-    digests: FileDigests,
+    old: Look,
+    new: Look,
+    changed: frozenset[str],
     esbuild_version: str,
     registrations: Callable[[], Sequence[Registration]],
 ) -> str | None:
-    """None when the version ``probe`` and ``digests`` look at builds the recorded bundle
-    byte for byte alike; else why not, in a word (the reasons of bundler_carryover)."""
+    """None when the version ``new`` looks at builds the bundle recorded in ``raw`` (built
+    from ``old``; ``changed``: changed_files of the two) byte for byte alike; else why
+    not, in a word (bundler_carryover's reasons)."""
     if not raw:
         return "unrecorded"
     try:
@@ -130,16 +164,19 @@ def decide(
         return "unrecorded"
     if record["esbuild"] != esbuild_version:
         return "esbuild"
-    for path, digest in record["files"].items():
-        if digests.get(path) != digest:
-            return "changed"
-    wanted = [tuple(r) for r in record["registrations"]]
+    files: list[str] = record["files"]
+    if any(path in changed for path in files):
+        return "changed"
+    wanted = [(str(name), str(path)) for name, path in record["registrations"]]
     try:
         if [tuple(r) for r in registrations()] != wanted:
             return "entry"
     except Exception:  # an unknown name now, or an unreadable package.json
         return "entry"
-    paths = probe_paths(probe, list(record["files"]), record["edges"], wanted)
-    if paths is None or probe.digest(paths) != record["probes"]:
+    before = probe_facts(old.probe, files, record["edges"], wanted)
+    after = probe_facts(new.probe, files, record["edges"], wanted)
+    if before is None or after is None:
+        return "unmodelled"
+    if old.probe.digest(before) != new.probe.digest(after):
         return "resolution"
     return None
