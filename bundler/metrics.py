@@ -201,8 +201,9 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "counter",
         "Bundles of a version looked for among other versions' bundles: carried (no build), "
         "or rebuilt and why (changed: an input's bytes; resolution: what an import resolves "
-        "to may differ; entry: a requested name resolves elsewhere; esbuild: another "
-        "esbuild; unrecorded: built before records, or what it depends on cannot be told).",
+        "to may differ; unmodelled: an import or a tsconfig.json the decision does not "
+        "model; entry: a requested name resolves elsewhere; esbuild: another esbuild; "
+        "unrecorded: built before records, or what it depends on cannot be told).",
         "result,reason",
     ),
     "bundler_shared_lease_waits": (

@@ -147,7 +147,9 @@ class Carrier:
         return self._rebuilt.get(key)
 
     def swept(self, version: str) -> bool:
-        return version in self._sweeps
+        """Nothing to sweep for ``version`` (done or under way, or carry-over is off): a
+        warm hit asks this, so it must cost a look-up."""
+        return not self.enabled or version in self._sweeps
 
     def sweep(
         self,
