@@ -414,7 +414,7 @@ class Result:
     pull_s: float  # the release's pull (download and unpack)
     fallback_ready_s: tuple[float | None, float | None]  # first part, all of it
     carried: float  # bundles carried over from the warm version (no build)
-    changed: float  # bundles whose inputs (or their resolution) changed: rebuilt
+    changed: float  # bundles decided "rebuild" (an input or its resolution changed)
 
 
 def fallback_info(url: str, version: str) -> dict[str, Any]:
@@ -613,7 +613,7 @@ def summarize(result: Result, duration_s: float) -> dict[str, str]:
         f"<= {result.lag_p99_s * 1000:g} / {result.lag_max_s * 1000:.0f}"
     )
     row["builds / s"] = f"{result.builds / duration_s:.1f}"
-    row["built / carried / inputs changed"] = (
+    row["built / carried / decided rebuild"] = (
         f"{result.builds:.0f} / {result.carried:.0f} / {result.changed:.0f}"
     )
     row["esbuild runs / bundles per run"] = (

@@ -24,6 +24,7 @@ from cachetools import LRUCache
 from bundler.build.marks import rename
 from bundler.bundle import Bundle
 from bundler.carry.record import Look, changed_files, decide
+from bundler.flight import SingleFlight
 from bundler.resolve import resolve_modules
 from bundler.sources import SourceStore, version_sort_key
 from bundler.spec import BuildOptions, BundleSpec
@@ -60,6 +61,7 @@ class Carrier:
         self._rebuilt: LRUCache[str, str] = LRUCache(maxsize=INDEXED)
         self._carried: LRUCache[str, str] = LRUCache(maxsize=INDEXED)  # key -> from version
         self._sweeps: dict[str, asyncio.Task[None]] = {}
+        self._flight: SingleFlight[str, Bundle | None] = SingleFlight("carry")
         # Decisions read files and hold the GIL for milliseconds: one thread of their own,
         # so that they never hold up the disk reads, compression and fallback builds
         # that share the default pool, and take one CPU at most.
@@ -72,9 +74,13 @@ class Carrier:
             self._index.setdefault((spec.modules, spec.options), {})[spec.version] = bundle.key
 
     async def carry(self, spec: BundleSpec) -> Bundle | None:
-        """``spec``'s bundle made from one built for another version, or None (built, then)."""
+        """``spec``'s bundle made from one built for another version, or None (built, then).
+        Once per key however many ask at once (a request and the sweep)."""
         if not self.enabled or spec.key in self._rebuilt:
             return None
+        return await self._flight.do(spec.key, functools.partial(self._carry, spec))
+
+    async def _carry(self, spec: BundleSpec) -> Bundle | None:
         known = self._index.get((spec.modules, spec.options), {})
         others = sorted((v for v in known if v != spec.version), key=version_sort_key, reverse=True)
         # The newest first (the likeliest to match), of those on disk: a decision never
@@ -189,4 +195,5 @@ class Carrier:
         for task in self._sweeps.values():
             task.cancel()
         await asyncio.gather(*self._sweeps.values(), return_exceptions=True)
+        await self._flight.close()
         self._thread.shutdown(wait=False, cancel_futures=True)

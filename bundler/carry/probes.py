@@ -6,15 +6,17 @@ exists at the paths esbuild tries: ``./x`` is ``x``, then ``x`` with each extens
 extension; a bare ``pkg/sub`` is looked for in ``node_modules/pkg`` of every directory up
 from the importer, through that package's ``package.json``; every package.json above a
 file may remap or reconfigure it (``browser``, ``exports``, ``imports``, ``sideEffects``,
-``type``).
+``type``), and so may a tsconfig.json or jsconfig.json (its compiler options, and a bare
+import tried under its ``baseUrl`` first).
 
 Each of those looks is summed up as a fact, a string: every entry of a directory whose
 name starts with ``x`` (a superset of ``x`` with any extension), with its kind (a file, a
 directory, a symlink and its target); a package.json's fields that esbuild reads, never
 its ``version``. Two versions with the same facts for every import resolve every import
-alike. A specifier of a form not modelled here (``#imports``, absolute paths, URLs), or a
-tsconfig.json or jsconfig.json above an input (esbuild reads them; they may extend files
-elsewhere), is a doubt (a fact starting "doubt "): the bundle is rebuilt, never carried.
+alike. A specifier of a form not modelled here (``#imports``, absolute paths, URLs, a
+bare import a tsconfig's ``paths`` may map), or a tsconfig.json that ``extends`` another
+file or cannot be read as JSON, is a doubt (a fact starting "doubt "): the bundle is
+rebuilt, never carried.
 
 Directory listings are read once per probe (a sorted list of names: a prefix is a
 bisection), so a bundle of hundreds of files costs milliseconds; reads run in a thread.
@@ -60,6 +62,7 @@ class Probe:
         self._listings: dict[str, Listing | None] = {}
         self._packages: dict[str, dict[str, object] | None] = {}
         self._chains: dict[str, list[str]] = {}
+        self._configs: dict[str, list[tuple[str, dict[str, object]]]] = {}
 
     def listing(self, directory: str) -> Listing | None:
         if directory not in self._listings:
@@ -148,12 +151,55 @@ class Probe:
         if known is None:
             known = [self._package_fact(posixpath.join(directory, "package.json"))]
             for name in CONFIG_FILES:
-                if self.kind(posixpath.join(directory, name)) != "-":
-                    known.append(f"doubt {posixpath.join(directory, name)} configures its files")
+                path = posixpath.join(directory, name)
+                if self.kind(path) != "-":
+                    known.append(self._config_fact(path))
             if directory:
                 known = known + self._chain(posixpath.dirname(directory))
             self._chains[directory] = known
         return known
+
+    def _config_fact(self, path: str) -> str:
+        try:
+            data = (self.root / path).read_bytes()
+            options = json.loads(data)
+        except (OSError, ValueError):
+            return f"doubt {path} is not plain JSON"  # esbuild reads comments; we do not
+        if not isinstance(options, dict) or "extends" in options:
+            return f"doubt {path} extends another file"
+        return f"config {path} {hashlib.sha256(data).hexdigest()}"
+
+    def tsconfigs(self, directory: str) -> list[tuple[str, dict[str, object]]]:
+        """The compiler options of every tsconfig.json and jsconfig.json above
+        ``directory`` (with their directories), the nearest first."""
+        known = self._configs.get(directory)
+        if known is None:
+            known = []
+            for name in CONFIG_FILES:
+                path = posixpath.join(directory, name)
+                if self.kind(path) != "-" and not self._config_fact(path).startswith("doubt "):
+                    options = json.loads((self.root / path).read_bytes()).get("compilerOptions")
+                    known.append((directory, options if isinstance(options, dict) else {}))
+            if directory:
+                known = known + self.tsconfigs(posixpath.dirname(directory))
+            self._configs[directory] = known
+        return known
+
+    def _mapped(self, directory: str, specifier: str) -> list[str] | None:
+        """What a tsconfig's ``baseUrl`` makes esbuild try for a bare import before
+        node_modules; None when its ``paths`` may map it (not modelled)."""
+        out: list[str] = []
+        for config_dir, options in self.tsconfigs(directory):
+            paths = options.get("paths")
+            if isinstance(paths, dict) and any(_matches(p, specifier) for p in paths):
+                return None
+            base_url = options.get("baseUrl")
+            if isinstance(base_url, str):
+                base = posixpath.normpath(posixpath.join(config_dir, base_url, specifier))
+                if base == ".." or base.startswith("../"):
+                    return None
+                out += self.base_facts(base)
+        return out
 
     def candidates(self, importer: str, specifier: str, kind: str) -> list[str] | None:
         """The facts resolving ``specifier`` from ``importer`` depends on; None: a form not
@@ -172,7 +218,10 @@ class Probe:
             out += self.base_facts("" if base == "." else base)
             if relative:
                 return out
-        return out + self._package_facts(directory, specifier)
+        mapped = self._mapped(directory, specifier)
+        if mapped is None:
+            return None
+        return out + mapped + self._package_facts(directory, specifier)
 
     def _package_facts(self, directory: str, specifier: str) -> list[str]:
         parts = specifier.split("/")
@@ -194,3 +243,11 @@ class Probe:
         for fact in sorted(set(facts)):
             h.update(fact.encode() + b"\n")
         return h.hexdigest()
+
+
+def _matches(pattern: str, specifier: str) -> bool:
+    """A tsconfig ``paths`` pattern (at most one "*") matches the specifier."""
+    if "*" not in pattern:
+        return pattern == specifier
+    prefix, _, suffix = pattern.partition("*")
+    return specifier.startswith(prefix) and specifier.endswith(suffix)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import zlib
@@ -27,6 +28,8 @@ from cachetools import LRUCache
 
 from bundler.carry.probes import Probe
 from bundler.entry import PACKAGE_PREFIX, Registration
+
+logger = logging.getLogger(__name__)
 
 FORMAT = 2
 # A pseudo-input esbuild names for a module a browser field turns off: no file.
@@ -165,8 +168,10 @@ def decide(
     if record["esbuild"] != esbuild_version:
         return "esbuild"
     files: list[str] = record["files"]
-    if any(path in changed for path in files):
-        return "changed"
+    for path in files:
+        if path in changed:
+            logger.debug("an input changed", extra={"file": path})
+            return "changed"
     wanted = [(str(name), str(path)) for name, path in record["registrations"]]
     try:
         if [tuple(r) for r in registrations()] != wanted:
