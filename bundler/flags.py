@@ -57,7 +57,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("caches", (
         "data_dir", "memory_cache_max_bytes", "disk_cache_max_bytes",
         "disk_cache_min_free_bytes", "combos_top_k", "combos_save_interval_s",
-        "carry_over", "carry_sweep_top",
+        "carry_over", "carry_sweep_top", "prefetch_new_versions", "prefetch_interval_s",
     )),
     ("fleet (Redis)", ("redis_url", "redis_timeout_ms", "redis_ttl_s", "redis_key_prefix")),
     ("logs", ("log_format", "log_level", "access_log")),

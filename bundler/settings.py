@@ -156,6 +156,12 @@ class Settings:
         "and their resolution did not change (no build): 'on' or 'off'.",
         default="on",
     )
+    prefetch_new_versions: str = _opt(
+        "Pull a version newer than the default as soon as the source lists it, and carry "
+        "its popular bundles over before pages ask: 'on' or 'off'.",
+        default="off",
+    )
+    prefetch_interval_s: float = _opt("How often --prefetch-new-versions looks.", default=60.0)
     carry_sweep_top: int = _opt(
         "How many of the most requested combinations a new version gets carried over "
         "before they are asked for (0: only on request).",
@@ -336,12 +342,13 @@ class Settings:
             out.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.log_format not in ("text", "json"):
             out.append("log_format must be 'text' or 'json'")
-        if self.carry_over not in ("on", "off"):
-            out.append(f"carry_over must be 'on' or 'off', got {self.carry_over!r}")
+        if self.prefetch_interval_s <= 0:
+            out.append("prefetch_interval_s must be positive")
         if self.carry_sweep_top < 0:
             out.append("carry_sweep_top must be 0 or more")
-        if self.access_log not in ("on", "off"):
-            out.append(f"access_log must be 'on' or 'off', got {self.access_log!r}")
+        for name in ("access_log", "carry_over", "prefetch_new_versions"):
+            if getattr(self, name) not in ("on", "off"):
+                out.append(f"{name} must be 'on' or 'off', got {getattr(self, name)!r}")
         return out
 
     @property

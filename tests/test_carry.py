@@ -6,6 +6,7 @@ same error). Fixture versions change one thing each; real releases change what t
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -266,3 +267,40 @@ async def test_a_real_release_carried_is_byte_identical_to_a_fresh_build(
     assert results.get("carried", 0) > len(combos) / 4, results
     assert sum(n for k, n in results.items() if k.startswith("rebuilt:changed")) > 0, results
     shutil.rmtree(tmp_path / "warm", ignore_errors=True)
+
+
+@pytest.mark.parametrize("prefetch", ["on", "off"])
+async def test_a_new_version_listed_is_pulled_and_carried_before_pages_ask(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path, prefetch: str
+) -> None:
+    """--prefetch-new-versions: 1.0.1 appears in the source while 1.0.0 is served; its
+    popular bundles are carried over with no request for it, and its first pages are
+    memory hits. Off (as before): nothing happens until a page asks."""
+    source = tmp_path / "fx"
+    write_version(source / "1.0.0", {})
+    settings = make_settings(
+        source=str(source),
+        default_version="1.0.0",
+        data_dir=str(tmp_path / "data"),
+        prefetch_new_versions=prefetch,
+        prefetch_interval_s=0.1,
+    )
+    client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)
+    for modules in COMBOS:
+        assert (await answer(client, modules, "1.0.0"))[0] == 200
+    write_version(source / "1.0.1", changed_package(version="1.0.1"))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (10 if prefetch == "on" else 1)
+    while decided(client).get("carried", 0) < len(COMBOS) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if prefetch == "off":
+        assert decided(client).get("carried", 0) == 0
+        return
+    assert decided(client)["carried"] == len(COMBOS)
+    service = client.app[SERVICE]
+    await service.tiers.flush()
+    hits = service.tiers.lookups["memory_hit"]
+    for modules in COMBOS:
+        assert (await answer(client, modules, "1.0.1"))[0] == 200
+    assert service.tiers.lookups["memory_hit"] == hits + len(COMBOS)

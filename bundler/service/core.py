@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 from collections.abc import Sequence
 
@@ -44,6 +43,7 @@ from bundler.service.health import DataDirHealth
 from bundler.service.maps import SourceMaps
 from bundler.service.parsing import Queries
 from bundler.service.race import Answer, Mode, answer_miss
+from bundler.service.releases import Releases
 from bundler.slots import Priority
 from bundler.spec import BundleSpec, validate_version
 
@@ -89,6 +89,7 @@ class BundleService:
         self.queries = Queries(settings, source, self.options, self.default_version)
         fallbacks.on_loaded = self._promote_uncovered
         self.maps = SourceMaps(source, builder, self.fleet, self.tiers)
+        self.releases = Releases(self)
         self.carrier = Carrier(
             source,
             self.tiers,
@@ -148,6 +149,7 @@ class BundleService:
             self.combos.save_every(self.settings.combos_save_interval_s), name="save-combos"
         )
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
+        self.releases.start()
 
     async def _prepare_default(self) -> None:
         delay_s = STARTUP_RETRY_MIN_S
@@ -178,23 +180,8 @@ class BundleService:
         A version's first request carries its most requested bundles over, behind it."""
         spec, pinned = await self.queries.parse(pairs, other_params)
         if not self.carrier.swept(spec.version):
-            popular = [tuple(c["modules"]) for c in self.combos.top(self.settings.carry_sweep_top)]
-            fill = functools.partial(self._carry_ahead, spec.version, spec.content)
-            self.carrier.sweep(spec.version, self.options, popular, fill)
+            self.releases.arrived(spec.version, spec.content)
         return spec, pinned
-
-    async def _carry_ahead(self, version: str, content: str, modules: tuple[str, ...]) -> None:
-        spec = BundleSpec(version, modules, self.options, content)
-        if (
-            spec.key in self.flight
-            or self.tiers.memory.peek(spec.key)
-            or spec.key in self.tiers.disk
-        ):
-            return
-        carried = await self.carrier.carry(spec)
-        if carried is not None and self.tiers.memory.peek(spec.key) is None:
-            self.carrier.built(spec, carried)
-            self.tiers.keep(carried, Lease.alone(spec.key))  # to the fleet too
 
     def queue_full(self) -> bool:
         """Tailored builds admitted (running, queued, or created but not yet queued: a
@@ -372,6 +359,7 @@ class BundleService:
         await self.maps.flight.close()
         await self.fallbacks.close()
         await self.builder.kill_all()
+        await self.releases.close()
         await self.carrier.close()
         await self.source.close()
         await self.tiers.close()
