@@ -26,6 +26,7 @@ from bundler.fleet.client import RedisFleet
 from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import EXAMPLES, free_port, start_service, wait_process_ready, wait_ready
+from tests.test_carry import COMBOS, answer, changed_package, write_version
 from tests.test_fallback import metrics, with_a_broken_module
 from tests.test_identity import QUERY as IDENTITY_QUERY
 from tests.test_identity import keyed_as_before, two_sources
@@ -592,3 +593,44 @@ async def test_a_failed_build_releases_its_lease_so_other_replicas_do_not_wait_f
     except TimeoutError:
         status = None
     assert status == (422 if released else None)
+
+
+async def test_a_bundle_one_replica_carried_over_is_taken_by_another_from_the_shared_tier(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Replica A carries 1.0.1's bundles over from 1.0.0's; replica B, asked for them,
+    takes them from Redis: no esbuild run and no decision of its own."""
+    source = tmp_path / "fx"
+    write_version(source / "1.0.0", {})
+    write_version(source / "1.0.1", changed_package(version="1.0.1"))
+
+    def settings(name: str, **extra: Any) -> Settings:
+        return make_settings(
+            source=str(source),
+            default_version="1.0.0",
+            data_dir=str(tmp_path / name),
+            redis_url=redis_server.url,
+            carry_sweep_top=0,
+            **extra,
+        )
+
+    wrapper, runs = counting_esbuild
+    a = await aiohttp_client(create_app(settings("a")))
+    b = await aiohttp_client(create_app(settings("b", esbuild=wrapper)))
+    await wait_ready(a)
+    await wait_ready(b)
+    for version in ("1.0.0", "1.0.1"):
+        for modules in COMBOS:
+            assert (await answer(a, modules, version))[0] == 200
+    assert a.app[SERVICE].carrier.results["carried"] == len(COMBOS)
+    await a.app[SERVICE].tiers.flush()  # in Redis
+    before = runs()
+    for modules in COMBOS:
+        assert await answer(b, modules, "1.0.1") == await answer(a, modules, "1.0.1")
+    assert runs() == before
+    assert not b.app[SERVICE].carrier.results
+    assert b.app[SERVICE].tiers.lookups["shared_hit"] == len(COMBOS)
