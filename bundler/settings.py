@@ -148,9 +148,7 @@ class Settings:
     combos_top_k: int = _opt(
         "Distinct module lists the popularity sketch tracks (memory stays bounded).", default=1024
     )
-    combos_save_interval_s: float = _opt(
-        "How often the popular combinations are saved to the data dir.", default=60.0
-    )
+    combos_save_interval_s: float = _opt("How often the popularity is saved.", default=60.0)
     carry_over: str = _opt(
         "Answer a version's bundle with one built for another version when its inputs "
         "and their resolution did not change (no build): 'on' or 'off'.",
@@ -163,13 +161,10 @@ class Settings:
     )
     prefetch_interval_s: float = _opt("How often --prefetch-new-versions looks.", default=60.0)
     carry_sweep_top: int = _opt(
-        "How many of the most requested combinations a new version gets carried over "
-        "before they are asked for (0: only on request).",
+        "Most requested combinations carried over to a new version before asked for.",
         default=500,
     )
-    warm_token: str = _opt(
-        "If set, POST /warm needs the header 'X-Warm-Token: <this>'.", default=""
-    )
+    warm_token: str = _opt("If set, POST /warm needs 'X-Warm-Token: <this>'.", default="")
     default_version_max_age_s: int = _opt(
         "Cache-Control max-age when the request did not pin v=.", default=60
     )
