@@ -70,6 +70,16 @@ class Look:
         self.root = root
         self.probe = Probe(root)
         self.digests = FileDigests(root)
+        self._facts: dict[tuple[str, tuple[tuple[str, ...], ...]], str | None] = {}
+
+    def file_facts(self, path: str, edges: Sequence[Sequence[str]]) -> str | None:
+        """The digest of the facts one file's imports (and its configuration) depend on;
+        None: one of them cannot be modelled."""
+        key = (path, tuple(tuple(e) for e in edges))
+        if key not in self._facts:
+            facts = probe_facts(self.probe, [path], edges, [])
+            self._facts[key] = None if facts is None else self.probe.digest(facts)
+        return self._facts[key]
 
     def files(self) -> set[str]:
         """Every file's path under the root (symlinked directories are not entered)."""
@@ -178,10 +188,21 @@ def decide(
             return "entry"
     except Exception:  # an unknown name now, or an unreadable package.json
         return "entry"
-    before = probe_facts(old.probe, files, record["edges"], wanted)
-    after = probe_facts(new.probe, files, record["edges"], wanted)
-    if before is None or after is None:
+    edges: dict[str, list[Sequence[str]]] = {path: [] for path in files}
+    for edge in record["edges"]:
+        edges.setdefault(edge[0], []).append(edge)
+    # Each file's facts are taken once per version (bundles share most of their files):
+    # a decision is then a look-up per file.
+    for path in files:
+        before, after = old.file_facts(path, edges[path]), new.file_facts(path, edges[path])
+        if before is None or after is None:
+            return "unmodelled"
+        if before != after:
+            return "resolution"
+    before_entry = probe_facts(old.probe, [], [], wanted)
+    after_entry = probe_facts(new.probe, [], [], wanted)
+    if before_entry is None or after_entry is None:
         return "unmodelled"
-    if old.probe.digest(before) != new.probe.digest(after):
+    if old.probe.digest(before_entry) != new.probe.digest(after_entry):
         return "resolution"
     return None
