@@ -23,7 +23,7 @@ from cachetools import LRUCache
 
 from bundler.build.marks import rename
 from bundler.bundle import Bundle
-from bundler.carry.record import Look, changed_files, decide
+from bundler.carry.record import Look, decide
 from bundler.flight import SingleFlight
 from bundler.resolve import resolve_modules
 from bundler.sources import SourceStore, version_sort_key
@@ -66,7 +66,6 @@ class Carrier:
         # so that they never hold up the disk reads, compression and fallback builds
         # that share the default pool, and take one CPU at most.
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="carry")
-        self._changes: dict[tuple[Look, Look], asyncio.Future[frozenset[str]]] = {}
 
     def built(self, spec: BundleSpec, bundle: Bundle) -> None:
         """A tailored bundle of ``spec`` is in the tiers (built or carried here)."""
@@ -99,22 +98,12 @@ class Carrier:
         esbuild = await self.esbuild_version()
         loop = asyncio.get_running_loop()
         async with self.source.use(version) as old_root, self.source.use(spec.version) as root:
-            before, after = self._look(version, old_root), self._look(spec.version, root)
-            pair = (before, after)
-            if pair not in self._changes:  # once per pair of versions, however many ask
-                if len(self._changes) >= LOOKED_AT:
-                    self._changes.clear()
-                self._changes[pair] = loop.run_in_executor(
-                    self._thread, changed_files, before, after
-                )
-            changed = await asyncio.shield(self._changes[pair])
             reason = await loop.run_in_executor(
                 self._thread,
                 decide,
                 old.inputs,
-                before,
-                after,
-                changed,
+                self._look(version, old_root),
+                self._look(spec.version, root),
                 esbuild,
                 functools.partial(resolve_modules, root, spec.version, spec.modules),
             )

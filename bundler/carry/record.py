@@ -5,10 +5,10 @@ The record is what esbuild's metafile says the bundle depends on, and nothing of
 version: its input files, each import as written (importer, specifier, kind), the
 entry's registrations (names to files, from bundler.resolve) and esbuild's version. It
 costs a build next to nothing (the metafile is parsed already). The decision compares
-the two versions: which files differ in their bytes (``changed_files``, taken once per
-pair of versions: then a bundle that reads one of them costs a set look-up to rule out),
-the facts every import's resolution depends on (bundler.carry.probes), taken in both
-versions, and the new version's registrations. It needs the version the bundle was built for on disk, as it is
+the two versions: each input's bytes (SHA-256), the facts every input's imports depend
+on (bundler.carry.probes), and the new version's registrations. Each file's digest and
+facts are taken once per version (``Look``): bundles share most of their files, so
+after a release's first decisions one costs a look-up per input. It needs the version the bundle was built for on disk, as it is
 in a release's first minutes: without it, the bundle is rebuilt.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -71,6 +70,7 @@ class Look:
         self.probe = Probe(root)
         self.digests = FileDigests(root)
         self._facts: dict[tuple[str, tuple[tuple[str, ...], ...]], str | None] = {}
+        self._digests: dict[str, str | None] = {}
 
     def file_facts(self, path: str, edges: Sequence[Sequence[str]]) -> str | None:
         """The digest of the facts one file's imports (and its configuration) depend on;
@@ -81,23 +81,11 @@ class Look:
             self._facts[key] = None if facts is None else self.probe.digest(facts)
         return self._facts[key]
 
-    def files(self) -> set[str]:
-        """Every file's path under the root (symlinked directories are not entered)."""
-        out: set[str] = set()
-        for directory, _, names in os.walk(self.root):
-            relative = os.path.relpath(directory, self.root)
-            prefix = "" if relative == "." else relative + "/"
-            out.update(prefix + name for name in names)
-        return out
-
-
-def changed_files(old: Look, new: Look) -> frozenset[str]:
-    """The files whose bytes differ between two versions, or that only one has."""
-    before, after = old.files(), new.files()
-    both = before & after
-    return frozenset(
-        (before ^ after) | {p for p in both if old.digests.get(p) != new.digests.get(p)}
-    )
+    def digest(self, path: str) -> str | None:
+        """The file's SHA-256 (None: no such file), taken once."""
+        if path not in self._digests:
+            self._digests[path] = self.digests.get(path)
+        return self._digests[path]
 
 
 def probe_facts(
@@ -160,13 +148,12 @@ def decide(
     raw: bytes,
     old: Look,
     new: Look,
-    changed: frozenset[str],
     esbuild_version: str,
     registrations: Callable[[], Sequence[Registration]],
 ) -> str | None:
     """None when the version ``new`` looks at builds the bundle recorded in ``raw`` (built
-    from ``old``; ``changed``: changed_files of the two) byte for byte alike; else why
-    not, in a word (bundler_carryover's reasons)."""
+    from ``old``) byte for byte alike; else why not, in a word (bundler_carryover's
+    reasons)."""
     if not raw:
         return "unrecorded"
     try:
@@ -179,7 +166,8 @@ def decide(
         return "esbuild"
     files: list[str] = record["files"]
     for path in files:
-        if path in changed:
+        digest = new.digest(path)
+        if digest is None or digest != old.digest(path):
             logger.debug("an input changed", extra={"file": path})
             return "changed"
     wanted = [(str(name), str(path)) for name, path in record["registrations"]]
