@@ -179,6 +179,9 @@ class EsbuildService:
                 raise await self._ended() from None
             if version != self.version:
                 raise RuntimeError(f"esbuild answered as version {version}, not {self.version}")
+            # Again once it has answered: a thread the Go runtime was starting while the
+            # first call went through kept the service's own priority (seen under load).
+            self.on_start(self.proc.pid)
         except BaseException:
             self.kill()
             raise
