@@ -246,6 +246,7 @@ def run_fleet(
             storm.warm_up(fleet.url, json.loads(combos_file.read_text()), args.warm, corpus.warm)
             builds_before = fleet.total("bundler_builds_total")
             runs_before = fleet.total("bundler_esbuild_runs_total")
+            carried_before = carried(fleet)
             print(
                 f"  {label}: storm of {int(args.rate * args.duration)} requests through HAProxy ...",
                 file=sys.stderr,
@@ -259,6 +260,7 @@ def run_fleet(
                 "distinct combinations requested": str(distinct),
                 "bundles built (storm + after), all": f"{builds:.0f} ({builds / distinct:.2f} x distinct)",
                 "esbuild runs, all replicas": f"{runs:.0f}",
+                "carried over, all replicas": f"{carried(fleet) - carried_before:.0f}",
                 "Redis operations failed, all": f"{redis_errors(fleet):.0f}",
                 **summarize(load, probes, args.duration),
             }
@@ -282,6 +284,14 @@ def run_fleet(
                 args.keep.mkdir(parents=True, exist_ok=True)
                 for kept in [*Path(work).glob("*.log"), *Path(work).glob("*.json")]:
                     shutil.copy(kept, args.keep / f"{label.replace(' ', '-')}-{kept.name}")
+
+
+def carried(fleet: Fleet) -> float:
+    """Bundles carried over from the warm version (bundler.carry), summed over replicas."""
+    return sum(
+        storm.labelled(url, storm.CARRYOVER, {"reason": "", "result": "carried"}) or 0.0
+        for url in fleet.replicas
+    )
 
 
 def main() -> None:
