@@ -24,6 +24,8 @@ from cachetools import LRUCache
 from bundler.build.marks import rename
 from bundler.bundle import Bundle
 from bundler.carry.record import Look, decide
+from bundler.entry import Registration
+from bundler.errors import BundlerError, UnknownModule
 from bundler.flight import SingleFlight
 from bundler.resolve import resolve_modules
 from bundler.sources import SourceStore, version_sort_key
@@ -85,11 +87,17 @@ class Carrier:
         # The newest first (the likeliest to match), of those on disk: a decision never
         # waits for a pull.
         for version in [v for v in others if self.source.here(v)][:2]:
-            old = await self.tiers.cached(known[version])
+            # Not counted as a look-up of the tiers: no page asked for this key.
+            key = known[version]
+            old = self.tiers.memory.peek(key) or await self.tiers.disk.get(key)
             if old is None:
                 known.pop(version, None)
                 continue
-            carried = await self._carry_from(spec, version, old)
+            try:
+                carried = await self._carry_from(spec, version, old)
+            except BundlerError as exc:  # the old version went meanwhile: built, then
+                logger.info("not carried", extra={"bundle": spec.query, "why": exc.message})
+                continue
             if carried is not None:
                 return carried
         return None
@@ -98,6 +106,13 @@ class Carrier:
         esbuild = await self.esbuild_version()
         loop = asyncio.get_running_loop()
         async with self.source.use(version) as old_root, self.source.use(spec.version) as root:
+            # On the loop, as a build resolves them: resolve's caches are not for threads.
+            try:
+                registrations: Sequence[Registration] | None = resolve_modules(
+                    root, spec.version, spec.modules
+                )
+            except UnknownModule:
+                registrations = None
             reason = await loop.run_in_executor(
                 self._thread,
                 decide,
@@ -105,7 +120,7 @@ class Carrier:
                 self._look(version, old_root),
                 self._look(spec.version, root),
                 esbuild,
-                functools.partial(resolve_modules, root, spec.version, spec.modules),
+                registrations,
             )
         if reason is not None:
             if spec.key not in self._rebuilt:

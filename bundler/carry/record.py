@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +149,12 @@ def decide(
     old: Look,
     new: Look,
     esbuild_version: str,
-    registrations: Callable[[], Sequence[Registration]],
+    registrations: Sequence[Registration] | None,
 ) -> str | None:
     """None when the version ``new`` looks at builds the bundle recorded in ``raw`` (built
     from ``old``) byte for byte alike; else why not, in a word (bundler_carryover's
-    reasons)."""
+    reasons). ``registrations``: what the requested names resolve to in ``new`` (None:
+    one of them is unknown there)."""
     if not raw:
         return "unrecorded"
     try:
@@ -171,10 +172,7 @@ def decide(
             logger.debug("an input changed", extra={"file": path})
             return "changed"
     wanted = [(str(name), str(path)) for name, path in record["registrations"]]
-    try:
-        if [tuple(r) for r in registrations()] != wanted:
-            return "entry"
-    except Exception:  # an unknown name now, or an unreadable package.json
+    if registrations is None or [tuple(r) for r in registrations] != wanted:
         return "entry"
     edges: dict[str, list[Sequence[str]]] = {path: [] for path in files}
     for edge in record["edges"]:
