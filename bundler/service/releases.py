@@ -74,6 +74,8 @@ class Releases:
                     self.arrived(newest, content)
             except BundlerError as exc:  # the source may be down: the next round retries
                 logger.warning("prefetch failed", extra={"error": one_line(exc.message)})
+            except Exception as exc:  # never the end of the watch: logged, tried again
+                logger.exception("prefetch failed", extra={"error": repr(exc)[:300]})
             await asyncio.sleep(service.settings.prefetch_interval_s)
 
     async def close(self) -> None:
