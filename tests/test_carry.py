@@ -80,6 +80,9 @@ VARIANTS: dict[str, tuple[dict[str, str | None], set[str]]] = {
     "1.3.0": (changed_package(browser={}), set()),
     # dep.ts next to dep.js: "./dep" is dep.ts now (esbuild tries .ts before .js).
     "1.4.0": ({"lib/dep.ts": 'export const dep: string = "dep.ts";\n'}, ALL - {"lib/a"}),
+    # dep.mjs next to dep.js: "./dep" is still dep.js (esbuild does not try .mjs), but
+    # a's resolution looks at every lib/dep* entry: rebuilt, the same bytes.
+    "1.4.1": ({"lib/dep.mjs": 'export const dep = "dep.mjs";\n'}, ALL - {"lib/a"}),
     # dep/index.js next to dep.js: "./dep" is still dep.js (a file before a directory),
     # but a's resolution looks at lib/dep, which is something else now: rebuilt, the same.
     "1.5.0": ({"lib/dep/index.js": 'export const dep = "index";\n'}, ALL - {"lib/a"}),
