@@ -71,6 +71,7 @@ class Look:
         self.digests = FileDigests(root)
         self._facts: dict[tuple[str, tuple[tuple[str, ...], ...]], str | None] = {}
         self._digests: dict[str, str | None] = {}
+        self._sizes: dict[str, int | None] = {}
 
     def file_facts(self, path: str, edges: Sequence[Sequence[str]]) -> str | None:
         """The digest of the facts one file's imports (and its configuration) depend on;
@@ -80,6 +81,16 @@ class Look:
             facts = probe_facts(self.probe, [path], edges, [])
             self._facts[key] = None if facts is None else self.probe.digest(facts)
         return self._facts[key]
+
+    def size(self, path: str) -> int | None:
+        """The file's size (None: no such file), taken once: files of other sizes differ
+        without being read (a major release changes most of them)."""
+        if path not in self._sizes:
+            try:
+                self._sizes[path] = (self.root / path).stat().st_size
+            except OSError:
+                self._sizes[path] = None
+        return self._sizes[path]
 
     def digest(self, path: str) -> str | None:
         """The file's SHA-256 (None: no such file), taken once."""
@@ -167,6 +178,10 @@ def decide(
         return "esbuild"
     files: list[str] = record["files"]
     for path in files:
+        size = new.size(path)
+        if size is None or size != old.size(path):
+            logger.debug("an input changed", extra={"file": path})
+            return "changed"
         digest = new.digest(path)
         if digest is None or digest != old.digest(path):
             logger.debug("an input changed", extra={"file": path})
