@@ -153,9 +153,6 @@ class Carrier:
         """The version the bundle of ``key`` was carried from (None: built, or not here)."""
         return self._carried.get(key)
 
-    def rebuilt_because(self, key: str) -> str | None:
-        return self._rebuilt.get(key)
-
     def swept(self, version: str) -> bool:
         """Nothing to sweep for ``version`` (done or under way, or carry-over is off): a
         warm hit asks this, so it must cost a look-up."""
