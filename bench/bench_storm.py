@@ -95,6 +95,7 @@ NAIVE_FLAGS = [
     "--build-queue-max", "-1",
     "--shed-lag-ms", "0",
 ]  # fmt: skip
+PULL_PHASES = "bundler_source_pull_phase_seconds_total"
 CARRYOVER = "bundler_carryover_total"
 # What browsers send; the bytes counted are the compressed bytes on the wire.
 ACCEPT_ENCODING = "gzip, deflate, br"
@@ -301,6 +302,13 @@ def labelled(url: str, name: str, labels: dict[str, str]) -> float | None:
     return None
 
 
+def pull_phases(url: str) -> dict[str, float]:
+    return {
+        phase: labelled(url, PULL_PHASES, {"phase": phase}) or 0.0
+        for phase in ("download", "extract", "dependencies", "publish")
+    }
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU time of a process (user + system) and of its children (esbuild), those still
     running (its long-lived esbuilds) and those reaped."""
@@ -416,6 +424,7 @@ class Result:
     peak_rss_kib: int
     cpu_s: tuple[float, float]  # during the storm: the service's own, its children's (esbuild)
     pull_s: float  # the release's pull (download and unpack)
+    pull_phases: dict[str, float]  # the same by phase
     fallback_ready_s: tuple[float | None, float | None]  # first part, all of it
     carried: float  # bundles carried over from the warm version (no build)
     changed: float  # bundles decided "rebuild" (an input or its resolution changed)
@@ -463,6 +472,7 @@ def run_storm(
             cpu_before = cpu_seconds(server.pid)
             runs_before = metric(url, "bundler_esbuild_runs_total")
             pull_before = metric(url, "bundler_source_pull_seconds_total")
+            phases_before = pull_phases(url)
             lag_before = lag_buckets(url)
             me = [sys.executable, __file__]
             probe_out, load_out = work_dir / "probe.json", work_dir / "load.json"
@@ -524,6 +534,7 @@ def run_storm(
             )
             lag_max = metric(url, "bundler_event_loop_lag_max_seconds")
             pull_s = metric(url, "bundler_source_pull_seconds_total") - pull_before
+            phases = {k: v - phases_before.get(k, 0.0) for k, v in pull_phases(url).items()}
             first, whole = (
                 labelled(
                     url, "bundler_fallback_ready_seconds", {"part": part, "version": corpus.release}
@@ -547,6 +558,7 @@ def run_storm(
                 rss,
                 (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]),
                 pull_s,
+                phases,
                 (first, whole),
                 carried,
                 changed,
@@ -581,6 +593,10 @@ def summarize(result: Result, duration_s: float) -> dict[str, str]:
     first, whole = result.fallback_ready_s
     row = {
         "pull s (download, unpack)": f"{result.pull_s:.2f}",
+        "  download / extract / deps / publish s": " / ".join(
+            f"{result.pull_phases.get(p, 0.0):.2f}"
+            for p in ("download", "extract", "dependencies", "publish")
+        ),
         "fallback usable / whole s": (
             f"{first:.2f} / {whole:.2f}" if first is not None and whole is not None else "-"
         ),

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,17 +125,27 @@ class WorkDir:
         limits: ExtractLimits,
         timeout_s: float,
         dependencies: Callable[[Path], Awaitable[None]] | None = None,
+        phases: dict[str, float] | None = None,
     ) -> Path:
         """``install`` with the extraction in a child process: a package of thousands of
         files costs seconds of Python, which must not hold the GIL the event loop needs.
         ``dependencies`` installs what the unpacked package needs into its node_modules
-        (an npm source) before the version is complete."""
+        (an npm source) before the version is complete. ``phases`` gains the seconds
+        each part took (extract, dependencies, publish)."""
+        phases = {} if phases is None else phases
+        started = time.perf_counter()
         content = await asyncio.to_thread(self._content)
         await _extract_in_child(tarball, content, limits, timeout_s)
         root = await asyncio.to_thread(self._stage)
+        phases["extract"] = time.perf_counter() - started
         if dependencies is not None:
+            started = time.perf_counter()
             await dependencies(root)
-        return await asyncio.to_thread(self._publish)
+            phases["dependencies"] = time.perf_counter() - started
+        started = time.perf_counter()
+        published = await asyncio.to_thread(self._publish)
+        phases["publish"] = time.perf_counter() - started
+        return published
 
     def _content(self) -> Path:
         content = self.path / "content"

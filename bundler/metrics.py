@@ -134,6 +134,12 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "Time spent on pulls that succeeded (download and unpack).",
         "",
     ),
+    "bundler_source_pull_phase_seconds": (
+        "counter",
+        "The same, by phase: download, extract (unpack and write the files), dependencies "
+        "(an npm source's install), publish.",
+        "phase",
+    ),
     "bundler_build_queue_depth": ("gauge", "Builds waiting for a pool slot.", ""),
     "bundler_build_pool_busy": ("gauge", "Builds in flight on esbuild.", ""),
     "bundler_build_pool_size": ("gauge", "Concurrent builds allowed.", ""),

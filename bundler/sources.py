@@ -60,6 +60,7 @@ class SourceStore(Protocol):
     remote: bool  # pulled over the network: the default version is fetched in the background
     pull_results: collections.Counter[str]
     pull_seconds: float  # spent on pulls that succeeded (download and unpack)
+    pull_phases: collections.Counter[str]  # the same, by phase (download, extract, ...)
 
     def use(self, version: str) -> AbstractAsyncContextManager[Path]: ...
     def here(self, version: str) -> bool: ...  # usable without a pull
@@ -86,6 +87,7 @@ class DirectorySource:
     def __init__(self, root: Path, not_versions: tuple[Path, ...] = ()) -> None:
         self.pull_results: collections.Counter[str] = collections.Counter()  # never pulls
         self.pull_seconds = 0.0
+        self.pull_phases: collections.Counter[str] = collections.Counter()
         if not root.is_dir():
             raise ConfigError(f"source directory {str(root)!r} does not exist")
         self.root = root.resolve()
@@ -164,6 +166,7 @@ class TarballSource:
         self.last_used: dict[str, float] = {}
         self.pull_results: collections.Counter[str] = collections.Counter()
         self.pull_seconds = 0.0
+        self.pull_phases: collections.Counter[str] = collections.Counter()
         self._session: aiohttp.ClientSession | None = None
         self._digests = Digests(self.use)
 
@@ -252,16 +255,19 @@ class TarballSource:
         url = self._url(version)
         started = time.perf_counter()
         work: extract.WorkDir | None = None
+        phases: dict[str, float] = {}
         try:
             try:
                 work = await asyncio.to_thread(extract.WorkDir, self.sources_dir, version)
                 deadline = asyncio.get_running_loop().time() + self.policy.timeout_s
                 tarball = await self._fetch(version, work.path)
+                phases["download"] = time.perf_counter() - started
                 root = await work.install_async(
                     tarball,
                     self.limits,
                     self._left(deadline),
                     self._dependencies(version, deadline),
+                    phases,
                 )
             except OSError as exc:
                 if exc.errno not in DISK_ERRNOS:
@@ -283,8 +289,14 @@ class TarballSource:
         self.pull_results["ok"] += 1
         seconds = time.perf_counter() - started
         self.pull_seconds += seconds
+        self.pull_phases.update(phases)
         logger.info(
-            "pulled version", extra={"version": version, "duration_ms": round(seconds * 1000)}
+            "pulled version",
+            extra={
+                "version": version,
+                "duration_ms": round(seconds * 1000),
+                **{f"{phase}_ms": round(s * 1000) for phase, s in phases.items()},
+            },
         )
         await self.housekeep()
         return root

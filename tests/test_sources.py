@@ -266,3 +266,29 @@ async def test_an_unreachable_artifact_server_is_not_named_to_clients(
     assert "127.0.0.1" not in text and host_port not in text and internal not in text
     # The operator still sees where (the log line's error field).
     assert any(host_port in str(getattr(r, "error", "")) for r in caplog.records)
+
+
+async def test_a_pull_is_timed_by_phase(make_client: MakeClient) -> None:
+    """/metrics says where a release's pull went (download, extract, publish), and the
+    phases account for the pull's whole time; a tarball source installs no dependencies."""
+    client, _ = await make_client()
+    before = store(client).pull_seconds
+    assert (await client.get("/bundle.js?modules=index&v=2.0.0")).status == 200
+    text = await (await client.get("/metrics")).text()
+    phases = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("bundler_source_pull_phase_seconds_total{")
+    }
+    assert set(phases) == {"download", "extract", "publish"}
+    assert all(seconds > 0 for seconds in phases.values())
+    total = float(
+        next(
+            line.rsplit(" ", 1)[1]
+            for line in text.splitlines()
+            if line.startswith("bundler_source_pull_seconds_total ")
+        )
+    )
+    assert total > before
+    assert sum(phases.values()) <= total + 1e-6
+    assert sum(phases.values()) > 0.5 * total  # the rest: the work dir's set-up, housekeeping

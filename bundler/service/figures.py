@@ -28,6 +28,7 @@ def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]
         "bundler_esbuild_starts": float(service.builder.starts),
         "bundler_source_pulls": dict(service.source.pull_results),
         "bundler_source_pull_seconds": service.source.pull_seconds,
+        "bundler_source_pull_phase_seconds": dict(service.source.pull_phases),
         "bundler_build_queue_depth": service.builder.queued,
         "bundler_build_pool_busy": service.builder.busy,
         "bundler_build_pool_size": service.builder.pool_size,
