@@ -134,6 +134,7 @@ class OfflineTarget:
             parts.tiers,
             self.builder.esbuilds.binary_version,
             enabled=settings.carry_over == "on" and carry_from is not None,
+            carry_from=lambda: () if carry_from is None else (carry_from,),
         )
         # The popularity the service saved in the data dir chooses the fallback's modules.
         parts.combos.load()
@@ -167,13 +168,7 @@ class OfflineTarget:
         spec = dataclasses.replace(spec, content=await self.source.digest(self.version))
         if await self.disk.get(spec.key) is not None:
             return "cached"
-        if self.carrier.enabled and self.carry_from is not None:
-            old = dataclasses.replace(
-                spec, version=self.carry_from, content=await self.source.digest(self.carry_from)
-            )
-            built = await self.disk.get(old.key)
-            if built is not None:
-                self.carrier.built(old, built)
+        if self.carrier.enabled:
             carried = await self.carrier.carry(spec)
             if carried is not None:
                 await self.disk.put(carried)

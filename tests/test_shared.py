@@ -634,3 +634,49 @@ async def test_a_bundle_one_replica_carried_over_is_taken_by_another_from_the_sh
     assert runs() == before
     assert not b.app[SERVICE].carrier.results
     assert b.app[SERVICE].tiers.lookups["shared_hit"] == len(COMBOS)
+
+
+@pytest.mark.parametrize("from_the_fleet", [True, False], ids=["carried", "naive"])
+async def test_a_replica_carries_over_from_bundles_another_replica_built(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    redis_server: RedisServer,
+    tmp_path: Path,
+    from_the_fleet: bool,
+) -> None:
+    """Replica A built 1.0.0's bundles (a fleet's replicas each build a part of a
+    version's); replica B, which never built or read them, is asked for 1.0.1: it finds
+    1.0.0's in Redis by their key and carries them over, with no build. The naive control
+    (only what this process built or read can be carried, as before) builds them all."""
+    source = tmp_path / "fx"
+    write_version(source / "1.0.0", {})
+    write_version(source / "1.0.1", changed_package(version="1.0.1"))
+
+    def settings(name: str) -> Settings:
+        return make_settings(
+            source=str(source),
+            default_version="1.0.0",
+            data_dir=str(tmp_path / name),
+            redis_url=redis_server.url,
+            carry_sweep_top=0,
+        )
+
+    a = await aiohttp_client(create_app(settings("a")))
+    b = await aiohttp_client(create_app(settings("b")))
+    await wait_ready(a)
+    await wait_ready(b)
+    for modules in COMBOS:
+        assert (await answer(a, modules, "1.0.0"))[0] == 200
+    await a.app[SERVICE].tiers.flush()  # in Redis
+    carrier = b.app[SERVICE].carrier
+    if not from_the_fleet:
+        carrier.carry_from = tuple
+    for modules in COMBOS:
+        assert (await answer(b, modules, "1.0.1"))[0] == 200
+    built = b.app[SERVICE].builder.results["ok"]  # 1.0.1's fallback is one of them
+    if from_the_fleet:
+        assert carrier.results["carried"] == len(COMBOS)
+        assert built <= 1
+    else:
+        assert carrier.results["carried"] == 0
+        assert built >= len(COMBOS)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 from cachetools import LRUCache
@@ -48,11 +49,15 @@ class Carrier:
         esbuild_version: Callable[[], Awaitable[str]],
         *,
         enabled: bool = True,
+        carry_from: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.source = source
         self.tiers = tiers
         self.esbuild_version = esbuild_version
         self.enabled = enabled
+        # Versions whose bundles are looked for by key (in every tier, the fleet's too)
+        # even when this process never built or read them: the version pages use now.
+        self.carry_from = carry_from
         # (modules, options) -> {version: key}
         self._index: LRUCache[tuple[tuple[str, ...], BuildOptions], dict[str, str]] = LRUCache(
             maxsize=INDEXED
@@ -83,13 +88,17 @@ class Carrier:
 
     async def _carry(self, spec: BundleSpec) -> Bundle | None:
         known = self._index.get((spec.modules, spec.options), {})
-        others = sorted((v for v in known if v != spec.version), key=version_sort_key, reverse=True)
+        versions = {*known, *self.carry_from()} - {spec.version}
         # The newest first (the likeliest to match), of those on disk: a decision never
         # waits for a pull.
+        others = sorted(versions, key=version_sort_key, reverse=True)
         for version in [v for v in others if self.source.here(v)][:2]:
-            # Not counted as a look-up of the tiers: no page asked for this key.
-            key = known[version]
-            old = self.tiers.memory.peek(key) or await self.tiers.disk.get(key)
+            key = known.get(version) or await self._key_in(spec, version)
+            # Not counted as a look-up of the tiers: no page asked for this key. The
+            # shared tier last: another replica built it (a fleet's replicas each build
+            # a part of a version's bundles), or this one before its restart.
+            tiers = self.tiers
+            old = tiers.memory.peek(key) or await tiers.disk.get(key) or await tiers.shared.get(key)
             if old is None:
                 known.pop(version, None)
                 continue
@@ -101,6 +110,12 @@ class Carrier:
             if carried is not None:
                 return carried
         return None
+
+    async def _key_in(self, spec: BundleSpec, version: str) -> str:
+        """The key of ``spec``'s modules built for ``version`` (here: its digest is read
+        from its extraction's facts, not hashed again)."""
+        content = await self.source.digest(version)
+        return dataclasses.replace(spec, version=version, content=content).key
 
     async def _carry_from(self, spec: BundleSpec, version: str, old: Bundle) -> Bundle | None:
         esbuild = await self.esbuild_version()
@@ -169,10 +184,11 @@ class Carrier:
         version here, most popular first, one at a time, behind the requests."""
         if not self.enabled or version in self._sweeps:
             return
+        elsewhere = any(v != version for v in self.carry_from())
         wanted = [
             modules
             for modules in popular
-            if any(v != version for v in self._index.get((modules, options), {}))
+            if elsewhere or any(v != version for v in self._index.get((modules, options), {}))
         ]
 
         async def run() -> None:

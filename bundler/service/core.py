@@ -95,6 +95,7 @@ class BundleService:
             self.tiers,
             builder.esbuilds.binary_version,
             enabled=settings.carry_over == "on",
+            carry_from=lambda: (self.default_version,),
         )
         self.lease_waits = 0
 
