@@ -131,6 +131,11 @@ def served(*flags: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
                 "-1",
                 "--build-queue-max",
                 "-1",
+                # One load process, one address: a client's limits are bench_flood's.
+                "--client-requests-per-s",
+                "0",
+                "--client-builds-per-s",
+                "0",
                 *flags,
             ],
             cwd=ROOT,

@@ -79,6 +79,7 @@ class Fleet:
                 "--data-dir", str(self.work / f"data-{index}"),
                 *storm.source_flags(self.corpus, self.artifact_url),
                 "--default-version", self.corpus.warm, "--log-level", "WARNING", *redis_flags,
+                *storm.ONE_ADDRESS,
             ],
             cwd=ROOT, stderr=log,
         )  # fmt: skip

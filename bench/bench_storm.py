@@ -95,6 +95,9 @@ NAIVE_FLAGS = [
     "--build-queue-max", "-1",
     "--shed-lag-ms", "0",
 ]  # fmt: skip
+# The storm's pages all come from one load process, one address: its limits are a
+# client's (bench_flood measures them), not a release's many pages'.
+ONE_ADDRESS = ["--client-requests-per-s", "0", "--client-builds-per-s", "0"]
 PULL_PHASES = "bundler_source_pull_phase_seconds_total"
 CARRYOVER = "bundler_carryover_total"
 # What browsers send; the bytes counted are the compressed bytes on the wire.
@@ -457,7 +460,7 @@ def run_storm(
                 sys.executable, "-m", "bundler", "serve", "--port", str(port),
                 "--data-dir", str(work_dir / "data"),
                 *source_flags(corpus, artifact_url),
-                "--default-version", corpus.warm, "--log-level", "WARNING", *flags,
+                "--default-version", corpus.warm, "--log-level", "WARNING", *ONE_ADDRESS, *flags,
             ],
             cwd=ROOT, stderr=log, env={**os.environ, **({"PYTHONASYNCIODEBUG": "1"} if args.debug else {})},
         )  # fmt: skip

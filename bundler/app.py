@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 from bundler.build.jobs import BuildJob
 from bundler.components import make_components, make_fleet
 from bundler.connections import ConnectionStats, error_response
-from bundler.errors import BundlerError, Unavailable, one_line
+from bundler.errors import BundlerError, TooManyRequests, Unavailable, one_line
 from bundler.handlers import bundles, operations
-from bundler.keys import CONNECTIONS, IN_FLIGHT, REGISTRY, SERVICE, SETTINGS, InFlight
+from bundler.keys import CLIENT, CONNECTIONS, IN_FLIGHT, REGISTRY, SERVICE, SETTINGS, InFlight
 from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
 from bundler.service.core import BundleService
 from bundler.settings import Settings
@@ -40,12 +40,16 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     in_flight.count += 1
     in_flight.idle.clear()
     try:
+        if request.path in LIMITED_PATHS or request.path.startswith("/assets/"):
+            limit_request(request)
         return await handler(request)
     except BundlerError as exc:
         if request.path == "/bundle.js":
             request.app[SERVICE].requests["error"] += 1
         headers = {}
-        if isinstance(exc, Unavailable):
+        if isinstance(exc, TooManyRequests):
+            headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+        elif isinstance(exc, Unavailable):
             retry_after_s = math.ceil(max(1.0, request.app[SETTINGS].source_failure_ttl_s))
             headers["Retry-After"] = str(retry_after_s)
         return error_response(exc.status, exc.message, headers)
@@ -63,6 +67,26 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         in_flight.count -= 1
         if in_flight.count == 0:
             in_flight.idle.set()
+
+
+# What a client's request rate counts: what pages ask for (probes, metrics, /warm never).
+LIMITED_PATHS = frozenset({"/bundle.js", "/bundle.js.map", "/bundle.css", "/bundle.css.map"})
+
+
+def limit_request(request: web.Request) -> None:
+    """Who asks (bundler.clients), kept for the build budget; past its request rate, a 429
+    that costs a dictionary look-up."""
+    service = request.app[SERVICE]
+    client = service.clients.of(request.remote, request.headers)
+    request[CLIENT] = client
+    wait_s = service.limits.request(client)
+    if wait_s:
+        raise TooManyRequests(
+            f"too many requests from {client}: at most "
+            f"{service.settings.client_requests_per_s:g} a second; retry after the "
+            "Retry-After seconds",
+            wait_s,
+        )
 
 
 async def hide_server_version(request: web.Request, response: web.StreamResponse) -> None:

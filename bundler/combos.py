@@ -5,6 +5,11 @@ most ``top_k`` counters however many distinct lists arrive, with a known error
 bound. The warm-up reads it (GET /combos) to build the next release's popular
 bundles before the release's traffic arrives. Lists are versionless: the
 question is what pages combine, whatever the version.
+
+Each client counts once per combination per SEEN_WINDOW_S (``first_ask``): one client
+asking a combination thousands of times, or thousands of combinations once each, ranks
+it below a combination many clients ask for, so no client chooses what the next
+release warms or what the fallback holds.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,11 @@ from bundler.fsutil import atomic_write
 logger = logging.getLogger(__name__)
 
 COMBOS_FILE = "combos.sketch"  # in the data dir
+# (client, combination) pairs already counted are remembered this long, in two
+# generations of at most SEEN_MAX each (about 60 bytes a pair); a generation that fills
+# early ends early, so a flood of distinct pairs costs memory, never correctness.
+SEEN_WINDOW_S = 3600.0
+SEEN_MAX = 200_000
 
 
 class PopularCombos:
@@ -31,6 +42,23 @@ class PopularCombos:
         # The sketch's map holds 0.75 * 2**lg_max_k counters.
         self._lg_max_k = max(3, math.ceil(math.log2(top_k / 0.75)))
         self._sketch = datasketches.frequent_strings_sketch(self._lg_max_k)
+        self._seen: set[int] = set()
+        self._seen_before: set[int] = set()
+        self._seen_since = time.monotonic()
+
+    def first_ask(self, client: str | None, modules: tuple[str, ...]) -> bool:
+        """Whether ``client``'s ask for ``modules`` counts: its first in the window (an
+        unknown client, None, always counts: warm-ups, tests)."""
+        if client is None:
+            return True
+        now = time.monotonic()
+        if now - self._seen_since >= SEEN_WINDOW_S / 2 or len(self._seen) >= SEEN_MAX:
+            self._seen_before, self._seen, self._seen_since = self._seen, set(), now
+        pair = hash((client, modules))
+        if pair in self._seen or pair in self._seen_before:
+            return False
+        self._seen.add(pair)
+        return True
 
     def record(self, modules: tuple[str, ...]) -> None:
         self._sketch.update(",".join(modules))

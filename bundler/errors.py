@@ -87,6 +87,16 @@ class BuildTimeout(BundlerError):
     status = 504
 
 
+class TooManyRequests(BundlerError):
+    """The client is past one of its limits (bundler.limits): 429 with Retry-After."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(BundlerError):
     """Not now; a later retry may work (503 with Retry-After)."""
 

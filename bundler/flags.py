@@ -59,6 +59,10 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "disk_cache_min_free_bytes", "combos_top_k", "combos_save_interval_s",
         "carry_over", "carry_sweep_top", "prefetch_new_versions", "prefetch_interval_s",
     )),
+    ("clients", (
+        "trusted_proxies", "client_header", "client_requests_per_s", "client_builds_per_s",
+        "client_build_burst",
+    )),
     ("fleet (Redis)", ("redis_url", "redis_timeout_ms", "redis_ttl_s", "redis_key_prefix")),
     ("logs", ("log_format", "log_level", "access_log")),
 )  # fmt: skip

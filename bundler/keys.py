@@ -27,3 +27,4 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 SERVICE = web.AppKey("service", BundleService)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CONNECTIONS = web.AppKey("connections", ConnectionStats)
+CLIENT = web.RequestKey("client", str)  # who asked (bundler.clients), on limited paths

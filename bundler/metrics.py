@@ -111,6 +111,13 @@ class Watchdog:
 # name -> (kind, help, label name for dict values)
 SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
     "bundler_requests": ("counter", "Bundle requests by how they were answered.", "mode"),
+    "bundler_limited": (
+        "counter",
+        "Answers a client's limits changed (bundler.limits): a 429 past its request rate "
+        "(requests), the fallback or a 429 past its build budget (builds).",
+        "reason",
+    ),
+    "bundler_clients_limited": ("gauge", "Clients limited in the last 10 s.", ""),
     "bundler_cache_lookups": (
         "counter",
         "Cache lookups by result (memory_hit, disk_hit, miss).",

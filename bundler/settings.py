@@ -250,6 +250,27 @@ class Settings:
         "less a reserve).",
         default=0,
     )
+    trusted_proxies: str = _opt(
+        "CIDR,...: proxies whose --client-header names the client (none by default: the "
+        "connection's address is the client; never read from anyone else).",
+        default="",
+    )
+    client_header: str = _opt(
+        "Where a trusted proxy names the client: x-forwarded-for, forwarded (RFC 7239), or "
+        "a CDN's own header (cf-connecting-ip, true-client-ip, fastly-client-ip).",
+        default="x-forwarded-for",
+    )
+    client_requests_per_s: float = _opt(
+        "Requests a second one client may make (twice as many in a burst); past it a 429 "
+        "(0: no limit).",
+        default=100.0,
+    )
+    client_builds_per_s: float = _opt(
+        "Cold builds a second one client may start; past it its misses get the fallback, "
+        "or a 429 where it does not cover them (0: no limit).",
+        default=2.0,
+    )
+    client_build_burst: float = _opt("Cold builds one client may start at once.", default=20.0)
     log_format: str = _opt("Log lines as 'text' or 'json'.", default="text")
     log_level: str = _opt("Logging level.", default="INFO")
     access_log: str = _opt(

@@ -7,10 +7,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from bundler.clients import parse_networks
+
 if TYPE_CHECKING:
     from bundler.settings import Settings
 
 REGISTRY_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")  # fullmatch
+HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")  # fullmatch
 ESBUILD_TARGET = re.compile(r"[a-z]+[0-9.]*(,[a-z]+[0-9.]*)*")
 
 
@@ -94,4 +97,13 @@ def problems(self: Settings) -> list[str]:
     for name in ("access_log", "carry_over", "prefetch_new_versions"):
         if getattr(self, name) not in ("on", "off"):
             out.append(f"{name} must be 'on' or 'off', got {getattr(self, name)!r}")
+    try:
+        parse_networks(self.trusted_proxies)
+    except ValueError as exc:
+        out.append(f"trusted_proxies: {exc}")
+    if not HEADER_NAME.fullmatch(self.client_header):
+        out.append(f"client_header must be a header name, got {self.client_header!r}")
+    for name in ("client_requests_per_s", "client_builds_per_s", "client_build_burst"):
+        if getattr(self, name) < 0:
+            out.append(f"{name} must not be negative")
     return out

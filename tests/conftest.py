@@ -52,6 +52,9 @@ def make_settings(tmp_path: Path, esbuild: str) -> Callable[..., Settings]:
             "default_version": "1.1.0",
             # Tests of the tailored path wait for their build; fallback tests set a budget.
             "fallback_budget_ms": -1,
+            # A test is one client (127.0.0.1) asking for dozens of cold bundles at once;
+            # the limits' own tests (test_limits.py) set them.
+            "client_builds_per_s": 0,
         }
         values.update(overrides)
         return Settings(**values)

@@ -179,17 +179,21 @@ async def test_source_map_maps_back_to_the_source_file(client: TestClient) -> No
 async def test_combos_returns_the_most_requested_lists(
     aiohttp_client: Any, make_settings: Callable[..., Settings]
 ) -> None:
-    client = await restartable(aiohttp_client, make_settings)
+    """Counted in distinct clients (each request another, named by a trusted proxy)."""
+    client = await restartable(aiohttp_client, make_settings, trusted_proxies="127.0.0.1")
     mix = [("components/hero,components/card", 12), ("components/nav", 7), ("components/tabs", 3)]
     rng = random.Random(5)
     requests = [q for q, n in mix for _ in range(n)] + [
         f"components/{c}" for c in ("footer", "rating")
     ]
     rng.shuffle(requests)
-    for modules in requests:
+    for i, modules in enumerate(requests):
         order = modules.split(",")
         rng.shuffle(order)
-        assert (await client.get("/bundle.js?modules=" + ",".join(order))).status == 200
+        resp = await client.get(
+            "/bundle.js?modules=" + ",".join(order), headers={"X-Forwarded-For": f"192.0.2.{i}"}
+        )
+        assert resp.status == 200
     body = await (await client.get("/combos?top=3")).json()
     assert body["combos"] == [
         {"modules": ["components/card", "components/hero"], "count": 12},
@@ -198,7 +202,7 @@ async def test_combos_returns_the_most_requested_lists(
     ]
     assert (await client.get("/combos?top=0")).status == 400
     await client.close()  # saved at shutdown, loaded at the next start
-    again = await restartable(aiohttp_client, make_settings)
+    again = await restartable(aiohttp_client, make_settings, trusted_proxies="127.0.0.1")
     body = await (await again.get("/combos?top=1")).json()
     assert body["combos"][0]["count"] == 12
 

@@ -7,6 +7,7 @@ Without redis-server these tests are skipped with a loud reason; everything else
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import signal
 import subprocess
@@ -348,16 +349,26 @@ async def test_combos_are_the_fleets(
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    a = await aiohttp_client(create_app(make_settings(redis_url=redis_server.url)))
-    b = await aiohttp_client(
-        create_app(make_settings(redis_url=redis_server.url, data_dir=str(tmp_path / "b")))
+    """Each replica's distinct clients (named by a trusted proxy) are summed in Redis."""
+    settings = functools.partial(
+        make_settings, redis_url=redis_server.url, trusted_proxies="127.0.0.1"
     )
+    a = await aiohttp_client(create_app(settings()))
+    b = await aiohttp_client(create_app(settings(data_dir=str(tmp_path / "b"))))
     await wait_ready(a)
     await wait_ready(b)
-    for _ in range(3):
-        assert (await a.get("/bundle.js?modules=components/card&v=1.1.0")).status == 200
-    for _ in range(2):
-        assert (await b.get("/bundle.js?modules=components/hero&v=1.1.0")).status == 200
+    for i in range(3):
+        resp = await a.get(
+            "/bundle.js?modules=components/card&v=1.1.0",
+            headers={"X-Forwarded-For": f"192.0.2.{i}"},
+        )
+        assert resp.status == 200
+    for i in range(2):
+        resp = await b.get(
+            "/bundle.js?modules=components/hero&v=1.1.0",
+            headers={"X-Forwarded-For": f"192.0.2.{i}"},
+        )
+        assert resp.status == 200
     await b.app[SERVICE].fleet.flush_combos()
     combos = (await (await a.get("/combos?top=10")).json())["combos"]
     assert {"modules": ["components/card"], "count": 3} in combos

@@ -13,7 +13,7 @@ from aiohttp import web
 from bundler import css, logs
 from bundler.bundle import Bundle
 from bundler.errors import BadRequest
-from bundler.keys import SERVICE
+from bundler.keys import CLIENT, SERVICE
 from bundler.negotiate import choose_encoding
 from bundler.service.race import Answer
 from bundler.settings import Settings
@@ -79,7 +79,7 @@ async def answer_bundle(
     settings = service.settings
     started = time.monotonic()
     spec, pinned = await service.parse(pairs, other_params)
-    answer = await service.answer(spec, time.monotonic() - started)
+    answer = await service.answer(spec, time.monotonic() - started, request.get(CLIENT))
     request[logs.MODE] = answer.mode.value
     if answer.mode.tailored:
         headers = {

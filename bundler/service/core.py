@@ -19,6 +19,7 @@ from cachetools import TTLCache
 from bundler import css
 from bundler.bundle import Bundle
 from bundler.carry.carrier import Carrier
+from bundler.clients import ClientIds
 from bundler.components import Components
 from bundler.errors import (
     BuildFailed,
@@ -34,6 +35,7 @@ from bundler.fallback.model import Fallback
 from bundler.fleet.builds import shared_or_lease
 from bundler.fleet.lease import Lease
 from bundler.flight import SingleFlight
+from bundler.limits import ClientLimits
 from bundler.metrics import LagMonitor
 from bundler.service.building import tailored_bundle
 from bundler.service.deferred import DeferredBuilds
@@ -98,6 +100,12 @@ class BundleService:
             carry_from=lambda: (self.default_version,),
         )
         self.lease_waits = 0
+        self.clients = ClientIds(settings.trusted_proxies, settings.client_header)
+        self.limits = ClientLimits(
+            settings.client_requests_per_s,
+            settings.client_builds_per_s,
+            settings.client_build_burst,
+        )
 
     def _newest_version(self) -> str:
         newest = self.source.newest_version()
@@ -151,6 +159,7 @@ class BundleService:
         )
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
         self.releases.start()
+        self.limits.start()
 
     async def _prepare_default(self) -> None:
         delay_s = STARTUP_RETRY_MIN_S
@@ -221,17 +230,22 @@ class BundleService:
         threshold_ms = self.settings.shed_lag_ms
         return threshold_ms > 0 and self.lag.smoothed_s * 1000 > threshold_ms
 
-    async def answer(self, spec: BundleSpec, waited_s: float = 0.0) -> Answer:
+    async def answer(
+        self, spec: BundleSpec, waited_s: float = 0.0, client: str | None = None
+    ) -> Answer:
         """``waited_s``: spent on the request already (its version's pull): taken from the
-        fallback budget, which counts from the request's arrival."""
+        fallback budget, which counts from the request's arrival. ``client``: who asks
+        (bundler.clients), whose build budget a cold build takes from; None: nobody's."""
         bundle = self.tiers.hit(spec.key)
         if bundle is not None:  # the warm hit, without a coroutine more than it needs
             answer = Answer(bundle, Mode.HIT)
         else:
-            answer = await answer_miss(self, spec, waited_s)
-        # Only what was answered with a bundle: junk and failures never reach the warm-up.
-        self.combos.record(spec.modules)
-        self.fleet.record(spec.modules)
+            answer = await answer_miss(self, spec, waited_s, client)
+        # Only what was answered with a bundle: junk and failures never reach the warm-up;
+        # and each client once an hour, so that none can buy a place in it.
+        if self.combos.first_ask(client, spec.modules):
+            self.combos.record(spec.modules)
+            self.fleet.record(spec.modules)
         self.requests[answer.mode.value] += 1
         return answer
 
@@ -361,6 +375,7 @@ class BundleService:
         await self.fallbacks.close()
         await self.builder.kill_all()
         await self.releases.close()
+        await self.limits.close()
         await self.carrier.close()
         await self.source.close()
         await self.tiers.close()

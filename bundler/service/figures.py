@@ -51,4 +51,5 @@ def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]
         **service.tiers.metric_values(),
         **service.fleet.metric_values(),
         **service.carrier.metric_values(),
+        **service.limits.metric_values(),
     }

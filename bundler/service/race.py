@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bundler.bundle import Bundle
-from bundler.errors import BundlerError, DiskFault
+from bundler.errors import BundlerError, DiskFault, TooManyRequests
 from bundler.fallback.model import Fallback
 from bundler.slots import Priority
 from bundler.spec import BundleSpec
@@ -29,6 +29,7 @@ class Mode(enum.Enum):
     BUILT = "built"  # tailored, built within the fallback budget
     FALLBACK = "fallback"  # the build did not finish within the budget; it goes on
     SHED = "shed"  # queue full or loop lagging: the fallback, and no build
+    LIMITED = "limited"  # the client is past its build budget: the fallback, and no build
 
     @property
     def tailored(self) -> bool:
@@ -41,9 +42,12 @@ class Answer:
     mode: Mode
 
 
-async def answer_miss(service: BundleService, spec: BundleSpec, waited_s: float) -> Answer:
+async def answer_miss(
+    service: BundleService, spec: BundleSpec, waited_s: float, client: str | None = None
+) -> Answer:
     """A miss in memory: the disk tier, the shared tier or its own build, raced against
-    the version's fallback after the budget (``waited_s`` of it spent already)."""
+    the version's fallback after the budget (``waited_s`` of it spent already). A build
+    under way is joined for free; a new one takes one of ``client``'s build budget."""
     bundle = await service.cached(spec)
     if bundle is not None:
         return Answer(bundle, Mode.HIT)
@@ -52,6 +56,10 @@ async def answer_miss(service: BundleService, spec: BundleSpec, waited_s: float)
         raise failure
     budget_ms = service.settings.fallback_budget_ms
     joining = spec.key in service.flight
+    if not joining and client is not None:
+        wait_s = service.limits.build(client)
+        if wait_s:
+            return _limited(service, spec, client, wait_s)
     if budget_ms == -1:  # never the fallback: every miss waits for its own bundle,
         # however long the queue (as documented: the operator chose waiting over a fallback)
         return Answer(await service.flight.do(spec.key, lambda: service.build(spec)), Mode.BUILT)
@@ -81,6 +89,21 @@ async def answer_miss(service: BundleService, spec: BundleSpec, waited_s: float)
     finally:
         if not build.done():
             build.cancel()  # only our wait: the build goes on and fills the cache
+
+
+def _limited(service: BundleService, spec: BundleSpec, client: str, wait_s: float) -> Answer:
+    """Past its build budget a client's miss starts no build, so it delays nobody's:
+    the version's fallback where it covers the page, else a 429."""
+    service.fallbacks.ensure(spec.version)  # one per version, whoever asks
+    fallback = service.fallbacks.loaded(spec.version)
+    if fallback is not None and fallback.covers(spec.modules):
+        return Answer(fallback.bundle, Mode.LIMITED)
+    raise TooManyRequests(
+        f"{client} has started {service.settings.client_builds_per_s:g} new bundles a second "
+        f"for a while: {spec.query} is not built yet and the version's fallback does not "
+        "cover it; retry after the Retry-After seconds",
+        wait_s,
+    )
 
 
 async def _race(
