@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup browser servers serve test lint lock lock-check screenshot bench bench-storm bench-fleet bench-connections clean
+.PHONY: setup browser servers serve test lint lock lock-check screenshot bench bench-storm bench-fleet bench-flood bench-connections clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -83,6 +83,9 @@ bench: setup
 
 bench-storm: setup
 	$(BIN)/python bench/bench_storm.py
+
+bench-flood: setup
+	$(BIN)/python bench/bench_flood.py
 
 bench-connections: setup
 	$(BIN)/python bench/bench_connections.py

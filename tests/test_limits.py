@@ -7,6 +7,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ from multidict import CIMultiDict
 
 from bundler.app import create_app
 from bundler.clients import ClientIds
+from bundler.combos import PopularCombos
 from bundler.keys import SERVICE
 from bundler.limits import ClientLimits
 from bundler.settings import Settings
@@ -155,3 +157,29 @@ async def test_a_client_past_its_build_budget_never_delays_another_clients_build
     else:
         assert built_before_it >= 40
         assert results == [(200, "tailored")] * 60
+
+
+@pytest.mark.parametrize("per_client", [True, False], ids=["distinct-clients", "naive"])
+def test_popularity_is_not_for_one_client_to_buy(tmp_path: Path, per_client: bool) -> None:
+    """Five combinations asked by ten clients each rank above a flood's: one combination
+    asked 1,000 times and 3,000 asked once each, by one client. The naive control counts
+    every ask: the flood's repeated combination comes first."""
+    combos = PopularCombos(tmp_path / "combos", top_k=1000)  # the default
+
+    def ask(client: str, modules: tuple[str, ...]) -> None:
+        if not per_client or combos.first_ask(client, modules):
+            combos.record(modules)
+
+    honest = [("lib/a", f"lib/{i}") for i in range(5)]
+    for n in range(10):
+        for modules in honest:
+            ask(f"10.0.0.{n}", modules)
+    for _ in range(1000):
+        ask("6.6.6.6", ("lib/flood",))
+    for i in range(3000):
+        ask("6.6.6.6", ("lib/flood", f"lib/{i}"))
+    top = [tuple(c["modules"]) for c in combos.top(5)]
+    if per_client:
+        assert sorted(top) == sorted(honest)
+    else:
+        assert top[0] == ("lib/flood",)
