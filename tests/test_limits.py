@@ -107,7 +107,9 @@ async def test_a_forwarded_header_is_ignored_from_an_untrusted_address(
     if trusted == "0.0.0.0/0":
         assert statuses["127.0.0.2"] == [200] * 30
     else:
-        assert statuses["127.0.0.2"].count(429) >= 15  # a burst of 10, then 5 a second
+        # A burst of 10, then 5 a second: each 429 is held until a token is there, so
+        # the next request passes, and every other one is refused.
+        assert statuses["127.0.0.2"].count(429) >= 8
 
 
 @pytest.mark.parametrize("limited", [True, False], ids=["budget", "naive"])
