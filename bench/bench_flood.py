@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def run(label: str, flood: str, flags: list[str], artifact_url: str, args: argpa
                     [sys.executable, __file__, "--role", "flood", "--url", url,
                      "--combos-file", str(combos_file), "--out", str(work_dir / "flood-out.json"),
                      "--duration", str(args.duration)],
-                    preexec_fn=lambda: __import__("os").nice(19),
+                    preexec_fn=lambda: os.nice(19),
                 )  # fmt: skip
                 warm, cold = await asyncio.gather(
                     every(url, WARM_CLIENTS, 0.1, args.duration, lambda n: popular[n % 20], 20),

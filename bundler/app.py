@@ -70,16 +70,17 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             in_flight.idle.set()
 
 
-# What a client's request rate counts: what pages ask for (probes, metrics, /warm never).
+# The longest a 429 past the request rate is held before it is sent.
 TARPIT_S = 1.0
+# What a client's request rate counts: what pages ask for (probes, metrics, /warm never).
 LIMITED_PATHS = frozenset({"/bundle.js", "/bundle.js.map", "/bundle.css", "/bundle.css.map"})
 
 
 async def limit_request(request: web.Request) -> None:
     """Who asks (bundler.clients), kept for the build budget; past its request rate, a 429,
-    held for up to TARPIT_S first: a client that asks again as soon as it is answered
-    (bench_flood: 6,500 429s a second from 32 connections) then costs a timer a
-    connection, not the loop's time for thousands of answers a second."""
+    held until the client's next token (TARPIT_S at most): a client that asks again as
+    soon as it is answered is paced by its own rate (bench_flood, 32 connections: 6,569
+    429s a second unheld, 3,062 held)."""
     service = request.app[SERVICE]
     client = service.clients.of(request.remote, request.headers)
     request[CLIENT] = client

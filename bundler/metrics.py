@@ -117,7 +117,7 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
         "(requests), the fallback or a 429 past its build budget (builds).",
         "reason",
     ),
-    "bundler_clients_limited": ("gauge", "Clients limited in the last 10 s.", ""),
+    "bundler_clients_limited": ("gauge", "Clients limited in the last 10-15 s.", ""),
     "bundler_cache_lookups": (
         "counter",
         "Cache lookups by result (memory_hit, disk_hit, miss).",

@@ -17,93 +17,62 @@ HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")  # fullmatch
 ESBUILD_TARGET = re.compile(r"[a-z]+[0-9.]*(,[a-z]+[0-9.]*)*")
 
 
-def problems(self: Settings) -> list[str]:
-    out = []
-    if not 0 < self.port < 65536:
-        out.append(f"port must be 1-65535, got {self.port}")
-    for name in (
-        "max_modules",
-        "max_module_name_chars",
-        "memory_cache_max_bytes",
-        "disk_cache_max_bytes",
-        "combos_top_k",
-        "source_max_download_bytes",
-        "source_keep_versions",
-        "extract_max_members",
-        "extract_max_file_bytes",
-        "extract_max_total_bytes",
-        "fallback_max_bytes",
-        "build_batch_max",
-        "write_min_bytes_per_s",
-    ):
-        if getattr(self, name) < 1:
-            out.append(f"{name} must be at least 1")
-    for name in (
-        "build_pool_size",
-        "build_threads",
-        "disk_cache_min_free_bytes",
-        "default_version_max_age_s",
-        "source_retries",
-        "source_retry_backoff_s",
-        "source_failure_ttl_s",
-        "max_connections",
-    ):
-        if getattr(self, name) < 0:
-            out.append(f"{name} must not be negative")
-    for name in (
-        "build_timeout_s",
-        "source_download_timeout_s",
-        "header_timeout_s",
-        "body_timeout_s",
-        "keepalive_timeout_s",
-        "write_timeout_s",
-    ):
-        if getattr(self, name) <= 0:
-            out.append(f"{name} must be positive")
-    if not 0 <= self.fallback_max_age_s <= 30:
+# Each name's bound: at least 1, not negative, positive.
+AT_LEAST_ONE = (
+    "max_modules", "max_module_name_chars", "memory_cache_max_bytes", "disk_cache_max_bytes",
+    "combos_top_k", "source_max_download_bytes", "source_keep_versions",
+    "extract_max_members", "extract_max_file_bytes", "extract_max_total_bytes",
+    "fallback_max_bytes", "build_batch_max", "write_min_bytes_per_s",
+)  # fmt: skip
+NOT_NEGATIVE = (
+    "build_pool_size", "build_threads", "disk_cache_min_free_bytes",
+    "default_version_max_age_s", "source_retries", "source_retry_backoff_s",
+    "source_failure_ttl_s", "max_connections", "shed_lag_ms", "drain_s",
+    "shutdown_timeout_s", "combos_save_interval_s", "asset_inline_max_bytes",
+    "esbuild_memory_mib", "carry_sweep_top", "client_requests_per_s",
+    "client_builds_per_s", "client_build_burst",
+)  # fmt: skip
+POSITIVE = (
+    "build_timeout_s", "source_download_timeout_s", "header_timeout_s", "body_timeout_s",
+    "keepalive_timeout_s", "write_timeout_s", "watchdog_stall_s", "prefetch_interval_s",
+)  # fmt: skip
+ON_OFF = ("access_log", "carry_over", "prefetch_new_versions")
+
+
+def problems(settings: Settings) -> list[str]:
+    s = settings
+    out = [f"{name} must be at least 1" for name in AT_LEAST_ONE if getattr(s, name) < 1]
+    out += [f"{name} must not be negative" for name in NOT_NEGATIVE if getattr(s, name) < 0]
+    out += [f"{name} must be positive" for name in POSITIVE if getattr(s, name) <= 0]
+    out += [
+        f"{name} must be 'on' or 'off', got {getattr(s, name)!r}"
+        for name in ON_OFF
+        if getattr(s, name) not in ("on", "off")
+    ]
+    if not 0 < s.port < 65536:
+        out.append(f"port must be 1-65535, got {s.port}")
+    if not 0 <= s.fallback_max_age_s <= 30:
         out.append("fallback_max_age_s must be 0-30: a CDN must not pin a fallback")
-    if self.fallback_budget_ms < -1:
+    if s.fallback_budget_ms < -1:
         out.append("fallback_budget_ms must be -1 (never), 0 (at once) or positive")
-    if self.build_queue_max < -1:
+    if s.build_queue_max < -1:
         out.append("build_queue_max must be -1 (unbounded), 0 (the pool size) or positive")
-    for name in (
-        "shed_lag_ms",
-        "drain_s",
-        "shutdown_timeout_s",
-        "combos_save_interval_s",
-        "asset_inline_max_bytes",
-        "esbuild_memory_mib",
-    ):
-        if getattr(self, name) < 0:
-            out.append(f"{name} must not be negative")
-    if self.watchdog_stall_s <= 0:
-        out.append("watchdog_stall_s must be positive")
-    if self.flight_release not in ("staggered", "all-at-once"):
+    if s.flight_release not in ("staggered", "all-at-once"):
         out.append("flight_release must be 'staggered' or 'all-at-once'")
-    if not 0 <= self.build_niceness <= 19:
+    if not 0 <= s.build_niceness <= 19:
         out.append("build_niceness must be 0-19")
-    if not REGISTRY_NAME.fullmatch(self.registry_name):
-        out.append(f"registry_name must be a JavaScript identifier, got {self.registry_name!r}")
-    if not ESBUILD_TARGET.fullmatch(self.esbuild_target):
-        out.append(f"esbuild_target looks wrong: {self.esbuild_target!r}")
-    if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        out.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
-    if self.log_format not in ("text", "json"):
+    if not REGISTRY_NAME.fullmatch(s.registry_name):
+        out.append(f"registry_name must be a JavaScript identifier, got {s.registry_name!r}")
+    if not ESBUILD_TARGET.fullmatch(s.esbuild_target):
+        out.append(f"esbuild_target looks wrong: {s.esbuild_target!r}")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        out.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
+    if s.log_format not in ("text", "json"):
         out.append("log_format must be 'text' or 'json'")
-    if self.prefetch_interval_s <= 0:
-        out.append("prefetch_interval_s must be positive")
-    if self.carry_sweep_top < 0:
-        out.append("carry_sweep_top must be 0 or more")
-    for name in ("access_log", "carry_over", "prefetch_new_versions"):
-        if getattr(self, name) not in ("on", "off"):
-            out.append(f"{name} must be 'on' or 'off', got {getattr(self, name)!r}")
+    if not HEADER_NAME.fullmatch(s.client_header):
+        out.append(f"client_header must be a header name, got {s.client_header!r}")
     try:
-        parse_networks(self.trusted_proxies)
+        parse_networks(s.trusted_proxies)
     except ValueError as exc:
         out.append(f"trusted_proxies: {exc}")
-    if not HEADER_NAME.fullmatch(self.client_header):
-        out.append(f"client_header must be a header name, got {self.client_header!r}")
-    for name in ("client_requests_per_s", "client_builds_per_s", "client_build_burst"):
-        if getattr(self, name) < 0:
-            out.append(f"{name} must not be negative")
     return out

@@ -133,6 +133,9 @@ def test_settings_from_env() -> None:
         ({"BUNDLER_REGISTRY_NAME": "a-b"}, "registry_name must be a JavaScript identifier"),
         ({"BUNDLER_ESBUILD_TARGET": "es2018 --outdir=/"}, "esbuild_target looks wrong"),
         ({"BUNDLER_LOG_LEVEL": "LOUD"}, "log_level must be"),
+        ({"BUNDLER_TRUSTED_PROXIES": "10.0.0.0/33"}, "trusted_proxies: '10.0.0.0/33' is not"),
+        ({"BUNDLER_CLIENT_HEADER": "x forwarded"}, "client_header must be a header name"),
+        ({"BUNDLER_CLIENT_BUILDS_PER_S": "-1"}, "client_builds_per_s must not be negative"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_message(env: dict[str, str], message: str) -> None:
