@@ -239,6 +239,11 @@ class EsbuildService:
             self.kill()
             await self.proc.wait()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The subprocess transport closes itself once its stdin pipe's loss is reported, a
+        # callback later: a loop closed before that left it open (a ResourceWarning).
+        if self.proc.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                await self.proc.stdin.wait_closed()
 
     async def _read_packets(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
