@@ -126,11 +126,15 @@ async def test_permutations_share_one_cache_entry_and_one_build(
         "components/card,components/tabs,components/hero,components/card",
     ]
     bodies = set()
+    statuses = []
     for order in orders:
-        status, body, _ = await get_bundle(client, f"modules={order}&v=1.1.0")
+        status, body, headers = await get_bundle(client, f"modules={order}&v=1.1.0")
         assert status == 200
         bodies.add(body)
+        statuses.append(headers["Cache-Status"])
     assert len(bodies) == 1
+    # RFC 9211: built once, then hits.
+    assert statuses == ["bundler; fwd=miss; stored", "bundler; hit", "bundler; hit"]
     assert app[SERVICE].tiers.memory.entries() == 1
     assert runs() == 1
 

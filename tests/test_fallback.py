@@ -68,6 +68,7 @@ async def test_cold_miss_past_the_budget_gets_the_fallback_then_tailored(
     assert resp.headers["Cache-Control"] == "public, max-age=30"
     assert resp.headers["CDN-Cache-Control"] == "public, max-age=30"
     assert resp.headers["ETag"].startswith('"fb-')
+    assert resp.headers["Cache-Status"] == "bundler; fwd=miss; detail=fallback"
     assert 0.1 <= waited < 0.45
     # The fallback serves the page the same: every requested name is registered.
     names = run_in_node(
@@ -79,6 +80,7 @@ async def test_cold_miss_past_the_budget_gets_the_fallback_then_tailored(
     await asyncio.sleep(0.6)  # the build went on in the background and filled the cache
     resp = await client.get(query)
     assert resp.headers["X-Bundle-Mode"] == "tailored"
+    assert resp.headers["Cache-Status"] == "bundler; hit"
     assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert "CDN-Cache-Control" not in resp.headers
 

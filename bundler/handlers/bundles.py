@@ -15,7 +15,7 @@ from bundler.bundle import Bundle
 from bundler.errors import BadRequest
 from bundler.keys import CLIENT, SERVICE
 from bundler.negotiate import choose_encoding
-from bundler.service.race import Answer
+from bundler.service.race import Answer, Mode
 from bundler.settings import Settings
 from bundler.spec import BundleSpec
 
@@ -81,16 +81,29 @@ async def answer_bundle(
     spec, pinned = await service.parse(pairs, other_params)
     answer = await service.answer(spec, time.monotonic() - started, request.get(CLIENT))
     request[logs.MODE] = answer.mode.value
+    headers = {"Cache-Status": cache_status(answer.mode)}
     if answer.mode.tailored:
-        headers = {
-            "Cache-Control": tailored_cache_control(settings, pinned),
-            "X-Bundle-Mode": "tailored",
-        }
+        headers["Cache-Control"] = tailored_cache_control(settings, pinned)
+        headers["X-Bundle-Mode"] = "tailored"
     else:
         # Short-lived and never immutable: the tailored bundle replaces it soon.
         short = f"public, max-age={settings.fallback_max_age_s}"
-        headers = {"Cache-Control": short, "CDN-Cache-Control": short, "X-Bundle-Mode": "fallback"}
+        headers.update(
+            {"Cache-Control": short, "CDN-Cache-Control": short, "X-Bundle-Mode": "fallback"}
+        )
     return answer, headers, spec
+
+
+def cache_status(mode: Mode) -> str:
+    """RFC 9211's Cache-Status, as CDNs write it: whether this answer came from the cache
+    (a hit in any tier) or needed a build, and when it is not the tailored bundle, why
+    (fallback, shed, limited). It is what lets a page's owner, or a benchmark, tell a
+    hit from a rebuild without the server's logs."""
+    if mode is Mode.HIT:
+        return "bundler; hit"
+    if mode is Mode.BUILT:
+        return "bundler; fwd=miss; stored"
+    return f"bundler; fwd=miss; detail={mode.value}"
 
 
 async def handle_asset(request: web.Request) -> web.Response:
