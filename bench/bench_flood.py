@@ -11,9 +11,12 @@ its defaults, run twice side by side: client limits on (the defaults) and off
   of 20 cached combinations every 100 ms;
 - honest client (b), from 127.0.0.4: a new, cold combination every second.
 
-Before it, (a) alone for 5 s gives the unloaded warm latency. Afterwards:
+Before it, (a) and (b) alone for as long give the unloaded latency: the flood's cost is
+what it adds to honest traffic. A warm answer's `Cache-Status` (hit, or fwd=miss: it was
+built) tells whether the flood evicted what honest pages use; `--tiers small` runs with
+a memory and a disk tier a few hundred bundles big, where eviction shows. Afterwards:
 /combos top 20 against the flood's combinations, and the limits' metrics.
-`make bench-flood`; `--floods distinct,repeat`, `--duration`.
+`make bench-flood`; `--floods distinct,repeat`, `--tiers default,small`, `--duration`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ CORPUS = storm.CORPORA["lodash-es"]
 FLOOD, COLD_CLIENT = "127.0.0.2", "127.0.0.4"
 WARM_CLIENTS = [f"127.0.1.{n}" for n in range(1, 41)]
 LIMITS_OFF = ["--client-requests-per-s", "0", "--client-builds-per-s", "0"]
+# A few hundred lodash-es bundles (about 10-30 KB each, plain and brotli) per tier.
+SMALL_TIERS = ["--memory-cache-max-bytes", str(4 << 20), "--disk-cache-max-bytes", str(8 << 20)]
 
 
 def session_from(address: str) -> aiohttp.ClientSession:
@@ -56,9 +61,15 @@ async def ask(session: aiohttp.ClientSession, url: str, modules: list[str]) -> d
         async with session.get(f"{url}/bundle.js?modules={','.join(modules)}") as resp:
             await resp.read()
             mode = resp.headers.get("X-Bundle-Mode", "-")
-            return {"status": resp.status, "mode": mode, "s": time.perf_counter() - started}
+            hit = resp.headers.get("Cache-Status", "").endswith("; hit")
+            return {
+                "status": resp.status,
+                "mode": mode,
+                "hit": hit,
+                "s": time.perf_counter() - started,
+            }
     except (aiohttp.ClientError, TimeoutError):
-        return {"status": 0, "mode": "-", "s": time.perf_counter() - started}
+        return {"status": 0, "mode": "-", "hit": False, "s": time.perf_counter() - started}
 
 
 async def flood_role(url: str, combos_file: Path, out: Path, duration_s: float) -> None:
@@ -91,7 +102,9 @@ async def every(
         n = 0
         while time.monotonic() < start + duration_s:
             session = sessions[(n // spread) % len(sessions)]
-            results.append(await ask(session, url, pick(n)))
+            got = await ask(session, url, pick(n))
+            got["at"] = time.monotonic() - start
+            results.append(got)
             n += 1
             await asyncio.sleep(max(0.0, start + n * period_s - time.monotonic()))
     finally:
@@ -108,7 +121,8 @@ def pct(values: list[float], q: float) -> float:
 def run(label: str, flood: str, flags: list[str], artifact_url: str, args: argparse.Namespace) -> dict[str, str]:  # fmt: skip
     rng = random.Random(args.seed)
     combos = storm.make_combos(CORPUS, 6000, args.seed)
-    popular, cold_combos, flood_pool = combos[:20], combos[20:200], combos[200:]
+    popular, cold_alone, cold_combos = combos[:20], combos[20:100], combos[100:200]
+    flood_pool = combos[200:]
     if flood == "repeat":
         flood_pool = flood_pool[:36]
     rng.shuffle(flood_pool)
@@ -132,7 +146,10 @@ def run(label: str, flood: str, flags: list[str], artifact_url: str, args: argpa
                 async with session_from(COLD_CLIENT) as s:
                     for combo in popular:  # built once: cached from now on
                         await ask(s, url, combo)
-                alone = await every(url, WARM_CLIENTS, 0.1, 5, lambda n: popular[n % 20], 20)
+                alone, cold_before = await asyncio.gather(
+                    every(url, WARM_CLIENTS, 0.1, args.duration, lambda n: popular[n % 20], 20),
+                    every(url, [COLD_CLIENT], 1.0, args.duration, lambda n: cold_alone[n]),
+                )
                 flooder = subprocess.Popen(  # noqa: ASYNC220 (started once, not awaited)
                     [sys.executable, __file__, "--role", "flood", "--url", url,
                      "--combos-file", str(combos_file), "--out", str(work_dir / "flood-out.json"),
@@ -144,7 +161,7 @@ def run(label: str, flood: str, flags: list[str], artifact_url: str, args: argpa
                     every(url, [COLD_CLIENT], 1.0, args.duration, lambda n: cold_combos[n]),
                 )
                 await asyncio.to_thread(flooder.wait)
-                return {"alone": alone, "warm": warm, "cold": cold}
+                return {"alone": alone, "cold alone": cold_before, "warm": warm, "cold": cold}
 
             got = asyncio.run(measure())
             flood_counts = json.loads((work_dir / "flood-out.json").read_text())
@@ -159,13 +176,17 @@ def run(label: str, flood: str, flags: list[str], artifact_url: str, args: argpa
             server.kill()
             server.wait()
             log.close()
-    everything = got["alone"] + got["warm"] + got["cold"]
-    cold = got["cold"]
+    if os.environ.get("FLOOD_DEBUG"):
+        worst = sorted(got["warm"], key=lambda r: -r["s"])[:8]
+        print(label, [(round(r["at"], 2), round(r["s"] * 1000, 1)) for r in worst], file=sys.stderr)
+    everything = [r for results in got.values() for r in results]
+    cold, warm, alone = got["cold"], got["warm"], got["alone"]
     total_flood = sum(flood_counts.values())
     return {
-        "honest warm alone p50 / p99 ms": f"{pct([r['s'] for r in got['alone']], 0.5):.1f} / {pct([r['s'] for r in got['alone']], 0.99):.1f}",
-        "honest warm p50 / p99 ms": f"{pct([r['s'] for r in got['warm']], 0.5):.1f} / {pct([r['s'] for r in got['warm']], 0.99):.1f}",
-        "honest warm p99 vs alone": f"{pct([r['s'] for r in got['warm']], 0.99) / pct([r['s'] for r in got['alone']], 0.99):.2f} x",
+        "honest warm, no flood: p50 / p99 ms": f"{pct([r['s'] for r in alone], 0.5):.1f} / {pct([r['s'] for r in alone], 0.99):.1f}",
+        "honest warm p50 / p99 ms": f"{pct([r['s'] for r in warm], 0.5):.1f} / {pct([r['s'] for r in warm], 0.99):.1f}",
+        "honest warm p99 vs no flood": f"{pct([r['s'] for r in warm], 0.99) / pct([r['s'] for r in alone], 0.99):.2f} x",
+        "honest warm hits (no flood: all)": f"{sum(r['hit'] for r in warm)} of {len(warm)} ({sum(r['hit'] for r in alone)} of {len(alone)})",
         "honest cold TTFB p50 / p99 ms": f"{pct([r['s'] for r in cold], 0.5):.0f} / {pct([r['s'] for r in cold], 0.99):.0f}",
         "honest cold tailored": f"{sum(r['mode'] == 'tailored' for r in cold)} of {len(cold)}",
         "honest 5xx / not 200": f"{sum(r['status'] >= 500 for r in everything)} / {sum(r['status'] != 200 for r in everything)}",
@@ -185,6 +206,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--floods", default="distinct,repeat")
+    parser.add_argument("--tiers", choices=["default", "small"], default="default")
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     if args.role == "flood":
@@ -194,18 +216,20 @@ def main() -> None:
     with storm.artifact_server(storm.free_port()) as artifact_url:
         for flood in args.floods.split(","):
             columns = {}
+            tier_flags = SMALL_TIERS if args.tiers == "small" else []
             for label, flags in (("limits off", LIMITS_OFF), ("limits on", [])):
                 print(f"  {flood} flood, {label} ...", file=sys.stderr)
-                columns[label] = run(label, flood, flags, artifact_url, args)
+                columns[label] = run(label, flood, flags + tier_flags, artifact_url, args)
+            tiers = " (tiers: memory 4 MB, disk 8 MB)" if args.tiers == "small" else ""
             print(
-                f"\nFlood ({flood}): lodash-es {CORPUS.release}, one client from {FLOOD} with 32 "
+                f"\nFlood ({flood}){tiers}: lodash-es {CORPUS.release}, one client from {FLOOD} with 32 "
                 f"connections for {args.duration:g} s; honest pages from 40 addresses (one of "
                 f"20 cached combinations every 100 ms) and {COLD_CLIENT} (a new one every s)"
             )
             rows = list(next(iter(columns.values())))
-            print(f"{'':36}" + "".join(f"{c:>24}" for c in columns))
+            print(f"{'':40}" + "".join(f"{c:>24}" for c in columns))
             for row in rows:
-                print(f"{row:36}" + "".join(f"{columns[c][row]:>24}" for c in columns))
+                print(f"{row:40}" + "".join(f"{columns[c][row]:>24}" for c in columns))
 
 
 if __name__ == "__main__":
