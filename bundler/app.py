@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import HttpVersion11, web
 from prometheus_client import CollectorRegistry
 
+from bundler import cors
 from bundler.build.jobs import BuildJob
 from bundler.components import make_components, make_fleet
 from bundler.connections import ConnectionStats, error_response
@@ -45,7 +46,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             await limit_request(request)
         return await handler(request)
     except BundlerError as exc:
-        if request.path == "/bundle.js":
+        if request.path in ("/bundle.js", "/bundle.mjs"):
             request.app[SERVICE].requests["error"] += 1
         headers = {}
         if isinstance(exc, TooManyRequests):
@@ -73,7 +74,16 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 # How long a 429 past the request rate is held before it is sent.
 TARPIT_S = 1.0
 # What a client's request rate counts: what pages ask for (probes, metrics, /warm never).
-LIMITED_PATHS = frozenset({"/bundle.js", "/bundle.js.map", "/bundle.css", "/bundle.css.map"})
+LIMITED_PATHS = frozenset(
+    {
+        "/bundle.js",
+        "/bundle.js.map",
+        "/bundle.mjs",
+        "/bundle.mjs.map",
+        "/bundle.css",
+        "/bundle.css.map",
+    }
+)
 
 
 async def limit_request(request: web.Request) -> None:
@@ -96,9 +106,12 @@ async def limit_request(request: web.Request) -> None:
         )
 
 
-async def hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
-    """aiohttp names itself and Python's version in Server: nothing a client needs."""
+async def prepare_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp names itself and Python's version in Server: nothing a client needs. What
+    pages load gets its CORS headers (bundler.cors), error answers included, so a page on
+    another origin can read why."""
     response.headers["Server"] = "bundler"
+    cors.allow(request.app[SETTINGS].cors_origins, request, response)
 
 
 async def handle_expect(request: web.Request) -> web.Response | None:
@@ -163,6 +176,8 @@ def create_app(settings: Settings) -> web.Application:
     get = functools.partial(app.router.add_get, expect_handler=handle_expect)
     get("/bundle.js", bundles.handle_bundle)
     get("/bundle.js.map", bundles.handle_bundle_map)
+    get("/bundle.mjs", bundles.handle_bundle_module)
+    get("/bundle.mjs.map", bundles.handle_bundle_module_map)
     get("/bundle.css", bundles.handle_bundle_css)
     get("/bundle.css.map", bundles.handle_bundle_css_map)
     get("/assets/{version}/{name}", bundles.handle_asset)
@@ -183,6 +198,6 @@ def create_app(settings: Settings) -> web.Application:
     get("/healthz", operations.handle_healthz)
     get("/readyz", operations.handle_readyz)
     get("/metrics", operations.handle_metrics)
-    app.on_response_prepare.append(hide_server_version)
+    app.on_response_prepare.append(prepare_headers)
     app.cleanup_ctx.append(service_ctx)
     return app

@@ -18,7 +18,7 @@ from bundler.fleet.single import NoFleet
 from bundler.settings import Settings
 from bundler.source_config import open_source
 from bundler.sources import SourceStore
-from bundler.spec import BuildOptions
+from bundler.spec import CLASSIC, MODULE, BuildOptions
 from bundler.tiers.disk import DiskTier
 from bundler.tiers.memory import MemoryTier
 from bundler.tiers.tiered import TieredCache
@@ -40,12 +40,14 @@ class Components:
     fallbacks: FallbackStore
 
 
-def build_options(settings: Settings) -> BuildOptions:
-    """What every bundle is built with (part of every cache key)."""
+def build_options(settings: Settings, module: bool = False) -> BuildOptions:
+    """What every bundle is built with (part of every cache key); ``module``: the module
+    form's (/bundle.mjs)."""
     return BuildOptions(
-        target=settings.esbuild_target,
+        target=settings.esm_target if module else settings.esbuild_target,
         registry_name=settings.registry_name,
         asset_inline_max_bytes=settings.asset_inline_max_bytes,
+        format=MODULE if module else CLASSIC,
     )
 
 

@@ -115,6 +115,34 @@ def split_injected(code: bytes) -> tuple[bytes, bytes] | None:
 # The injector's first words: how a bundle's CSS line is found again.
 INJECTOR_HEAD = INJECTOR.split(",d=", 1)[0].replace("{{", "{").encode()
 
+# A module script has no document.currentScript: the module form (/bundle.mjs) takes its
+# own directory from import.meta.url. Each replacement is padded to the length of what it
+# replaces, so no offset in the bundle moves (its source map and its version's marks
+# stay true).
+_SCRIPT_BASE = (
+    b'p=document.currentScript,b=p&&p.src?p.src.replace(/[?#].*$/,"").replace(/[^/]*$/,""):""'
+)
+_MODULE_BASE = b'p=0,b=import.meta.url.replace(/[?#].*$/,"").replace(/[^/]*$/,"")'
+_SCRIPT_JS_BASE = JS_BASE_LINE
+_MODULE_JS_BASE = (
+    f'var {JS_BASE_NAME}=import.meta.url.replace(/[?#].*$/,"").replace(/[^/]*$/,"");'.encode()
+)
+
+
+def for_module(code: bytes) -> bytes:
+    """A bundle's code as an ES module: its CSS injector and its asset base (where it has
+    them) read the bundle's URL from import.meta.url instead of document.currentScript.
+    Nothing else moves."""
+    if code.startswith(_SCRIPT_JS_BASE):
+        code = _MODULE_JS_BASE.ljust(len(_SCRIPT_JS_BASE)) + code[len(_SCRIPT_JS_BASE) :]
+    start = code.rfind(b"\n" + INJECTOR_HEAD)
+    if start >= 0:
+        at = code.find(_SCRIPT_BASE, start)
+        if at >= 0:
+            module_base = _MODULE_BASE.ljust(len(_SCRIPT_BASE))
+            code = code[:at] + module_base + code[at + len(_SCRIPT_BASE) :]
+    return code
+
 
 def loader_flags() -> list[str]:
     """The asset loaders, and CSS syntax errors as errors: esbuild only warns about them

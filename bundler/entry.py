@@ -8,18 +8,25 @@ when an AMD loader is on the page, also announced with
 loader can tell a tailored bundle from a fallback. Modules are evaluated in the order of the
 registrations (canonical, sorted, for a tailored bundle), since esbuild
 evaluates imports in the order they are written.
+
+The module form (/bundle.mjs) registers nothing: each namespace is an export named as
+requested (ES2022 string export names), the default export maps every name to its
+namespace, and ``{version, mode, modules}`` is the export ``"bundler:bundle"`` (a name no
+module can have: ':' is not allowed in one).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # (name the page asks for, path under the source root that esbuild resolves)
 Registration = tuple[str, str]
 # A registration whose path starts so is a package specifier esbuild resolves itself.
 PACKAGE_PREFIX = "npm:"
+# The module form's export of {version, mode, modules}: ':' is never in a module's name.
+INFO_EXPORT = "bundler:bundle"
 
 
 def entry_source(
@@ -29,6 +36,7 @@ def entry_source(
     *,
     version: str = "",
     mode: str = "tailored",
+    module: bool = False,
 ) -> str:
     # Absolute specifiers: the entry lives in scratch space, the modules under the
     # source root. Names were validated (bundler.spec); json.dumps quotes them anyway.
@@ -40,6 +48,9 @@ def entry_source(
             lines.append(
                 f"import * as {variables[path]} from {json.dumps(specifier(path, source_root))};"
             )
+    info = f"{{version: {json.dumps(version)}, mode: {json.dumps(mode)}, modules: {len(registrations)}}}"
+    if module:
+        return "\n".join([*lines, *module_exports(registrations, variables, info)]) + "\n"
     pairs = ", ".join(f"[{json.dumps(name)}, {variables[path]}]" for name, path in registrations)
     registry = json.dumps(registry_name)
     lines += [
@@ -47,8 +58,7 @@ def entry_source(
         f"const registry = g[{registry}] || (g[{registry}] = {{}});",
         # Which bundles ran, for loaders (a Symbol key: invisible to Object.keys(registry)).
         "const loaded = Symbol.for('bundler.bundles');",
-        "(registry[loaded] || (registry[loaded] = [])).push("
-        f"{{version: {json.dumps(version)}, mode: {json.dumps(mode)}, modules: {len(registrations)}}});",
+        f"(registry[loaded] || (registry[loaded] = [])).push({info});",
         "const amd = typeof define === 'function' && define.amd;",
         f"for (const [name, ns] of [{pairs}]) {{",
         "  registry[name] = ns;",
@@ -56,6 +66,20 @@ def entry_source(
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def module_exports(
+    registrations: Sequence[Registration], variables: Mapping[str, str], info: str
+) -> list[str]:
+    """The module form's exports: each name its namespace, the default every name's, and
+    the bundle's ``{version, mode, modules}`` as ``"bundler:bundle"``."""
+    named = ", ".join(f"{variables[path]} as {json.dumps(name)}" for name, path in registrations)
+    mapping = ", ".join(f"{json.dumps(name)}: {variables[path]}" for name, path in registrations)
+    return [
+        f"const info = {info};",
+        f"export {{ {named}, info as {json.dumps(INFO_EXPORT)} }};",
+        f"export default {{ {mapping} }};",
+    ]
 
 
 def specifier(path: str, source_root: Path) -> str:

@@ -19,8 +19,8 @@ BUILD_SETTINGS = frozenset(
         "source", "npm_registry", "source_checksum", "source_download_timeout_s",
         "source_max_download_bytes", "source_retries", "source_retry_backoff_s",
         "extract_max_members", "extract_max_file_bytes", "extract_max_total_bytes",
-        "data_dir", "esbuild", "esbuild_target", "registry_name", "asset_inline_max_bytes",
-        "build_timeout_s", "build_threads", "esbuild_memory_mib", "fallback_dir",
+        "data_dir", "esbuild", "esbuild_target", "esm_target", "registry_name",
+        "asset_inline_max_bytes", "build_timeout_s", "build_threads", "esbuild_memory_mib", "fallback_dir",
         "fallback_max_bytes", "fallback_modules", "combos_top_k", "log_format",
     }
 )  # fmt: skip
@@ -45,10 +45,10 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("requests", (
         "max_modules", "max_module_name_chars", "default_version_max_age_s",
-        "fallback_budget_ms", "fallback_max_age_s",
+        "fallback_budget_ms", "fallback_max_age_s", "cors_origins",
     )),
     ("builds", (
-        "esbuild", "esbuild_target", "registry_name", "asset_inline_max_bytes",
+        "esbuild", "esbuild_target", "esm_target", "registry_name", "asset_inline_max_bytes",
         "build_pool_size", "build_threads", "build_timeout_s", "esbuild_memory_mib",
         "build_batch_max", "build_niceness", "build_failure_ttl_s", "build_queue_max",
         "shed_lag_ms", "flight_release", "watchdog_stall_s",

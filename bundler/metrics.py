@@ -111,6 +111,11 @@ class Watchdog:
 # name -> (kind, help, label name for dict values)
 SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
     "bundler_requests": ("counter", "Bundle requests by how they were answered.", "mode"),
+    "bundler_requests_by_form": (
+        "counter",
+        "Bundle requests answered, by form: iife (/bundle.js, /bundle.css), esm (/bundle.mjs).",
+        "form",
+    ),
     "bundler_limited": (
         "counter",
         "Answers a client's limits changed (bundler.limits): a 429 past its request rate "

@@ -94,6 +94,18 @@ class Settings:
         default_factory=default_esbuild,
     )
     esbuild_target: str = _opt("esbuild --target for every bundle.", default="es2018")
+    esm_target: str = _opt(
+        "esbuild --target for the module form (/bundle.mjs): its exports are named as the "
+        "modules (string export names), which es2018 cannot write; the default is the "
+        "oldest browsers that run them.",
+        default="chrome90,firefox87,safari14.1,ios14.5",
+    )
+    cors_origins: str = _opt(
+        "Origins whose pages may read bundles, maps and assets (Access-Control-Allow-"
+        "Origin; module scripts and fonts are fetched in CORS mode): * (any page: public "
+        "bundles), a comma-separated list of origins, or empty (same origin only).",
+        default="*",
+    )
     registry_name: str = _opt(
         "Global object under which bundles register their modules.", default="__bundlerModules"
     )

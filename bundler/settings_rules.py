@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 REGISTRY_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")  # fullmatch
 HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")  # fullmatch
 ESBUILD_TARGET = re.compile(r"[a-z]+[0-9.]*(,[a-z]+[0-9.]*)*")
+# An origin as a browser sends it: scheme, host, optional port; no path.
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 # Each name's bound: at least 1, not negative, positive.
@@ -63,8 +65,16 @@ def problems(settings: Settings) -> list[str]:
         out.append("build_niceness must be 0-19")
     if not REGISTRY_NAME.fullmatch(s.registry_name):
         out.append(f"registry_name must be a JavaScript identifier, got {s.registry_name!r}")
-    if not ESBUILD_TARGET.fullmatch(s.esbuild_target):
-        out.append(f"esbuild_target looks wrong: {s.esbuild_target!r}")
+    for name in ("esbuild_target", "esm_target"):
+        if not ESBUILD_TARGET.fullmatch(getattr(s, name)):
+            out.append(f"{name} looks wrong: {getattr(s, name)!r}")
+    if s.cors_origins not in ("", "*") and not all(
+        ORIGIN.fullmatch(o.strip()) for o in s.cors_origins.split(",")
+    ):
+        out.append(
+            "cors_origins is *, empty, or origins such as https://shop.example.com (scheme, "
+            f"host and port only), comma-separated; got {s.cors_origins!r}"
+        )
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         out.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
     if s.log_format not in ("text", "json"):

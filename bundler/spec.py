@@ -31,12 +31,22 @@ PARAM_ORDER = ("modules", "v", "css")
 FORMAT_VERSION = 3
 
 
+# A bundle's form: a classic script that registers its modules (IIFE), or an ES module
+# that exports them (/bundle.mjs).
+CLASSIC, MODULE = "iife", "esm"
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     target: str
     registry_name: str
     minify: bool = True
     asset_inline_max_bytes: int = 8192
+    format: str = CLASSIC
+
+    @property
+    def module(self) -> bool:
+        return self.format == MODULE
 
 
 @dataclass(frozen=True)
@@ -52,9 +62,13 @@ class BundleSpec:
     def key(self) -> str:
         """Stable cache key of the source's content + version + canonical module list +
         build options: the key of every tier (memory, disk, Redis)."""
+        options = dict(self.options.__dict__)
+        if options["format"] == CLASSIC:
+            # Left out, so the classic bundles' keys are those from before the module form
+            # existed: a deployment that adds it keeps its caches.
+            del options["format"]
         payload = json.dumps(
-            [FORMAT_VERSION, self.content, self.version, self.modules, self.options.__dict__],
-            sort_keys=True,
+            [FORMAT_VERSION, self.content, self.version, self.modules, options], sort_keys=True
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -62,6 +76,11 @@ class BundleSpec:
     def query(self) -> str:
         """The canonical query string of this bundle, URL-encoded (for links and logs)."""
         return self.query_for(self.version)
+
+    @property
+    def path(self) -> str:
+        """The endpoint that serves this bundle: /bundle.js or /bundle.mjs."""
+        return "bundle.mjs" if self.options.module else "bundle.js"
 
     def query_for(self, version: str) -> str:
         """The same query naming another version (a build writes a mark there:

@@ -52,7 +52,7 @@ class BuildJob:
             key=spec.key,
             label=spec.query,
             priority=priority,
-            map_url="bundle.js.map?" + spec.query_for(QUERY_MARK),
+            map_url=f"{spec.path}.map?" + spec.query_for(QUERY_MARK),
             with_map=with_map,
         )
 

@@ -128,6 +128,8 @@ def read_output(
             SOURCE_MAP_COMMENT.sub(b"", code).rstrip()
             + f"\n//# sourceMappingURL={job.map_url}\n".encode()
         )
+    if job.options.module:  # same length: the maps and the marks below stay true
+        code = css.for_module(code)
     marks: Marks = ()
     record = b""
     if job.written_version != job.version:

@@ -56,7 +56,7 @@ def build_request(
 
 def flags(job: BuildJob) -> list[str]:
     out = [
-        "--format=iife",
+        f"--format={job.options.format}",
         "--platform=browser",
         f"--target={job.options.target}",
         "--charset=utf8",

@@ -72,4 +72,5 @@ def entry(job: BuildJob, source_root: Path) -> str:
         job.options.registry_name,
         version=job.written_version,
         mode=job.mode,
+        module=job.options.module,
     )

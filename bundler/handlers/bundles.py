@@ -1,6 +1,7 @@
-"""The bundle endpoints: /bundle.js, /bundle.css, their source maps, the assets bundles
-name, and the package's own files (the demo page, the loader); every body with an ETag
-per content-coding, a 304 for it, and brotli or gzip as asked."""
+"""The bundle endpoints: /bundle.js, its module form /bundle.mjs, /bundle.css, their
+source maps, the assets bundles name, and the package's own files (the demo page, the
+loader); every body with an ETag per content-coding, a 304 for it, and brotli or gzip as
+asked."""
 
 from __future__ import annotations
 
@@ -47,9 +48,19 @@ async def bundle_response(
 
 
 async def handle_bundle(request: web.Request) -> web.Response:
+    return await script_response(request, module=False)
+
+
+async def handle_bundle_module(request: web.Request) -> web.Response:
+    """/bundle.mjs: the same bundle as an ES module (bundler.entry), for module scripts
+    and import(); while it is cold, the version's fallback as a module (same exports)."""
+    return await script_response(request, module=True)
+
+
+async def script_response(request: web.Request, *, module: bool) -> web.Response:
     pairs = list(request.query.items())
     link = css_mode(pairs)
-    answer, headers, _ = await answer_bundle(request, pairs, frozenset({"css"}))
+    answer, headers, _ = await answer_bundle(request, pairs, frozenset({"css"}), module)
     # css=link: the page links /bundle.css itself; the bundle does not add its CSS.
     bundle = await request.app[SERVICE].variant(answer.bundle, "js") if link else answer.bundle
     return await bundle_response(request, bundle, headers)
@@ -74,11 +85,12 @@ async def answer_bundle(
     request: web.Request,
     pairs: list[tuple[str, str]],
     other_params: frozenset[str] = frozenset(),
+    module: bool = False,
 ) -> tuple[Answer, dict[str, str], BundleSpec]:
     service = request.app[SERVICE]
     settings = service.settings
     started = time.monotonic()
-    spec, pinned = await service.parse(pairs, other_params)
+    spec, pinned = await service.parse(pairs, other_params, module)
     answer = await service.answer(spec, time.monotonic() - started, request.get(CLIENT))
     request[logs.MODE] = answer.mode.value
     headers = {"Cache-Status": cache_status(answer.mode)}
@@ -140,10 +152,15 @@ async def handle_bundle_map(request: web.Request) -> web.Response:
     return await map_response(request, of_css=False)
 
 
-async def map_response(request: web.Request, *, of_css: bool) -> web.Response:
+async def handle_bundle_module_map(request: web.Request) -> web.Response:
+    """The source map of the tailored module (/bundle.mjs) with the same query."""
+    return await map_response(request, of_css=False, module=True)
+
+
+async def map_response(request: web.Request, *, of_css: bool, module: bool = False) -> web.Response:
     """A tailored bundle's map (or its CSS's), cached like the bundle, with an ETag."""
     service = request.app[SERVICE]
-    spec, pinned = await service.parse(list(request.query.items()))
+    spec, pinned = await service.parse(list(request.query.items()), module=module)
     if of_css:
         name, made = f"css-map:{spec.key}", await service.css_source_map(spec)
     else:

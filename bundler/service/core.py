@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -80,6 +81,8 @@ class BundleService:
             maxsize=MAX_REMEMBERED_FAILURES, ttl=settings.build_failure_ttl_s
         )
         self.requests: collections.Counter[str] = collections.Counter()
+        # Bundle answers by form: iife (/bundle.js, /bundle.css), esm (/bundle.mjs).
+        self.forms_asked: collections.Counter[str] = collections.Counter()
         self.draining = False
         self._startup: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
@@ -184,11 +187,15 @@ class BundleService:
         logger.info("ready", extra={"default_version": self.default_version})
 
     async def parse(
-        self, pairs: Sequence[tuple[str, str]], other_params: frozenset[str] = frozenset()
+        self,
+        pairs: Sequence[tuple[str, str]],
+        other_params: frozenset[str] = frozenset(),
+        module: bool = False,
     ) -> tuple[BundleSpec, bool]:
-        """The request's spec, bound to its version's content (bundler.service.parsing).
-        A version's first request carries its most requested bundles over, behind it."""
-        spec, pinned = await self.queries.parse(pairs, other_params)
+        """The request's spec, bound to its version's content (bundler.service.parsing);
+        ``module``: the module form's (/bundle.mjs). A version's first request carries its
+        most requested bundles over, behind it."""
+        spec, pinned = await self.queries.parse(pairs, other_params, module)
         if not self.carrier.swept(spec.version):
             self.releases.arrived(spec.version, spec.content)
         return spec, pinned
@@ -241,12 +248,18 @@ class BundleService:
             answer = Answer(bundle, Mode.HIT)
         else:
             answer = await answer_miss(self, spec, waited_s, client)
+        if spec.options.module and answer.fallback is not None:
+            # One fallback per version for both forms: the module form is the classic
+            # one with exports added (bundler.service.derived), no build of its own.
+            module_form = await self.forms.module_fallback(answer.fallback, self.options)
+            answer = dataclasses.replace(answer, bundle=module_form)
         # Only what was answered with a bundle: junk and failures never reach the warm-up;
         # and each client once an hour, so that none can buy a place in it.
         if self.combos.first_ask(client, spec.modules):
             self.combos.record(spec.modules)
             self.fleet.record(spec.modules)
         self.requests[answer.mode.value] += 1
+        self.forms_asked[spec.options.format] += 1
         return answer
 
     async def cached(self, spec: BundleSpec) -> Bundle | None:

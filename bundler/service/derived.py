@@ -1,6 +1,7 @@
 """Forms of a built bundle made on demand and kept in small LRUs: its JavaScript without
-its CSS (css=link), its CSS as a stylesheet (/bundle.css), its gzip form, and source maps
-as served documents (an ETag and a brotli form each).
+its CSS (css=link), its CSS as a stylesheet (/bundle.css), its gzip form, source maps
+as served documents (an ETag and a brotli form each), and a version's fallback as an ES
+module (/bundle.mjs while the tailored module is cold).
 
 gzip is made on the first request that asks for it, once however many ask together:
 browsers ask for brotli, which every bundle carries, and gzip at level 9 costs more CPU
@@ -11,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 from cachetools import LRUCache
 
 from bundler import css
 from bundler.bundle import Bundle, gzip_body
+from bundler.entry import INFO_EXPORT
+from bundler.fallback.model import Fallback
 from bundler.flight import SingleFlight
+from bundler.spec import BuildOptions
 
 # Bundles' CSS-less JavaScript and stylesheets (css=link, /bundle.css), at most.
 VARIANTS_MAX_BYTES = 8 * 1024 * 1024
@@ -24,6 +29,41 @@ VARIANTS_MAX_BYTES = 8 * 1024 * 1024
 GZIPPED_MAX_BYTES = 16 * 1024 * 1024
 # Source maps as served, by name.
 DOCUMENTS_MAX_BYTES = 32 * 1024 * 1024
+# Fallbacks as modules: one per version pages ask for at once, a megabyte or more each.
+MODULE_FALLBACKS = 4
+MAP_COMMENT = b"\n//# sourceMappingURL="
+
+
+def module_fallback(fallback: Fallback, options: BuildOptions) -> Bundle:
+    """The version's fallback as an ES module exporting every name it holds, as the
+    tailored module does (each name its namespace, the default all of them, and
+    ``"bundler:bundle"``), so one import statement works with either. It is the classic
+    fallback with exports added after its code: that code registers every name in the
+    registry, and the exports read them back. Building a second fallback per version
+    would cost a survey and a build in a release's first seconds, for the same modules.
+    So this form, unlike the tailored module, also registers its modules globally."""
+    code = css.for_module(fallback.bundle.code)
+    names = sorted(fallback.names)
+    lines = [f"const __bundlerRegistry = globalThis[{json.dumps(options.registry_name)}];"]
+    lines += [
+        f"const __bundlerM{i} = __bundlerRegistry[{json.dumps(n)}];" for i, n in enumerate(names)
+    ]
+    named = ", ".join(f"__bundlerM{i} as {json.dumps(n)}" for i, n in enumerate(names))
+    mapping = ", ".join(f"{json.dumps(n)}: __bundlerM{i}" for i, n in enumerate(names))
+    info = {"version": fallback.version, "mode": "fallback", "modules": len(names)}
+    lines += [
+        f"const __bundlerInfo = {json.dumps(info)};",
+        f"export {{ {named}, __bundlerInfo as {json.dumps(INFO_EXPORT)} }};",
+        f"export default {{ {mapping} }};",
+    ]
+    exports = "\n".join(lines).encode()
+    # Before the source map comment (kept last); the lines it maps do not move.
+    at = code.rfind(MAP_COMMENT)
+    at = len(code.rstrip()) if at < 0 else at
+    code = code[:at].rstrip() + b"\n" + exports + code[at:]
+    return Bundle.create(
+        f"{fallback.bundle.key}:module", code, etag_prefix=fallback.bundle.etag_prefix + "m"
+    )
 
 
 def derive(bundle: Bundle, kind: str, map_url: str | None) -> Bundle:
@@ -53,6 +93,10 @@ class DerivedForms:
         self._documents: LRUCache[str, Bundle] = LRUCache(
             maxsize=DOCUMENTS_MAX_BYTES, getsizeof=lambda b: b.size
         )
+        self._module_fallbacks: LRUCache[tuple[str, str], Bundle] = LRUCache(
+            maxsize=MODULE_FALLBACKS
+        )
+        self._making_modules: SingleFlight[tuple[str, str], Bundle] = SingleFlight("module")
 
     def gzipping(self, bundle: Bundle) -> bool:
         """Whether ``bundle``'s gzip form is being made now."""
@@ -68,6 +112,21 @@ class DerivedForms:
         if made is None:
             made = await asyncio.to_thread(derive, bundle, kind, map_url)
             self._variants[key] = made
+        return made
+
+    async def module_fallback(self, fallback: Fallback, options: BuildOptions) -> Bundle:
+        """``fallback`` as an ES module (module_fallback): made once, in a thread, however
+        many module pages ask for it together."""
+        key = (fallback.version, fallback.bundle.digest)
+        made = self._module_fallbacks.get(key)
+        if made is None:
+
+            async def make() -> Bundle:
+                module = await asyncio.to_thread(module_fallback, fallback, options)
+                self._module_fallbacks[key] = module
+                return module
+
+            made = await self._making_modules.do(key, make)
         return made
 
     async def document(self, name: str, data: bytes) -> Bundle:

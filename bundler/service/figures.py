@@ -23,6 +23,7 @@ def fallback_module_counts(fallbacks: FallbackStore) -> dict[str, float]:
 def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]:
     return {
         "bundler_requests": dict(service.requests),
+        "bundler_requests_by_form": dict(service.forms_asked),
         "bundler_builds": dict(service.builder.results),
         "bundler_esbuild_runs": dict(service.builder.runs),
         "bundler_esbuild_starts": float(service.builder.starts),

@@ -16,7 +16,7 @@ from cachetools import LRUCache
 
 from bundler.settings import Settings
 from bundler.sources import SourceStore
-from bundler.spec import BuildOptions, BundleSpec, parse_query
+from bundler.spec import MODULE, BuildOptions, BundleSpec, parse_query
 
 # Parsed queries kept (a spec and its cache key), by the query as sent.
 PARSED_QUERIES = 4096
@@ -29,26 +29,33 @@ class Queries:
         self.settings = settings
         self.source = source
         self.options = options
+        # The module form's (/bundle.mjs): its own target, its own cache entries.
+        self.module_options = dataclasses.replace(
+            options, format=MODULE, target=settings.esm_target
+        )
         self.default_version = default_version
         self._parsed: LRUCache[tuple[Any, ...], tuple[BundleSpec, bool]] = LRUCache(
             maxsize=PARSED_QUERIES
         )
 
     async def parse(
-        self, pairs: Sequence[tuple[str, str]], other_params: frozenset[str] = frozenset()
+        self,
+        pairs: Sequence[tuple[str, str]],
+        other_params: frozenset[str] = frozenset(),
+        module: bool = False,
     ) -> tuple[BundleSpec, bool]:
         """The request's spec, bound to its version's content (its digest, taken once per
         version: for a version not pulled yet, after its pull). A warm hit's query is
         usually one seen before: its spec (with its cache key, JSON and SHA-256) comes from
-        a small LRU, not made again."""
-        memo_key = (tuple(pairs), self.default_version)
+        a small LRU, not made again. ``module``: the module form's spec (/bundle.mjs)."""
+        memo_key = (tuple(pairs), self.default_version, module)
         parsed = self._parsed.get(memo_key)
         if parsed is not None and parsed[0].content == self.source.known_digest(parsed[0].version):
             return parsed
         spec, pinned = parse_query(
             pairs,
             default_version=self.default_version,
-            options=self.options,
+            options=self.module_options if module else self.options,
             max_modules=self.settings.max_modules,
             max_chars=self.settings.max_module_name_chars,
             other_params=other_params,

@@ -40,6 +40,7 @@ class Mode(enum.Enum):
 class Answer:
     bundle: Bundle
     mode: Mode
+    fallback: Fallback | None = None  # the version's fallback, when that is the answer
 
 
 async def answer_miss(
@@ -71,7 +72,7 @@ async def answer_miss(
     if not joining and fallback is not None and (service.queue_full() or service.lagging()):
         if covered:  # shed: the fallback at once; the build later, when there is room
             service.deferred.defer(spec, service.settled)
-            return Answer(fallback.bundle, Mode.SHED)
+            return Answer(fallback.bundle, Mode.SHED, fallback)
         # Nothing else can answer this page but its build, ahead of those that have
         # one (or the rest of a fallback whose first part is out): no budget to wait.
         budget_s = 0
@@ -97,7 +98,7 @@ def _limited(service: BundleService, spec: BundleSpec, client: str, wait_s: floa
     service.fallbacks.ensure(spec.version)  # one per version, whoever asks
     fallback = service.fallbacks.loaded(spec.version)
     if fallback is not None and fallback.covers(spec.modules):
-        return Answer(fallback.bundle, Mode.LIMITED)
+        return Answer(fallback.bundle, Mode.LIMITED, fallback)
     raise TooManyRequests(
         f"{client} has started {service.settings.client_builds_per_s:g} new bundles a second "
         f"for a while: {spec.query} is not built yet and the version's fallback does not "
@@ -133,14 +134,14 @@ async def _race(
             return await _built_or_fallback(service, spec, build)
         fallback = service.fallbacks.loaded(spec.version)
     if fallback is not None and fallback.covers(spec.modules):
-        return Answer(fallback.bundle, Mode.FALLBACK)
+        return Answer(fallback.bundle, Mode.FALLBACK, fallback)
     improving = service.fallbacks.improving(spec.version)
     if improving is not None:  # only its first part is out: the rest may cover this page
         rest: set[asyncio.Future[Any]] = {build, improving}
         await asyncio.wait(rest, return_when=asyncio.FIRST_COMPLETED)
         fallback = service.fallbacks.loaded(spec.version)
         if not build.done() and fallback is not None and fallback.covers(spec.modules):
-            return Answer(fallback.bundle, Mode.FALLBACK)
+            return Answer(fallback.bundle, Mode.FALLBACK, fallback)
     await asyncio.wait({build})
     return await _built_or_fallback(service, spec, build)
 
@@ -155,7 +156,7 @@ async def _built_or_fallback(
     except DiskFault:
         fallback = await _fallback(service, spec.version)
         if fallback is not None and fallback.covers(spec.modules):
-            return Answer(fallback.bundle, Mode.FALLBACK)
+            return Answer(fallback.bundle, Mode.FALLBACK, fallback)
         raise
 
 
