@@ -195,6 +195,10 @@ def create_app(settings: Settings) -> web.Application:
         "/loader.js",
         bundles.static_handler("loader.js", bundles.JS_CONTENT_TYPE, "public, max-age=300"),
     )
+    get(
+        "/loader.mjs",
+        bundles.static_handler("loader.mjs", bundles.JS_CONTENT_TYPE, "public, max-age=300"),
+    )
     get("/healthz", operations.handle_healthz)
     get("/readyz", operations.handle_readyz)
     get("/metrics", operations.handle_metrics)

@@ -195,7 +195,9 @@ async def _warm(
             report.failures.insert(0, (f"fallback of {args.version}", one_line(problem)))
         return report
 
-    return await warm.with_target(settings, args.version, args.server, run, args.carry_from)
+    return await warm.with_target(
+        settings, args.version, args.server, run, args.carry_from, args.format
+    )
 
 
 def warm_command(args: argparse.Namespace) -> int:
@@ -271,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VERSION",
         help="offline: carry over this version's bundles in the data dir where their inputs "
         "did not change, instead of building them (a server carries from what it has)",
+    )
+    warm_parser.add_argument(
+        "--format",
+        choices=["iife", "esm"],
+        default="iife",
+        help="which form to warm: iife (/bundle.js, the default) or esm (/bundle.mjs); "
+        "run twice to warm both",
     )
     add_arguments(warm_parser, only=WARM_SETTINGS)
     warm_parser.set_defaults(func=warm_command)

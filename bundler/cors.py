@@ -21,7 +21,7 @@ from aiohttp import web
 SHARED_PATHS = frozenset(
     {
         "/bundle.js", "/bundle.js.map", "/bundle.mjs", "/bundle.mjs.map", "/bundle.css",
-        "/bundle.css.map", "/fallback.js.map", "/loader.js",
+        "/bundle.css.map", "/fallback.js.map", "/loader.js", "/loader.mjs",
     }
 )  # fmt: skip
 

@@ -23,13 +23,13 @@ import aiohttp
 from tqdm import tqdm
 
 from bundler.carry.carrier import Carrier
-from bundler.components import make_components
+from bundler.components import build_options, make_components
 from bundler.errors import BundlerError, one_line
 from bundler.fallback.model import describe_fallback
 from bundler.service.building import tailored_bundle
 from bundler.settings import Settings
 from bundler.slots import Priority
-from bundler.spec import parse_query
+from bundler.spec import CLASSIC, MODULE, parse_query
 
 # A combination whose warm-up fails is reported; these say why in one line.
 MAX_REASON_CHARS = 200
@@ -91,11 +91,19 @@ async def combinations_from_server(url: str, top: int) -> list[list[str]]:
 
 
 class ServerTarget:
-    def __init__(self, session: aiohttp.ClientSession, url: str, version: str, token: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        version: str,
+        token: str,
+        form: str = CLASSIC,
+    ) -> None:
         self.session = session
         self.url = url.rstrip("/") + "/warm"
         self.version = version
         self.headers = {"X-Warm-Token": token} if token else {}
+        self.form = form  # iife (/bundle.js) or esm (/bundle.mjs)
 
     async def fallback(self) -> dict[str, Any]:
         url = self.url.removesuffix("/warm") + "/fallback.json"
@@ -106,7 +114,7 @@ class ServerTarget:
         return summary
 
     async def warm_one(self, modules: list[str]) -> str:
-        payload = {"version": self.version, "modules": modules}
+        payload = {"version": self.version, "modules": modules, "format": self.form}
         for attempt in range(BUSY_RETRIES + 1):
             async with self.session.post(self.url, json=payload, headers=self.headers) as resp:
                 if resp.status == 200:
@@ -122,13 +130,21 @@ class ServerTarget:
 class OfflineTarget:
     """Builds here and writes into the data dir's disk tier, as the service would."""
 
-    def __init__(self, settings: Settings, version: str, carry_from: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        version: str,
+        carry_from: str | None = None,
+        form: str = CLASSIC,
+    ) -> None:
         self.settings = settings
         self.version = version
         self.carry_from = carry_from  # the bundles of this version are carried where they can be
         parts = make_components(settings, max_versions=1)
         self.source, self.builder, self.disk = parts.source, parts.builder, parts.tiers.disk
         self.options, self.fallbacks = parts.options, parts.fallbacks
+        if form == MODULE:
+            self.options = build_options(settings, module=True)
         self.carrier = Carrier(
             parts.source,
             parts.tiers,
@@ -252,11 +268,12 @@ async def with_target(
     server: str | None,
     fn: Callable[[Target], Awaitable[Report]],
     carry_from: str | None = None,
+    form: str = CLASSIC,
 ) -> Report:
     if server:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-            return await fn(ServerTarget(session, server, version, settings.warm_token))
-    target = OfflineTarget(settings, version, carry_from)
+            return await fn(ServerTarget(session, server, version, settings.warm_token, form))
+    target = OfflineTarget(settings, version, carry_from, form)
     await target.start()
     try:
         report = await fn(target)

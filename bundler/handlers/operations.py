@@ -57,7 +57,8 @@ async def handle_versions(request: web.Request) -> web.Response:
 
 
 async def handle_warm(request: web.Request) -> web.Response:
-    """Build one combination for the warm-up: JSON {"version": V, "modules": [..]}.
+    """Build one combination for the warm-up: JSON {"version": V, "modules": [..]}, and
+    "format": "esm" for the module form.
 
     It answers when the bundle is cached (never with the fallback), and builds at
     the lowest priority, so warming never delays a page.
@@ -72,15 +73,20 @@ async def handle_warm(request: web.Request) -> web.Response:
         # json.loads finds UTF-8/16/32 itself. Deep nesting is a RecursionError.
         body = json.loads(await read_body(request))
         version, modules = body["version"], body["modules"]
+        form = body.get("format", "iife")
         if not isinstance(version, str) or not isinstance(modules, list):
             raise TypeError
-    except (ValueError, KeyError, TypeError, RecursionError):
+    except (ValueError, KeyError, TypeError, RecursionError, AttributeError):
         raise BadRequest(
-            'send JSON like {"version": "1.1.0", "modules": ["components/hero"]}'
+            'send JSON like {"version": "1.1.0", "modules": ["components/hero"]} (and '
+            '"format": "esm" to warm /bundle.mjs)'
         ) from None
     if not all(isinstance(m, str) for m in modules):
         raise BadRequest("modules must be a list of strings")
-    spec, _ = await service.parse([("modules", ",".join(modules)), ("v", version)])
+    if form not in ("iife", "esm"):
+        raise BadRequest('format is "iife" (/bundle.js, the default) or "esm" (/bundle.mjs)')
+    pairs = [("modules", ",".join(modules)), ("v", version)]
+    spec, _ = await service.parse(pairs, module=form == "esm")
     outcome = await service.warm(spec)
     return web.json_response({"status": outcome, "query": spec.query})
 

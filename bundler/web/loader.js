@@ -15,7 +15,8 @@
  * The URL is canonical (sorted, deduplicated names), so every page asking for the same
  * modules shares one CDN entry. Works with the tailored bundle and with the fallback,
  * and next to an AMD loader such as RequireJS (the bundle also define()s each module).
- * No dependencies, no build step; it never calls define() itself.
+ * No dependencies, no build step; it never calls define() itself. Module pages use
+ * loader.mjs (the same options; the module form, through import()).
  */
 (function (global) {
   "use strict";
@@ -40,13 +41,14 @@
   function bundleUrl(modules, options) {
     options = options || {};
     var base = options.base !== undefined ? options.base : defaultBase;
+    var path = options.format === "esm" ? "/bundle.mjs?" : "/bundle.js?";
     var encode = function (s) {
       return encodeURIComponent(s).replace(/%2F/g, "/").replace(/%40/g, "@");
     };
     var query = "modules=" + canonical(modules).map(encode).join(",");
     if (options.version) query += "&v=" + encode(options.version);
     if (options.stylesheet) return base + "/bundle.css?" + query;
-    return base + "/bundle.js?" + query + (options.css === "link" ? "&css=link" : "");
+    return base + path + query + (options.css === "link" ? "&css=link" : "");
   }
 
   function linkStylesheet(href) {
@@ -112,5 +114,12 @@
     });
   }
 
-  global.BundlerLoader = { load: load, url: bundleUrl };
+  // canonical, stylesheet and bytes are for loader.mjs, the module form's loader.
+  global.BundlerLoader = {
+    load: load,
+    url: bundleUrl,
+    canonical: canonical,
+    stylesheet: linkStylesheet,
+    bytes: transferred,
+  };
 })(window);
