@@ -2,7 +2,9 @@
 
 1. one 5-module bundle, cold and warm, against esbuild by hand; the same for a page's
    8 lodash-es functions (the real package's npm tarball, served by a local HTTP server);
-   and five components that bring CSS against five that bring none;
+   the module form (/bundle.mjs) of both against the classic one and against esbuild by
+   hand with --format=esm (bench_esm.py); and five components that bring CSS against
+   five that bring none;
 2. warm hits: the service's CPU per request against a bare aiohttp handler serving
    the same bytes with the same headers (capacity = the inverse);
 3. a burst of distinct cold bundles: the service's build rate against esbuild alone
@@ -209,19 +211,25 @@ def get(port: int, path: str) -> float:
     return time.perf_counter() - started
 
 
-def bundle_path(modules: tuple[str, ...], version: str = VERSION) -> str:
-    return f"/bundle.js?modules={','.join(modules)}&v={version}"
+def bundle_path(modules: tuple[str, ...], version: str = VERSION, module: bool = False) -> str:
+    path = "bundle.mjs" if module else "bundle.js"
+    return f"/{path}?modules={','.join(modules)}&v={version}"
 
 
 def by_hand_command(
-    work: Path, modules: tuple[str, ...], source_root: Path | None = None, version: str = VERSION
+    work: Path,
+    modules: tuple[str, ...],
+    source_root: Path | None = None,
+    version: str = VERSION,
+    module: bool = False,
 ) -> tuple[list[str], Path]:
     """The command line the service runs for ``modules`` (one bundle, without its map,
-    as tailored bundles are built), with its entry file written in ``work``."""
+    as tailored bundles are built), with its entry file written in ``work``; ``module``:
+    the module form's (--format=esm, its target, its entry)."""
     settings = Settings()
-    spec = BundleSpec(
-        version, modules, BuildOptions(settings.esbuild_target, settings.registry_name)
-    )
+    target = settings.esm_target if module else settings.esbuild_target
+    options = BuildOptions(target, settings.registry_name, format="esm" if module else "iife")
+    spec = BundleSpec(version, modules, options)
     source_root = source_root or Path(settings.source) / version
     builder = Builder(
         settings.esbuild,
@@ -236,7 +244,12 @@ def by_hand_command(
     job = BuildJob.tailored(spec, resolve_modules(source_root, version, spec.modules))
     entry.write_text(
         entry_source(
-            job.registrations, source_root, settings.registry_name, version=version, mode=job.mode
+            job.registrations,
+            source_root,
+            settings.registry_name,
+            version=version,
+            mode=job.mode,
+            module=module,
         )
     )
     return builder.command(entry, work / "bundle.js", job), source_root
@@ -248,6 +261,7 @@ def esbuild_by_hand(
     modules: tuple[str, ...] = FIVE,
     source_root: Path | None = None,
     version: str = VERSION,
+    module: bool = False,
 ) -> list[float]:
     """The same command line the service runs, started by hand, same entry file, with
     ``threads`` (GOMAXPROCS; 0: esbuild's default, every CPU)."""
@@ -256,7 +270,7 @@ def esbuild_by_hand(
         env["GOMAXPROCS"] = str(threads)
     times = []
     with tempfile.TemporaryDirectory() as work:
-        cmd, root = by_hand_command(Path(work), modules, source_root, version)
+        cmd, root = by_hand_command(Path(work), modules, source_root, version, module)
         for _ in range(runs):
             started = time.perf_counter()
             subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
@@ -309,6 +323,7 @@ def cold_and_warm(
     flags: tuple[str, ...] = (),
     version: str = VERSION,
     between: Callable[[], None] = lambda: None,
+    module: bool = False,
 ) -> tuple[list[float], list[float]]:
     """``combo`` built on ``runs`` fresh, ready servers, each a server that has been at
     work: ``before`` built first (the first builds of a process warm its threads, caches
@@ -321,8 +336,8 @@ def cold_and_warm(
             for other in before:
                 get(port, bundle_path(other, version))
             wait_idle(proc.pid)  # ready with its fallback's first part; the rest builds now
-            cold.append(get(port, bundle_path(combo, version)))
-            warm.extend(get(port, bundle_path(combo, version)) for _ in range(10))
+            cold.append(get(port, bundle_path(combo, version, module)))
+            warm.extend(get(port, bundle_path(combo, version, module)) for _ in range(10))
         between()
     return cold, warm
 
@@ -606,7 +621,7 @@ def main() -> None:
     parser.add_argument("--rss-bound-mib", type=int, default=32)
     parser.add_argument(
         "--parts",
-        default="latency,real,css,hits,rate,pools,memory",
+        default="latency,real,esm,css,hits,rate,pools,memory",
         help="comma-separated parts to run",
     )
     args = parser.parse_args()
@@ -615,6 +630,10 @@ def main() -> None:
         part_latency(args.runs)
     if "real" in parts:
         part_real_latency(args.runs)
+    if "esm" in parts:
+        from bench_esm import part_esm
+
+        part_esm(args.runs)
     if "css" in parts:
         part_css(args.runs)
     if "hits" in parts:
