@@ -7,6 +7,7 @@ import asyncio
 import functools
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
@@ -17,12 +18,30 @@ from bundler.build.jobs import BuildJob
 from bundler.components import make_components, make_fleet
 from bundler.connections import ConnectionStats, error_response
 from bundler.errors import BundlerError, TooManyRequests, Unavailable, one_line
-from bundler.handlers import bundles, operations
-from bundler.keys import CLIENT, CONNECTIONS, IN_FLIGHT, REGISTRY, SERVICE, SETTINGS, InFlight
-from bundler.metrics import LagMonitor, ServiceCollector, Watchdog, build_histogram
+from bundler.handlers import bundles, operations, status
+from bundler.keys import (
+    ANSWERED,
+    CLIENT,
+    CONNECTIONS,
+    IN_FLIGHT,
+    REGISTRY,
+    SERVICE,
+    SETTINGS,
+    STATUS,
+    InFlight,
+)
+from bundler.metrics import (
+    LagMonitor,
+    ServiceCollector,
+    Watchdog,
+    answer_histogram,
+    build_histogram,
+)
 from bundler.service.core import BundleService
+from bundler.service.figures import version_figures
 from bundler.settings import Settings
 from bundler.slots import Priority
+from bundler.status import Bounds, StatusBoard
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +60,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     in_flight = request.app[IN_FLIGHT]
     in_flight.count += 1
     in_flight.idle.clear()
+    started = time.monotonic()
     try:
         if request.path in LIMITED_PATHS or request.path.startswith("/assets/"):
             await limit_request(request)
-        return await handler(request)
+        response = await handler(request)
+        if request.path in TIMED_PATHS and response.status < 400:
+            request.app[ANSWERED](time.monotonic() - started)
+        return response
     except BundlerError as exc:
         if request.path in ("/bundle.js", "/bundle.mjs"):
             request.app[SERVICE].requests["error"] += 1
@@ -73,6 +96,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 # How long a 429 past the request rate is held before it is sent.
 TARPIT_S = 1.0
+# A page's bundle answers, timed (bundler_answer_seconds, the status page's TTFB).
+TIMED_PATHS = frozenset({"/bundle.js", "/bundle.mjs", "/bundle.css"})
 # What a client's request rate counts: what pages ask for (probes, metrics, /warm never).
 LIMITED_PATHS = frozenset(
     {
@@ -131,6 +156,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     await service.start()
     service.lag.start()
+    app[STATUS].start()
     watchdog = Watchdog(service.lag, stall_s=settings.watchdog_stall_s)
     watchdog.start()
     logger.info(
@@ -144,6 +170,7 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         },
     )
     yield
+    await app[STATUS].close()
     await service.close()
     watchdog.stop()
     await service.lag.stop()
@@ -163,9 +190,22 @@ def create_app(settings: Settings) -> web.Application:
     parts.builder.on_finish = observe
     service = BundleService(parts, lag)
     connections = ConnectionStats()  # filled by the server's connections (bundler.cli)
-    registry.register(
-        ServiceCollector(lambda: {**service.metric_values(), **connections.metric_values()})
+
+    def figures() -> dict[str, float | dict[str, float]]:
+        """What /metrics shows and the status board samples: one source for both."""
+        return {**service.metric_values(), **connections.metric_values()}
+
+    registry.register(ServiceCollector(figures))
+    board = StatusBoard(
+        figures,
+        lambda: version_figures(service),
+        Bounds(settings.memory_cache_max_bytes, settings.disk_cache_max_bytes),
     )
+    answers = answer_histogram(registry)
+
+    def answered(seconds: float) -> None:
+        answers.observe(seconds)
+        board.observe(seconds)
 
     app = web.Application(middlewares=[request_middleware])
     app[IN_FLIGHT] = InFlight()
@@ -173,6 +213,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SERVICE] = service
     app[REGISTRY] = registry
     app[CONNECTIONS] = connections
+    app[STATUS] = board
+    app[ANSWERED] = answered
     get = functools.partial(app.router.add_get, expect_handler=handle_expect)
     get("/bundle.js", bundles.handle_bundle)
     get("/bundle.js.map", bundles.handle_bundle_map)
@@ -199,6 +241,9 @@ def create_app(settings: Settings) -> web.Application:
         "/loader.mjs",
         bundles.static_handler("loader.mjs", bundles.JS_CONTENT_TYPE, "public, max-age=300"),
     )
+    get("/status", status.handle_status)
+    get("/status.js", bundles.static_handler("status.js", bundles.JS_CONTENT_TYPE, "no-cache"))
+    get("/status.json", status.handle_status_json)
     get("/healthz", operations.handle_healthz)
     get("/readyz", operations.handle_readyz)
     get("/metrics", operations.handle_metrics)

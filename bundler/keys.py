@@ -4,6 +4,7 @@ handlers, the middleware and the CLI take from it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from bundler.connections import ConnectionStats
 from bundler.service.core import BundleService
 from bundler.settings import Settings
+from bundler.status import StatusBoard
 
 
 class InFlight:
@@ -28,3 +30,6 @@ SERVICE = web.AppKey("service", BundleService)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CONNECTIONS = web.AppKey("connections", ConnectionStats)
 CLIENT = web.RequestKey("client", str)  # who asked (bundler.clients), on limited paths
+STATUS = web.AppKey("status", StatusBoard)
+# Observes a page's bundle answer time (the histogram and the status board).
+ANSWERED: web.AppKey[Callable[[float], None]] = web.AppKey("answered")

@@ -61,6 +61,7 @@ class SourceStore(Protocol):
     pull_results: collections.Counter[str]
     pull_seconds: float  # spent on pulls that succeeded (download and unpack)
     pull_phases: collections.Counter[str]  # the same, by phase (download, extract, ...)
+    pulled: dict[str, float]  # version -> seconds its last pull took (the status page)
 
     def use(self, version: str) -> AbstractAsyncContextManager[Path]: ...
     def here(self, version: str) -> bool: ...  # usable without a pull
@@ -88,6 +89,7 @@ class DirectorySource:
         self.pull_results: collections.Counter[str] = collections.Counter()  # never pulls
         self.pull_seconds = 0.0
         self.pull_phases: collections.Counter[str] = collections.Counter()
+        self.pulled: dict[str, float] = {}  # version -> seconds its last pull took
         if not root.is_dir():
             raise ConfigError(f"source directory {str(root)!r} does not exist")
         self.root = root.resolve()
@@ -167,6 +169,7 @@ class TarballSource:
         self.pull_results: collections.Counter[str] = collections.Counter()
         self.pull_seconds = 0.0
         self.pull_phases: collections.Counter[str] = collections.Counter()
+        self.pulled: dict[str, float] = {}  # version -> seconds its last pull took
         self._session: aiohttp.ClientSession | None = None
         self._digests = Digests(self.use)
 
@@ -289,6 +292,7 @@ class TarballSource:
         self.pull_results["ok"] += 1
         seconds = time.perf_counter() - started
         self.pull_seconds += seconds
+        self.pulled[version] = seconds
         self.pull_phases.update(phases)
         logger.info(
             "pulled version",

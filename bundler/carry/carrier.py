@@ -65,6 +65,10 @@ class Carrier:
         self._looks: LRUCache[tuple[str, str | None], Look] = LRUCache(maxsize=LOOKED_AT)
         # carried, and rebuilt by reason (bundler_carryover_total): each key decided once
         self.results: collections.Counter[str] = collections.Counter()
+        # The same by the version carried to: carried, rebuilt (the status page).
+        self.by_version: collections.defaultdict[str, collections.Counter[str]] = (
+            collections.defaultdict(collections.Counter)
+        )
         self._rebuilt: LRUCache[str, str] = LRUCache(maxsize=INDEXED)
         self._carried: LRUCache[str, str] = LRUCache(maxsize=INDEXED)  # key -> from version
         self._sweeps: dict[str, asyncio.Task[None]] = {}
@@ -140,6 +144,7 @@ class Carrier:
         if reason is not None:
             if spec.key not in self._rebuilt:
                 self.results[f"rebuilt:{reason}"] += 1
+                self.by_version[spec.version]["rebuilt"] += 1
             self._rebuilt[spec.key] = reason
             logger.debug(
                 "not carried", extra={"bundle": spec.query, "from": version, "why": reason}
@@ -149,11 +154,13 @@ class Carrier:
             code, marks = rename(old.code, old.version_at, version, spec.version)
         except ValueError:
             self.results["rebuilt:marks"] += 1
+            self.by_version[spec.version]["rebuilt"] += 1
             return None
         bundle = await asyncio.to_thread(
             functools.partial(Bundle.create, spec.key, code, version_at=marks, inputs=old.inputs)
         )
         self.results["carried"] += 1
+        self.by_version[spec.version]["carried"] += 1
         self._carried[spec.key] = version
         return bundle
 

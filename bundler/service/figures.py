@@ -1,11 +1,14 @@
-"""What /metrics shows of the service, read from its parts (bundler.metrics names them)."""
+"""What /metrics and the status page show of the service, read from its parts
+(bundler.metrics names the metrics)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from bundler.fallback.ranking import reason_counts
 from bundler.fallback.store import FallbackStore
+from bundler.sources import version_sort_key
 
 if TYPE_CHECKING:
     from bundler.service.core import BundleService
@@ -54,3 +57,31 @@ def metric_values(service: BundleService) -> dict[str, float | dict[str, float]]
         **service.carrier.metric_values(),
         **service.limits.metric_values(),
     }
+
+
+def version_figures(service: BundleService) -> list[dict[str, Any]]:
+    """Each version a release involves (the default, those pulled, those with a fallback
+    or carried bundles): pulled or not and how long it took, its fallback (ready when, how
+    big, what it left out), its bundles carried over and rebuilt."""
+    fallbacks = {f.version: f for f in service.fallbacks.all_loaded()}
+    names = {service.default_version, *service.source.pulled, *fallbacks}
+    names |= set(service.carrier.by_version)
+    rows = []
+    for version in sorted(names, key=version_sort_key, reverse=True):
+        fallback = fallbacks.get(version)
+        carried: Mapping[str, int] = service.carrier.by_version.get(version, {})
+        rows.append(
+            {
+                "version": version,
+                "default": version == service.default_version,
+                "here": service.source.here(version),
+                "pull_s": service.source.pulled.get(version),
+                "fallback": None if fallback is None else fallback.summary(),
+                "fallback_ready_s": dict(service.fallbacks.ready_seconds.get(version) or {}),
+                "fallback_complete": fallback is not None
+                and service.fallbacks.improving(version) is None,
+                "carried": carried.get("carried", 0),
+                "rebuilt": carried.get("rebuilt", 0),
+            }
+        )
+    return rows
