@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from bundler import warm
+from bundler import status_view, warm
 from bundler.app import create_app
 from bundler.build.builder import Builder
 from bundler.components import make_components
@@ -225,6 +225,14 @@ def warm_command(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILED
 
 
+def status_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    try:
+        return status_view.run(args.url, settings.warm_token, args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bundler", description="On-demand JavaScript bundles built by esbuild."
@@ -283,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(warm_parser, only=WARM_SETTINGS)
     warm_parser.set_defaults(func=warm_command)
+    status_parser = commands.add_parser(
+        "status",
+        help="print a running server's status (as /status shows it) in the terminal",
+        description="One screen of a running server's status: answers, tailored share, "
+        "TTFB, builds, lag, tiers and each version's release.",
+    )
+    status_parser.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
+    status_parser.add_argument("--watch", action="store_true", help="draw it again every 3 s")
+    add_arguments(status_parser, only=frozenset({"warm_token"}))
+    status_parser.set_defaults(func=status_command)
     return parser
 
 
