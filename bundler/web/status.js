@@ -50,7 +50,8 @@
         el("polyline", { points: points.join(" "), fill: "none", stroke: color, "stroke-width": 1.6,
           "data-series": line.name }, svg);
       }
-      var last = line.values.length ? line.values[line.values.length - 1] : null;
+      var present = line.values.filter(function (v) { return v !== null; });
+      var last = present.length ? present[present.length - 1] : null;  // the latest there is
       var item = document.createElement("span");
       var swatch = document.createElement("i");
       swatch.style.background = color;
