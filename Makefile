@@ -63,13 +63,15 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
 	  echo "!!! chromium could not be installed: the browser tests will be SKIPPED !!!"
 
-# The shared-tier tests run a real redis-server, the fleet benchmark HAProxy too (Debian's);
-# installed when missing and possible, else those tests are skipped with a loud message.
+# The shared-tier tests run a real redis-server, the fleet benchmark HAProxy too, and the
+# alert rules are checked by promtool (Debian's prometheus package); installed when missing
+# and possible, else the tests needing them are skipped with a loud message.
 servers:
-	@command -v redis-server >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 || \
+	@command -v redis-server >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 && \
+	  command -v promtool >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server haproxy; } || \
-	  echo "!!! redis-server/haproxy could not be installed: the shared-tier tests will be SKIPPED !!!"
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server haproxy prometheus; } || \
+	  echo "!!! redis-server/haproxy/promtool could not be installed: the tests needing them will be SKIPPED !!!"
 
 test: lock-check lint browser servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

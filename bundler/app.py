@@ -41,7 +41,7 @@ from bundler.service.core import BundleService
 from bundler.service.figures import version_figures
 from bundler.settings import Settings
 from bundler.slots import Priority
-from bundler.status import Bounds, StatusBoard
+from bundler.status import StatusBoard
 
 logger = logging.getLogger(__name__)
 
@@ -196,11 +196,7 @@ def create_app(settings: Settings) -> web.Application:
         return {**service.metric_values(), **connections.metric_values()}
 
     registry.register(ServiceCollector(figures))
-    board = StatusBoard(
-        figures,
-        lambda: version_figures(service),
-        Bounds(settings.memory_cache_max_bytes, settings.disk_cache_max_bytes),
-    )
+    board = StatusBoard(figures, lambda: version_figures(service))
     answers = answer_histogram(registry)
 
     def answered(seconds: float) -> None:

@@ -157,6 +157,7 @@ SERVICE_METRICS: dict[str, tuple[str, str, str]] = {
     "bundler_build_pool_size": ("gauge", "Concurrent builds allowed.", ""),
     "bundler_cache_entries": ("gauge", "Bundles in the cache, by tier.", "tier"),
     "bundler_cache_bytes": ("gauge", "Bytes in the cache, by tier.", "tier"),
+    "bundler_cache_max_bytes": ("gauge", "Each tier's bound in bytes (its setting).", "tier"),
     "bundler_cache_corrupt_entries": ("counter", "Disk entries that failed their checksum.", ""),
     "bundler_disk_writes_skipped": (
         "counter",

@@ -21,7 +21,6 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 SAMPLE_S = 2.0
@@ -34,12 +33,6 @@ ANSWERS = ("hit", "built", "fallback", "shed", "limited", "error")
 NOW_SAMPLES = 5
 
 Figures = dict[str, float | dict[str, float]]
-
-
-@dataclass(frozen=True)
-class Bounds:
-    memory_bytes: int
-    disk_bytes: int
 
 
 def total(figures: Figures, name: str) -> float:
@@ -81,12 +74,10 @@ class StatusBoard:
         self,
         figures: Callable[[], Figures],
         versions: Callable[[], list[dict[str, Any]]],
-        bounds: Bounds,
         sample_s: float = SAMPLE_S,
     ) -> None:
         self._figures = figures
         self._versions = versions
-        self.bounds = bounds
         self.sample_s = sample_s
         self.samples: collections.deque[dict[str, Any]] = collections.deque(maxlen=KEEP)
         self._times: list[float] = []
@@ -158,8 +149,8 @@ class StatusBoard:
             "draining": bool(total(figures, "bundler_draining")),
             "pool_size": total(figures, "bundler_build_pool_size"),
             "bounds": {
-                "memory_bytes": self.bounds.memory_bytes,
-                "disk_bytes": self.bounds.disk_bytes,
+                "memory_bytes": part(figures, "bundler_cache_max_bytes", "memory"),
+                "disk_bytes": part(figures, "bundler_cache_max_bytes", "disk"),
             },
             "totals": figures,
             "versions": self._versions(),

@@ -15,7 +15,7 @@ import pytest
 
 from bundler.app import create_app
 from bundler.settings import Settings
-from bundler.status import Bounds, Figures, StatusBoard
+from bundler.status import Figures, StatusBoard
 from tests.conftest import ROOT, free_port, start_service, wait_process_ready, wait_ready
 
 QUERY = "/bundle.js?modules=components/card,components/hero&v=1.1.0"
@@ -28,7 +28,7 @@ def test_a_sample_turns_consecutive_figures_into_rates_and_its_own_ttfb() -> Non
         {"bundler_requests": {"hit": 10.0, "fallback": 2.0}, "bundler_build_queue_depth": 3.0},
         {"bundler_requests": {"hit": 30.0, "fallback": 2.0, "built": 4.0}, "bundler_build_queue_depth": 1.0},
     ]  # fmt: skip
-    board = StatusBoard(lambda: figures.pop(0), list, Bounds(100, 1000))
+    board = StatusBoard(lambda: figures.pop(0), list)
     board.sample(now=100.0)
     for ms in range(1, 101):
         board.observe(ms / 1000)
@@ -45,7 +45,7 @@ def test_ttfb_past_the_kept_requests_stays_a_fair_sample() -> None:
     """Past MAX_TIMES requests in one interval a uniform sample is kept: a slow quarter
     that comes last still shows in the p99 (keeping only the first ones, the naive bound,
     would show 1 ms)."""
-    board = StatusBoard(lambda: {}, list, Bounds(1, 1))
+    board = StatusBoard(lambda: {}, list)
     board.sample(now=0.0)
     for _ in range(15_000):
         board.observe(0.001)

@@ -14,6 +14,7 @@ from bundler.bundle import Bundle
 
 class MemoryTier:
     def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self._lru: LRUCache[str, Bundle] = LRUCache(maxsize=max_bytes, getsizeof=_size)
 
     def peek(self, key: str) -> Bundle | None:

@@ -137,6 +137,10 @@ class TieredCache:
                 "memory": self.memory.stored_bytes(),
                 "disk": self.disk.stored_bytes(),
             },
+            "bundler_cache_max_bytes": {
+                "memory": self.memory.max_bytes,
+                "disk": self.disk.max_bytes,
+            },
             "bundler_cache_corrupt_entries": self.disk.corrupt,
             "bundler_disk_writes_skipped": self.disk.skipped,
             "bundler_disk_writes_failing": float(self.disk_failing),
