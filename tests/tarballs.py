@@ -119,3 +119,16 @@ class ArtifactServer:
         app = web.Application()
         app.router.add_get("/pkg-{name}", self.handle)
         return app
+
+
+async def npm_package_source(aiohttp_server: Any, package: str, *versions: str) -> str:
+    """A loopback artifact server holding ``package``'s real npm tarballs (``npm pack``,
+    cached): the ``--source`` template that pulls them."""
+    from tests.packages import npm_tarball
+
+    artifacts = ArtifactServer()
+    for version in versions:
+        artifacts.publish(version, npm_tarball(package, version))
+    served = await aiohttp_server(artifacts.app())
+    artifacts.url = f"http://127.0.0.1:{served.port}"
+    return artifacts.template

@@ -220,15 +220,7 @@ async def test_components_bring_their_css_and_images_in_the_bundle(
     """A component's element has the style its CSS gives it, its image loads, and two
     bundles sharing a module's CSS add it once: from tailored bundles, and from the
     version's fallback (a cold cache with a zero budget)."""
-    source = tmp_path / "src"
-    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
-    write_styled_version(source / "2.0.0")
-    budget = -1 if answered == "tailored" else 0
-    app = create_app(make_settings(source=str(source), fallback_budget_ms=budget))
-    server = await aiohttp_server(app)
-    if answered == "fallback":
-        assert await app[SERVICE].fallbacks.get("2.0.0") is not None
-    service = f"http://127.0.0.1:{server.port}"
+    service = await styled_service(aiohttp_server, make_settings, tmp_path, answered)
     site = await page_site(aiohttp_server, STYLED_PAGE.format(service=service))
     page, problems = await open_page(browser, site, f"styled-{answered}")
     assert await page.locator("#bundle-note").get_attribute("data-mode") == ",".join([answered] * 4)
@@ -247,7 +239,7 @@ async def test_components_bring_their_css_and_images_in_the_bundle(
     )
     assert len(keys) == 4 and len(set(keys)) == 4
     # The large image: served by its hash, relative to the bundle, and loaded.
-    big = (source / "2.0.0" / "components" / "big.png").read_bytes()
+    big = (tmp_path / "src" / "2.0.0" / "components" / "big.png").read_bytes()
     url = f"{service}/assets/2.0.0/{hashlib.sha256(big).hexdigest()[:32]}.png"
     background = "getComputedStyle(document.querySelector('.photo')).backgroundImage"
     assert await page.evaluate(background) == f'url("{url}")'
@@ -256,6 +248,27 @@ async def test_components_bring_their_css_and_images_in_the_bundle(
     assert await page.evaluate("document.querySelector('img.logo').src") == url
     assert await page.evaluate("document.querySelector('img.logo').naturalWidth") == 64
     assert problems == []
+
+
+async def styled_service(
+    aiohttp_server: Any,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    answered: str,
+    **overrides: Any,
+) -> str:
+    """A server of the styled components (version 2.0.0) whose cold misses get the
+    ``answered`` kind: "tailored" (they wait for their build) or "fallback" (a zero
+    budget, the fallback loaded first); its URL."""
+    source = tmp_path / "src"
+    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
+    write_styled_version(source / "2.0.0")
+    budget = -1 if answered == "tailored" else 0
+    app = create_app(make_settings(source=str(source), fallback_budget_ms=budget, **overrides))
+    server = await aiohttp_server(app)
+    if answered == "fallback":
+        assert await app[SERVICE].fallbacks.get("2.0.0") is not None
+    return f"http://127.0.0.1:{server.port}"
 
 
 LINKED_PAGE = """<!doctype html>
@@ -333,14 +346,27 @@ async def test_a_component_library_from_npm_renders_with_its_dependencies(
 ) -> None:
     """@acme/components (fixture) depends on lit (real, with its tree), installed by npm
     from the registry on loopback: the custom element renders in its shadow DOM, styled."""
+    got = await acme_page(browser, aiohttp_server, npm_settings, LIT_PAGE, "npm-lit-component")
+    assert got == ("tailored", ["Hello from lit", "rgb(0, 128, 0)"], [])
+
+
+async def acme_page(
+    browser: Browser,
+    aiohttp_server: Any,
+    npm_settings: Callable[..., Settings],  # noqa: F811
+    html: str,
+    name: str,
+) -> tuple[str | None, list[str], list[str]]:
+    """A page (``html``, {service} filled in) using @acme/components from the npm source:
+    its bundle's mode, the acme-hero heading's text and colour (from its shadow DOM), and
+    the page's errors."""
     server = await aiohttp_server(create_app(npm_settings(fallback_budget_ms=-1)))
     service = f"http://127.0.0.1:{server.port}"
-    site = await page_site(aiohttp_server, LIT_PAGE.format(service=service))
-    page, problems = await open_page(browser, site, "npm-lit-component")
-    assert await page.locator("#bundle-note").get_attribute("data-mode") == "tailored"
-    heading = await page.evaluate(
+    site = await page_site(aiohttp_server, html.format(service=service))
+    page, problems = await open_page(browser, site, name)
+    mode = await page.locator("#bundle-note").get_attribute("data-mode")
+    heading: list[str] = await page.evaluate(
         "(() => { const h = document.querySelector('acme-hero').shadowRoot.querySelector('h1');"
         " return [h.textContent, getComputedStyle(h).color]; })()"
     )
-    assert heading == ["Hello from lit", "rgb(0, 128, 0)"]
-    assert problems == []
+    return mode, heading, problems

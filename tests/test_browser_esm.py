@@ -7,7 +7,6 @@ Chromium comes from Debian, as for tests/test_browser.py (skipped loudly without
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,16 @@ from playwright.async_api import Browser
 from bundler.app import create_app
 from bundler.keys import SERVICE
 from bundler.settings import Settings
-from tests.conftest import EXAMPLES
-from tests.packages import npm_tarball
-from tests.tarballs import ArtifactServer
+from tests.tarballs import npm_package_source
 from tests.test_browser import (  # noqa: F401 (the browser fixture)
+    acme_page,
     assert_components_styled,
     browser,
     open_page,
     page_site,
+    styled_service,
 )
-from tests.test_css import ACCENT, write_styled_version
+from tests.test_css import ACCENT
 from tests.test_npm import npm_settings, registry  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -78,17 +77,9 @@ async def test_a_module_page_on_another_origin_imports_its_modules_by_name(
     module and from the version's fallback as a module; the large image the CSS names is
     found relative to the module (import.meta.url). Without CORS headers (the control)
     the browser refuses the module from another origin and nothing renders."""
-    source = tmp_path / "src"
-    shutil.copytree(EXAMPLES / "1.1.0", source / "1.1.0")
-    write_styled_version(source / "2.0.0")
-    budget = -1 if answered == "tailored" else 0
-    app = create_app(
-        make_settings(source=str(source), fallback_budget_ms=budget, cors_origins=cors)
+    service = await styled_service(
+        aiohttp_server, make_settings, tmp_path, answered, cors_origins=cors
     )
-    server = await aiohttp_server(app)
-    if answered == "fallback":
-        assert await app[SERVICE].fallbacks.get("2.0.0") is not None
-    service = f"http://127.0.0.1:{server.port}"
     site = await page_site(aiohttp_server, MODULE_PAGE.format(service=service))
     page, problems = await open_page(browser, site, f"module-{answered}-{cors or 'no-cors'}")
     mode = await page.locator("#bundle-note").get_attribute("data-mode")
@@ -159,13 +150,8 @@ async def test_lodash_es_from_its_npm_tarball_is_used_from_a_module_page(
     aiohttp_server: Any,
     make_settings: Callable[..., Settings],
 ) -> None:
-    artifacts = ArtifactServer()
-    artifacts.publish("4.17.21", npm_tarball("lodash-es", "4.17.21"))
-    served = await aiohttp_server(artifacts.app())
-    artifacts.url = f"http://127.0.0.1:{served.port}"
-    settings = make_settings(
-        source=artifacts.template, default_version="4.17.21", fallback_budget_ms=-1
-    )
+    source = await npm_package_source(aiohttp_server, "lodash-es", "4.17.21")
+    settings = make_settings(source=source, default_version="4.17.21", fallback_budget_ms=-1)
     server = await aiohttp_server(create_app(settings))
     service = f"http://127.0.0.1:{server.port}"
     site = await page_site(aiohttp_server, LODASH_PAGE.format(service=service))
@@ -200,14 +186,5 @@ async def test_a_component_library_from_npm_renders_from_a_module_page(
 ) -> None:
     """@acme/components (fixture) on lit (real, with its tree, installed by npm from the
     registry on loopback), imported by a module page: the element renders, styled."""
-    server = await aiohttp_server(create_app(npm_settings(fallback_budget_ms=-1)))
-    service = f"http://127.0.0.1:{server.port}"
-    site = await page_site(aiohttp_server, LIT_MODULE_PAGE.format(service=service))
-    page, problems = await open_page(browser, site, "module-npm-lit")
-    assert await page.locator("#bundle-note").get_attribute("data-mode") == "tailored"
-    heading = await page.evaluate(
-        "(() => { const h = document.querySelector('acme-hero').shadowRoot.querySelector('h1');"
-        " return [h.textContent, getComputedStyle(h).color]; })()"
-    )
-    assert heading == ["Hello from a module", "rgb(0, 128, 0)"]
-    assert problems == []
+    got = await acme_page(browser, aiohttp_server, npm_settings, LIT_MODULE_PAGE, "module-npm-lit")
+    assert got == ("tailored", ["Hello from a module", "rgb(0, 128, 0)"], [])

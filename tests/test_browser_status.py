@@ -17,8 +17,7 @@ from playwright.async_api import Browser
 from bundler.app import create_app
 from bundler.settings import Settings
 from tests.conftest import wait_ready
-from tests.packages import npm_tarball
-from tests.tarballs import ArtifactServer
+from tests.tarballs import npm_package_source
 from tests.test_browser import ARTIFACTS, browser  # noqa: F401 (the browser fixture)
 
 pytestmark = pytest.mark.slow
@@ -33,14 +32,8 @@ async def test_the_status_page_draws_every_panel_after_a_release(
     aiohttp_server: Any,
     make_settings: Callable[..., Settings],
 ) -> None:
-    artifacts = ArtifactServer()
-    for version in ("4.17.20", "4.17.21"):
-        artifacts.publish(version, npm_tarball("lodash-es", version))
-    served = await aiohttp_server(artifacts.app())
-    artifacts.url = f"http://127.0.0.1:{served.port}"
-    settings = make_settings(
-        source=artifacts.template, default_version="4.17.20", fallback_budget_ms=150
-    )
+    source = await npm_package_source(aiohttp_server, "lodash-es", "4.17.20", "4.17.21")
+    settings = make_settings(source=source, default_version="4.17.20", fallback_budget_ms=150)
     server = await aiohttp_server(create_app(settings))
     client = await aiohttp_client(server)
     await wait_ready(client, timeout_s=60)

@@ -17,8 +17,7 @@ from bundler.app import create_app
 from bundler.keys import SERVICE
 from bundler.settings import Settings
 from tests.conftest import wait_ready
-from tests.packages import npm_tarball
-from tests.tarballs import ArtifactServer
+from tests.tarballs import npm_package_source
 
 NODE = shutil.which("node")
 QUERY = "modules=components/card,components/hero&v=1.1.0"
@@ -90,13 +89,8 @@ async def test_the_two_forms_are_two_cache_entries_sharing_the_pull_and_the_fall
     """lodash-es from its npm tarball: one combination in both forms is two cache entries
     and two builds, but one pull of the version and one fallback build: the module form
     costs its own esbuild run and nothing else. Each form is counted in /metrics."""
-    artifacts = ArtifactServer()
-    artifacts.publish("4.17.21", npm_tarball("lodash-es", "4.17.21"))
-    served = await aiohttp_server(artifacts.app())
-    artifacts.url = f"http://127.0.0.1:{served.port}"
-    settings = make_settings(
-        source=artifacts.template, default_version="4.17.21", fallback_budget_ms=-1
-    )
+    source = await npm_package_source(aiohttp_server, "lodash-es", "4.17.21")
+    settings = make_settings(source=source, default_version="4.17.21", fallback_budget_ms=-1)
     app = create_app(settings)
     client = await aiohttp_client(app)
     await wait_ready(client, timeout_s=60)
