@@ -27,7 +27,7 @@ SAMPLE_S = 2.0
 KEEP = 150  # five minutes
 MAX_TIMES = 4096
 # How pages were answered, as the page's chart names them (bundler_requests_total's modes).
-ANSWERS = ("hit", "built", "fallback", "shed", "limited", "error")
+ANSWERS = ("hit", "built", "carried", "fallback", "shed", "limited", "error")
 
 # "Now" is the mean of the last few samples: steadier than one, still current.
 NOW_SAMPLES = 5
@@ -113,12 +113,11 @@ class StatusBoard:
 
             answers = {a: rate("bundler_requests", a) for a in ANSWERS}
             answered = sum(v for k, v in answers.items() if k != "error")
-            tailored = answers["hit"] + answers["built"]
+            tailored = answers["hit"] + answers["built"] + answers["carried"]
             self.samples.append(
                 {
                     "at": time.time(),
                     "answers": answers,
-                    "carried": rate("bundler_carryover", "carried|"),
                     "tailored_share": tailored / answered if answered else None,
                     "ttfb_p50_ms": percentile(times, 0.5) * 1000 if times else None,
                     "ttfb_p99_ms": percentile(times, 0.99) * 1000 if times else None,

@@ -64,7 +64,6 @@ def render(status: dict[str, Any], url: str) -> str:
         f"series: {len(series) * status['sample_s']:.0f} s)",
         "",
         "answers / s     " + "  ".join(f"{k} {v:,.1f}" for k, v in answers.items() if v is not None),
-        f"carried / s     {figure(now.get('carried'))}",
         f"tailored share  {NONE if share is None else f'{share:.1%}':>8}  {spark(tailored)}",
         f"TTFB p50 / p99  {figure(now.get('ttfb_p50_ms'))} / {figure(now.get('ttfb_p99_ms'))} ms  {spark(p99)}",
         f"builds          queue {figure(now.get('queue'), 0)}, busy {figure(now.get('busy'), 0)} "

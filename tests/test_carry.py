@@ -307,3 +307,34 @@ async def test_a_new_version_listed_is_pulled_and_carried_before_pages_ask(
     for modules in COMBOS:
         assert (await answer(client, modules, "1.0.1"))[0] == 200
     assert service.tiers.lookups["memory_hit"] == hits + len(COMBOS)
+
+
+async def test_an_answer_carried_over_says_so_and_is_counted_apart(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A page whose miss is answered with a carried bundle: Cache-Status says carried,
+    bundler_requests_total counts mode="carried" (the status page's answers); a bundle
+    the release changed is "built"; the next request for either is a hit."""
+    source = tmp_path / "fx"
+    write_version(source / "1.0.0", {})
+    write_version(source / "1.1.0", changed_package(sideEffects=True))  # every bundle rebuilt
+    write_version(source / "1.0.1", changed_package(version="1.0.1"))  # every bundle carried
+    settings = make_settings(
+        source=str(source), default_version="1.0.0", carry_over="on", carry_sweep_top=0
+    )
+    client = await aiohttp_client(create_app(settings))
+    await wait_ready(client)
+    statuses = []
+    for version in ("1.0.0", "1.0.0", "1.0.1", "1.0.1", "1.1.0"):
+        resp = await client.get(f"/bundle.js?modules=lib/a&v={version}")
+        assert resp.status == 200
+        statuses.append(resp.headers["Cache-Status"])
+    assert statuses == [
+        "bundler; fwd=miss; stored",  # 1.0.0, built
+        "bundler; hit",
+        "bundler; fwd=miss; stored; detail=carried",  # 1.0.1, carried from 1.0.0
+        "bundler; hit",
+        "bundler; fwd=miss; stored",  # 1.1.0 changed what lib/a's bundle reads: built
+    ]
+    requests = client.app[SERVICE].requests
+    assert (requests["built"], requests["carried"], requests["hit"]) == (2, 1, 2)

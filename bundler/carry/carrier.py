@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -71,6 +72,11 @@ class Carrier:
         )
         self._rebuilt: LRUCache[str, str] = LRUCache(maxsize=INDEXED)
         self._carried: LRUCache[str, str] = LRUCache(maxsize=INDEXED)  # key -> from version
+        # The bundles carried, while anything holds them: an answer is "carried" only if
+        # its bundle is the very one carried (not one built later for the same key).
+        self._carried_bundles: weakref.WeakValueDictionary[str, Bundle] = (
+            weakref.WeakValueDictionary()
+        )
         self._sweeps: dict[str, asyncio.Task[None]] = {}
         self._flight: SingleFlight[str, Bundle | None] = SingleFlight("carry")
         # Decisions read files and hold the GIL for milliseconds: one thread of their own,
@@ -162,6 +168,7 @@ class Carrier:
         self.results["carried"] += 1
         self.by_version[spec.version]["carried"] += 1
         self._carried[spec.key] = version
+        self._carried_bundles[spec.key] = bundle
         return bundle
 
     def _look(self, version: str, root: Path) -> Look:
@@ -170,6 +177,10 @@ class Carrier:
         if look is None or look.root != root:
             look = self._looks[identity] = Look(root)
         return look
+
+    def is_carried(self, bundle: Bundle) -> bool:
+        """Whether ``bundle`` is one this carrier carried over (not built)."""
+        return self._carried_bundles.get(bundle.key) is bundle
 
     def carried_from(self, key: str) -> str | None:
         """The version the bundle of ``key`` was carried from (None: built, or not here)."""

@@ -115,6 +115,8 @@ def cache_status(mode: Mode) -> str:
         return "bundler; hit"
     if mode is Mode.BUILT:
         return "bundler; fwd=miss; stored"
+    if mode is Mode.CARRIED:  # another version's bundle, its inputs unchanged: no build
+        return "bundler; fwd=miss; stored; detail=carried"
     return f"bundler; fwd=miss; detail={mode.value}"
 
 

@@ -89,7 +89,6 @@ def render_now(status: dict[str, Any]) -> str:
     rows = [
         ("state", state),
         ("answers / s", ", ".join(f"{k} {v:,.1f}" for k, v in answers.items()) or NONE),
-        ("carried / s", number(now.get("carried"))),
         ("tailored share", NONE if share is None else f"{share:.1%}"),
         ("TTFB p50 / p99", f"{number(now.get('ttfb_p50_ms'))} / {number(now.get('ttfb_p99_ms'))} ms"),
         ("build queue / pool busy", f"{number(now.get('queue'), 0)} / {number(now.get('busy'), 0)} of {status['pool_size']:.0f}"),

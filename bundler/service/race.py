@@ -27,13 +27,14 @@ if TYPE_CHECKING:
 class Mode(enum.Enum):
     HIT = "hit"  # tailored, from the cache
     BUILT = "built"  # tailored, built within the fallback budget
+    CARRIED = "carried"  # tailored, carried over from another version within the budget
     FALLBACK = "fallback"  # the build did not finish within the budget; it goes on
     SHED = "shed"  # queue full or loop lagging: the fallback, and no build
     LIMITED = "limited"  # the client is past its build budget: the fallback, and no build
 
     @property
     def tailored(self) -> bool:
-        return self in (Mode.HIT, Mode.BUILT)
+        return self in (Mode.HIT, Mode.BUILT, Mode.CARRIED)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ async def answer_miss(
             return _limited(service, spec, client, wait_s)
     if budget_ms == -1:  # never the fallback: every miss waits for its own bundle,
         # however long the queue (as documented: the operator chose waiting over a fallback)
-        return Answer(await service.flight.do(spec.key, lambda: service.build(spec)), Mode.BUILT)
+        return made(service, await service.flight.do(spec.key, lambda: service.build(spec)))
     # Built once, ahead of every tailored build; nobody waits for it here.
     service.fallbacks.ensure(spec.version)
     fallback = service.fallbacks.loaded(spec.version)
@@ -105,6 +106,11 @@ def _limited(service: BundleService, spec: BundleSpec, client: str, wait_s: floa
         "cover it; retry after the Retry-After seconds",
         wait_s,
     )
+
+
+def made(service: BundleService, bundle: Bundle) -> Answer:
+    """A bundle this request's miss made: built, or carried over (bundler.carry)."""
+    return Answer(bundle, Mode.CARRIED if service.carrier.is_carried(bundle) else Mode.BUILT)
 
 
 async def _race(
@@ -152,7 +158,7 @@ async def _built_or_fallback(
     """The finished build; a build error is raised, not hidden, except a disk fault
     (the service's, not the request's): then the fallback, where it covers."""
     try:
-        return Answer(build.result(), Mode.BUILT)
+        return made(service, build.result())
     except DiskFault:
         fallback = await _fallback(service, spec.version)
         if fallback is not None and fallback.covers(spec.modules):

@@ -79,10 +79,9 @@
   function render(status) {
     var s = status.series;
     var opts = { sampleS: status.sample_s };
-    var answers = ["hit", "built", "fallback", "shed", "limited", "error"].map(function (name) {
+    var answers = ["hit", "built", "carried", "fallback", "shed", "limited", "error"].map(function (name) {
       return { name: name, values: s.map(function (x) { return x.answers[name]; }) };
     });
-    answers.push({ name: "carried (bundles)", values: pick(s, "carried") });
     draw(panel("answers"), answers, opts);
     draw(panel("share"), [{ name: "tailored", values: pick(s, "tailored_share", 100) }],
       { sampleS: status.sample_s, max: 100, unit: "%" });
