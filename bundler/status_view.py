@@ -65,7 +65,7 @@ def render(status: dict[str, Any], url: str) -> str:
         "",
         "answers / s     " + "  ".join(f"{k} {v:,.1f}" for k, v in answers.items() if v is not None),
         f"tailored share  {NONE if share is None else f'{share:.1%}':>8}  {spark(tailored)}",
-        f"TTFB p50 / p99  {figure(now.get('ttfb_p50_ms'))} / {figure(now.get('ttfb_p99_ms'))} ms  {spark(p99)}",
+        f"TTFB p50 / p99  {figure(now.get('ttfb_p50_ms'), 2)} / {figure(now.get('ttfb_p99_ms'), 2)} ms  {spark(p99)}",
         f"builds          queue {figure(now.get('queue'), 0)}, busy {figure(now.get('busy'), 0)} "
         f"of {status['pool_size']:.0f}, esbuild runs/s {figure(now.get('esbuild_runs'))}",
         f"event-loop lag  {figure(now.get('lag_ms'))} ms",

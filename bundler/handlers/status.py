@@ -90,7 +90,7 @@ def render_now(status: dict[str, Any]) -> str:
         ("state", state),
         ("answers / s", ", ".join(f"{k} {v:,.1f}" for k, v in answers.items()) or NONE),
         ("tailored share", NONE if share is None else f"{share:.1%}"),
-        ("TTFB p50 / p99", f"{number(now.get('ttfb_p50_ms'))} / {number(now.get('ttfb_p99_ms'))} ms"),
+        ("TTFB p50 / p99", f"{number(now.get('ttfb_p50_ms'), 2)} / {number(now.get('ttfb_p99_ms'), 2)} ms"),
         ("build queue / pool busy", f"{number(now.get('queue'), 0)} / {number(now.get('busy'), 0)} of {status['pool_size']:.0f}"),
         ("esbuild runs / s", number(now.get("esbuild_runs"))),
         ("event-loop lag", number(now.get("lag_ms"), 1, " ms")),
