@@ -189,3 +189,20 @@ async def test_what_pages_load_says_which_origins_may_read_it(
             assert "Origin" in resp.headers["Vary"], path
     probe = await client.get("/readyz", headers={"Origin": origin})
     assert "Access-Control-Allow-Origin" not in probe.headers
+
+
+async def test_a_module_page_may_link_the_css_instead(
+    aiohttp_client: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """css=link on /bundle.mjs: the module without its CSS injector (the page links
+    /bundle.css with the same query), its exports unchanged."""
+    client = await aiohttp_client(create_app(make_settings()))
+    injected = await (await client.get(f"/bundle.mjs?{QUERY}")).read()
+    linked = await (await client.get(f"/bundle.mjs?{QUERY}&css=link")).read()
+    sheet = await client.get(f"/bundle.css?{QUERY}")
+    assert b"data-bundler-css" in injected and b"data-bundler-css" not in linked
+    assert sheet.status == 200 and b".hero" in await sheet.read()
+    got = run_module(
+        tmp_path, linked, "[Object.keys(bundle).sort(), bundle['bundler:bundle'].mode]"
+    )
+    assert got == [["bundler:bundle", "components/card", "components/hero", "default"], "tailored"]
