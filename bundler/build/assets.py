@@ -7,12 +7,15 @@ on a replica that never built the bundle naming it).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
 from bundler import css
-from bundler.errors import DISK_ERRNOS, DiskFault
+from bundler.errors import DISK_ERRNOS, DiskFault, NotFound
 from bundler.fsutil import atomic_write
+from bundler.sources import SourceStore
+from bundler.spec import validate_version
 
 
 class AssetStore:
@@ -60,3 +63,18 @@ class AssetStore:
                 self.put(name, data)
                 return data
         return None
+
+
+async def find_asset(assets: AssetStore, source: SourceStore, version: str, name: str) -> bytes:
+    """A moved-out image or font: stored when a bundle here was built, else found in the
+    version's source by its hash (a replica that never built that bundle)."""
+    validate_version(version)
+    if not css.ASSET_NAME.fullmatch(name):
+        raise NotFound(f"no asset {name!r}: asset names come from a bundle's CSS")
+    data = await asyncio.to_thread(assets.get, name)
+    if data is None:
+        async with source.use(version) as root:
+            data = await asyncio.to_thread(assets.find, root, name)
+    if data is None:
+        raise NotFound(f"version {version} has no asset {name!r}")
+    return data

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from cachetools import TTLCache
 
 from bundler import css
+from bundler.build.assets import find_asset
 from bundler.bundle import Bundle
 from bundler.carry.carrier import Carrier
 from bundler.clients import ClientIds
@@ -30,7 +31,6 @@ from bundler.errors import (
     Overloaded,
     Unavailable,
     UnknownModule,
-    one_line,
 )
 from bundler.fallback.model import Fallback
 from bundler.fleet.builds import shared_or_lease
@@ -46,6 +46,7 @@ from bundler.service.health import DataDirHealth
 from bundler.service.maps import SourceMaps
 from bundler.service.parsing import Queries
 from bundler.service.race import Answer, Mode, answer_miss
+from bundler.service.readiness import prepare_default
 from bundler.service.releases import Releases
 from bundler.slots import Priority
 from bundler.spec import BundleSpec, validate_version
@@ -55,9 +56,6 @@ logger = logging.getLogger(__name__)
 # Distinct failing combinations remembered at once; a storm of one broken
 # combination costs one esbuild run per build_failure_ttl_s, not one per request.
 MAX_REMEMBERED_FAILURES = 1024
-# Backoff while the default version's fallback cannot be prepared (the pod stays unready).
-STARTUP_RETRY_MIN_S = 1.0
-STARTUP_RETRY_MAX_S = 30.0
 
 
 class BundleService:
@@ -160,31 +158,11 @@ class BundleService:
         self._saver = asyncio.create_task(
             self.combos.save_every(self.settings.combos_save_interval_s), name="save-combos"
         )
-        self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
+        self._startup = asyncio.create_task(
+            prepare_default(self.fallbacks, self.default_version), name="prepare-default"
+        )
         self.releases.start()
         self.limits.start()
-
-    async def _prepare_default(self) -> None:
-        delay_s = STARTUP_RETRY_MIN_S
-        while True:
-            try:
-                if await self.fallbacks.get(self.default_version, retry=True) is not None:
-                    break
-                failure = self.fallbacks.failure(self.default_version)
-                problem = failure.message if failure else "its fallback could not be built"
-            except BundlerError as exc:
-                problem = exc.message
-            logger.error(
-                "default version not servable yet; not ready",
-                extra={
-                    "version": self.default_version,
-                    "error": one_line(problem),
-                    "retry_in_s": delay_s,
-                },
-            )
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, STARTUP_RETRY_MAX_S)
-        logger.info("ready", extra={"default_version": self.default_version})
 
     async def parse(
         self,
@@ -331,18 +309,7 @@ class BundleService:
         return await self.maps.get(spec, bundle, of_css=False)
 
     async def asset(self, version: str, name: str) -> bytes:
-        """A moved-out image or font: stored when a bundle here was built, else found in
-        the version's source by its hash (a replica that never built that bundle)."""
-        validate_version(version)
-        if not css.ASSET_NAME.fullmatch(name):
-            raise NotFound(f"no asset {name!r}: asset names come from a bundle's CSS")
-        data = await asyncio.to_thread(self.builder.assets.get, name)
-        if data is None:
-            async with self.source.use(version) as root:
-                data = await asyncio.to_thread(self.builder.assets.find, root, name)
-        if data is None:
-            raise NotFound(f"version {version} has no asset {name!r}")
-        return data
+        return await find_asset(self.builder.assets, self.source, version, name)
 
     async def css_source_map(self, spec: BundleSpec) -> bytes:
         """The source map of the tailored bundle's CSS, as /bundle.css serves it: made by
