@@ -29,8 +29,9 @@ from bundler.build.outputs import (
     relative,
 )
 from bundler.build.pool import EsbuildPool, check_esbuild
-from bundler.build.reports import MAX_ERROR_CHARS, failure, sanitize
+from bundler.build.reports import failure
 from bundler.build.request import build_request, command
+from bundler.build.run import run_build
 from bundler.build.scratch import Scratch
 from bundler.errors import (
     DISK_ERRNOS,
@@ -38,10 +39,8 @@ from bundler.errors import (
     BuildFailed,
     BuildTimeout,
     DiskFault,
-    Unavailable,
     UnknownModule,
 )
-from bundler.esbuild_service import EsbuildService, ServiceGone
 from bundler.settings import Settings
 from bundler.slots import Priority, PrioritySlots
 
@@ -67,9 +66,6 @@ _HOLDING: contextvars.ContextVar[bool] = contextvars.ContextVar("holding_slot", 
 class Builder:
     """Runs build jobs on the long-lived esbuilds: a pool of priority slots, a deadline
     per build, batching of tailored builds, the outputs read into bundles."""
-
-    # A build whose esbuild was killed for another build's deadline runs again this often.
-    ATTEMPTS_AFTER_A_KILL = 1
 
     def __init__(
         self,
@@ -321,62 +317,16 @@ class Builder:
         source_root: Path,
         extra: Sequence[str] = (),
     ) -> EsbuildResult:
-        """One build on the long-lived esbuild of the job's priority, within the deadline.
-
-        At the deadline the esbuild is killed whole (a build cannot be stopped alone);
-        the other builds it had in flight did nothing wrong and run once more on a new
-        one. A crash fails every build in flight: which one caused it cannot be told."""
-        request = build_request(workdir, count, job, source_root, extra)
-        for attempt in range(1 + self.ATTEMPTS_AFTER_A_KILL):
-            service: EsbuildService | None = None
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    service = await self.esbuilds.service_for(self._nice_by(job))
-                    response = await service.request(request)
-                    if not response.get("errors"):
-                        return EsbuildResult(
-                            None,
-                            response["metafile"],
-                            {f["path"]: f["contents"] for f in response["outputFiles"]},
-                        )
-                    formatted = await service.request(
-                        {
-                            "command": "format-msgs",
-                            "messages": response["errors"],
-                            "isWarning": False,
-                            "color": False,
-                        }
-                    )
-                    return EsbuildResult("".join(formatted["messages"]), "{}", {})
-            except TimeoutError:
-                if service is not None:
-                    service.kill()
-                raise BuildTimeout(
-                    f"esbuild did not finish within {self.timeout_s:g} s and was stopped; "
-                    "try fewer modules or retry later"
-                ) from None
-            except ServiceGone as gone:
-                if self.esbuilds.closed:
-                    raise Unavailable("the service is shutting down; retry") from None
-                if gone.killed and attempt < self.ATTEMPTS_AFTER_A_KILL:
-                    continue  # another build's deadline: this one runs again
-                raise self._crashed(gone, job, source_root, workdir) from None
-        raise AssertionError("unreachable")
-
-    def _crashed(
-        self, gone: ServiceGone, job: BuildJob, source_root: Path, workdir: Path
-    ) -> BuildCrashed:
-        logger.error(
-            "esbuild crashed",
-            extra={
-                "key": job.key,
-                "returncode": gone.returncode,
-                "stderr": sanitize(gone.stderr[-MAX_ERROR_CHARS:], source_root, workdir),
-            },
-        )
-        return BuildCrashed(
-            f"esbuild exited with status {gone.returncode} without an error report; "
-            "the service logged it, retry later"
+        """One build on the long-lived esbuild of the job's priority, within the deadline
+        (bundler.build.run)."""
+        return await run_build(
+            self.esbuilds,
+            build_request(workdir, count, job, source_root, extra),
+            nice_by=self._nice_by(job),
+            timeout_s=self.timeout_s,
+            key=job.key,
+            source_root=source_root,
+            workdir=workdir,
         )
 
     async def kill_all(self) -> None:
