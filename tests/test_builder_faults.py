@@ -15,6 +15,7 @@ import pytest
 
 from bundler.app import create_app
 from bundler.build import pool as pool_module
+from bundler.build import run as build_run
 from bundler.build.builder import Builder
 from bundler.build.jobs import BuildJob, BuildOutput
 from bundler.errors import BuildCrashed, BuildTimeout
@@ -214,7 +215,7 @@ async def test_a_deadline_kills_its_esbuild_and_the_other_builds_on_it_run_again
     )
     path.chmod(0o755)
     if not rerun:
-        monkeypatch.setattr(Builder, "ATTEMPTS_AFTER_A_KILL", 0)
+        monkeypatch.setattr(build_run, "ATTEMPTS_AFTER_A_KILL", 0)
     builder = Builder(
         str(path), tmp_path / "tmp", pool_size=2, threads_per_build=1, timeout_s=1, niceness=0
     )
