@@ -18,7 +18,7 @@ module can have: ':' is not allowed in one).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 # (name the page asks for, path under the source root that esbuild resolves)
@@ -50,7 +50,8 @@ def entry_source(
             )
     info = f"{{version: {json.dumps(version)}, mode: {json.dumps(mode)}, modules: {len(registrations)}}}"
     if module:
-        return "\n".join([*lines, *module_exports(registrations, variables, info)]) + "\n"
+        exported = [(name, variables[path]) for name, path in registrations]
+        return "\n".join([*lines, *module_exports(exported, info)]) + "\n"
     pairs = ", ".join(f"[{json.dumps(name)}, {variables[path]}]" for name, path in registrations)
     registry = json.dumps(registry_name)
     lines += [
@@ -69,15 +70,17 @@ def entry_source(
 
 
 def module_exports(
-    registrations: Sequence[Registration], variables: Mapping[str, str], info: str
+    exported: Sequence[tuple[str, str]], info: str, info_variable: str = "info"
 ) -> list[str]:
-    """The module form's exports: each name its namespace, the default every name's, and
-    the bundle's ``{version, mode, modules}`` as ``"bundler:bundle"``."""
-    named = ", ".join(f"{variables[path]} as {json.dumps(name)}" for name, path in registrations)
-    mapping = ", ".join(f"{json.dumps(name)}: {variables[path]}" for name, path in registrations)
+    """The module form's exports, of ``exported`` (name, the variable holding its
+    namespace): each name its namespace, the default every name's, and ``info`` (the
+    bundle's ``{version, mode, modules}``) as ``"bundler:bundle"``. The tailored entry and
+    the fallback's module form (bundler.service.derived) both end so."""
+    named = ", ".join(f"{variable} as {json.dumps(name)}" for name, variable in exported)
+    mapping = ", ".join(f"{json.dumps(name)}: {variable}" for name, variable in exported)
     return [
-        f"const info = {info};",
-        f"export {{ {named}, info as {json.dumps(INFO_EXPORT)} }};",
+        f"const {info_variable} = {info};",
+        f"export {{ {named}, {info_variable} as {json.dumps(INFO_EXPORT)} }};",
         f"export default {{ {mapping} }};",
     ]
 

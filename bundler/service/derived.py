@@ -18,7 +18,7 @@ from cachetools import LRUCache
 
 from bundler import css
 from bundler.bundle import Bundle, gzip_body
-from bundler.entry import INFO_EXPORT
+from bundler.entry import module_exports
 from bundler.fallback.model import Fallback
 from bundler.flight import SingleFlight
 from bundler.spec import BuildOptions
@@ -48,14 +48,9 @@ def module_fallback(fallback: Fallback, options: BuildOptions) -> Bundle:
     lines += [
         f"const __bundlerM{i} = __bundlerRegistry[{json.dumps(n)}];" for i, n in enumerate(names)
     ]
-    named = ", ".join(f"__bundlerM{i} as {json.dumps(n)}" for i, n in enumerate(names))
-    mapping = ", ".join(f"{json.dumps(n)}: __bundlerM{i}" for i, n in enumerate(names))
     info = {"version": fallback.version, "mode": "fallback", "modules": len(names)}
-    lines += [
-        f"const __bundlerInfo = {json.dumps(info)};",
-        f"export {{ {named}, __bundlerInfo as {json.dumps(INFO_EXPORT)} }};",
-        f"export default {{ {mapping} }};",
-    ]
+    exported = [(n, f"__bundlerM{i}") for i, n in enumerate(names)]
+    lines += module_exports(exported, json.dumps(info), "__bundlerInfo")
     exports = "\n".join(lines).encode()
     # Before the source map comment (kept last); the lines it maps do not move.
     at = code.rfind(MAP_COMMENT)
