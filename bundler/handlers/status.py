@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 from html import escape
 from typing import Any
@@ -62,13 +63,18 @@ async def handle_status_json(request: web.Request) -> web.Response:
 async def handle_status(request: web.Request) -> web.Response:
     if not authorized(request):
         return refuse()
-    page = web_asset("status.html").decode()
     now = render_now(request.app[STATUS].status())
     return web.Response(
-        text=page.replace(PLACEHOLDER, now),
+        text=page().replace(PLACEHOLDER, now),
         content_type="text/html",
         headers={**NO_STORE, "Content-Security-Policy": CSP},
     )
+
+
+@functools.cache
+def page() -> str:
+    """The page's template, read once from the package (bundler/web/status.html)."""
+    return web_asset("status.html").decode()
 
 
 def number(value: float | None, digits: int = 1, unit: str = "") -> str:
