@@ -174,7 +174,11 @@ class Settings:
         "Most requested combinations carried over to a new version before asked for.",
         default=500,
     )
-    warm_token: str = _opt("If set, POST /warm needs 'X-Warm-Token: <this>'.", default="")
+    warm_token: str = _opt(
+        "If set, POST /warm, /status and /status.json need 'X-Warm-Token: <this>' (or, "
+        "for a browser, this as the Basic password).",
+        default="",
+    )
     default_version_max_age_s: int = _opt(
         "Cache-Control max-age when the request did not pin v=.", default=60
     )
