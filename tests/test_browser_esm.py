@@ -81,7 +81,9 @@ async def test_a_module_page_on_another_origin_imports_its_modules_by_name(
         aiohttp_server, make_settings, tmp_path, answered, cors_origins=cors
     )
     site = await page_site(aiohttp_server, MODULE_PAGE.format(service=service))
-    page, problems = await open_page(browser, site, f"module-{answered}-{cors or 'no-cors'}")
+    page, problems = await open_page(
+        browser, site, f"module-{answered}-{'cors' if cors else 'no-cors'}"
+    )
     mode = await page.locator("#bundle-note").get_attribute("data-mode")
     if not cors:
         assert mode == "error"
