@@ -16,7 +16,8 @@ what it adds to honest traffic. A warm answer's `Cache-Status` (hit, or fwd=miss
 built) tells whether the flood evicted what honest pages use; `--tiers small` runs with
 a memory and a disk tier a few hundred bundles big, where eviction shows. Afterwards:
 /combos top 20 against the flood's combinations, and the limits' metrics.
-`make bench-flood`; `--floods distinct,repeat`, `--tiers default,small`, `--duration`.
+`make bench-flood`; `--floods distinct,repeat`, `--tiers default,small`, `--duration`,
+`--flood-addresses N` (the flood spread over N clients, each under its own limits).
 """
 
 from __future__ import annotations
@@ -72,21 +73,33 @@ async def ask(session: aiohttp.ClientSession, url: str, modules: list[str]) -> d
         return {"status": 0, "mode": "-", "hit": False, "s": time.perf_counter() - started}
 
 
-async def flood_role(url: str, combos_file: Path, out: Path, duration_s: float) -> None:
+def flood_addresses(count: int) -> list[str]:
+    """One address (FLOOD), or ``count`` of them (127.0.2.1 and on): a flood spread
+    over many clients, each under its own limits, as a botnet's would be."""
+    return [FLOOD] if count == 1 else [f"127.0.2.{n}" for n in range(1, count + 1)]
+
+
+async def flood_role(
+    url: str, combos_file: Path, out: Path, duration_s: float, addresses: int
+) -> None:
     combos = json.loads(combos_file.read_text())
     counts: dict[str, int] = {}
     deadline = time.monotonic() + duration_s
-    async with session_from(FLOOD) as session:
+    sessions = [session_from(address) for address in flood_addresses(addresses)]
 
-        async def worker(n: int) -> None:
-            i = n
-            while time.monotonic() < deadline:
-                got = await ask(session, url, combos[i % len(combos)])
-                key = f"{got['status']} {got['mode']}"
-                counts[key] = counts.get(key, 0) + 1
-                i += 32
+    async def worker(n: int) -> None:
+        i = n
+        while time.monotonic() < deadline:
+            got = await ask(sessions[n % len(sessions)], url, combos[i % len(combos)])
+            key = f"{got['status']} {got['mode']}"
+            counts[key] = counts.get(key, 0) + 1
+            i += 32
 
+    try:
         await asyncio.gather(*(worker(n) for n in range(32)))
+    finally:
+        for session in sessions:
+            await session.close()
     out.write_text(json.dumps(counts))
 
 
@@ -153,7 +166,7 @@ def run(label: str, flood: str, flags: list[str], artifact_url: str, args: argpa
                 flooder = subprocess.Popen(  # noqa: ASYNC220 (started once, not awaited)
                     [sys.executable, __file__, "--role", "flood", "--url", url,
                      "--combos-file", str(combos_file), "--out", str(work_dir / "flood-out.json"),
-                     "--duration", str(args.duration)],
+                     "--duration", str(args.duration), "--flood-addresses", str(args.flood_addresses)],
                     preexec_fn=lambda: os.nice(19),
                 )  # fmt: skip
                 warm, cold = await asyncio.gather(
@@ -207,10 +220,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--floods", default="distinct,repeat")
     parser.add_argument("--tiers", choices=["default", "small"], default="default")
+    parser.add_argument(
+        "--flood-addresses", type=int, default=1, help="spread the flood over this many (1-32)"
+    )
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     if args.role == "flood":
-        asyncio.run(flood_role(args.url, args.combos_file, args.out, args.duration))
+        asyncio.run(
+            flood_role(args.url, args.combos_file, args.out, args.duration, args.flood_addresses)
+        )
         return
     storm.ensure_corpus(CORPUS)
     with storm.artifact_server(storm.free_port()) as artifact_url:
@@ -221,8 +239,14 @@ def main() -> None:
                 print(f"  {flood} flood, {label} ...", file=sys.stderr)
                 columns[label] = run(label, flood, flags + tier_flags, artifact_url, args)
             tiers = " (tiers: memory 4 MB, disk 8 MB)" if args.tiers == "small" else ""
+            spread = flood_addresses(args.flood_addresses)
+            who = (
+                f"one client from {FLOOD}"
+                if len(spread) == 1
+                else f"{len(spread)} clients ({spread[0]}-{spread[-1]})"
+            )
             print(
-                f"\nFlood ({flood}){tiers}: lodash-es {CORPUS.release}, one client from {FLOOD} with 32 "
+                f"\nFlood ({flood}){tiers}: lodash-es {CORPUS.release}, {who} with 32 "
                 f"connections for {args.duration:g} s; honest pages from 40 addresses (one of "
                 f"20 cached combinations every 100 ms) and {COLD_CLIENT} (a new one every s)"
             )
