@@ -413,7 +413,7 @@ async def test_a_request_that_looks_in_the_disk_tier_meanwhile_does_not_build_ag
     await wait_ready(client)
     service = app[SERVICE]
     if not look_again:
-        monkeypatch.setattr(service.tiers.memory, "peek", lambda key: None)
+        monkeypatch.setattr(service.tiers.memory, "hit", lambda key: None)
     real_get = service.tiers.disk.get
     lookups = 0
 

@@ -41,8 +41,9 @@ class TieredCache:
     # ------------------------------------------------------------ look-up
 
     def hit(self, key: str) -> Bundle | None:
-        """The memory tier only, without a coroutine (every warm hit passes here)."""
-        bundle = self.memory.peek(key)
+        """The memory tier only, without a coroutine (every warm hit passes here); a page
+        asking, so it counts as asking again (bundler.tiers.memory)."""
+        bundle = self.memory.hit(key)
         if bundle is not None:
             self.lookups["memory_hit"] += 1
         return bundle
