@@ -606,15 +606,16 @@ async def test_a_failed_build_releases_its_lease_so_other_replicas_do_not_wait_f
     assert status == (422 if released else None)
 
 
-async def test_a_bundle_one_replica_carried_over_is_taken_by_another_from_the_shared_tier(
+async def carry_fleet(
     aiohttp_client: Any,
     make_settings: Callable[..., Settings],
-    counting_esbuild: tuple[str, Callable[[], int]],
     redis_server: RedisServer,
     tmp_path: Path,
-) -> None:
-    """Replica A carries 1.0.1's bundles over from 1.0.0's; replica B, asked for them,
-    takes them from Redis: no esbuild run and no decision of its own."""
+    b_settings: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """Two ready replicas A and B sharing one Redis, serving a fixture release (1.0.1
+    changes only the version field: every bundle of 1.0.0 can be carried over), with no
+    sweep; ``b_settings`` for B alone."""
     source = tmp_path / "fx"
     write_version(source / "1.0.0", {})
     write_version(source / "1.0.1", changed_package(version="1.0.1"))
@@ -629,11 +630,26 @@ async def test_a_bundle_one_replica_carried_over_is_taken_by_another_from_the_sh
             **extra,
         )
 
-    wrapper, runs = counting_esbuild
     a = await aiohttp_client(create_app(settings("a")))
-    b = await aiohttp_client(create_app(settings("b", esbuild=wrapper)))
+    b = await aiohttp_client(create_app(settings("b", **(b_settings or {}))))
     await wait_ready(a)
     await wait_ready(b)
+    return a, b
+
+
+async def test_a_bundle_one_replica_carried_over_is_taken_by_another_from_the_shared_tier(
+    aiohttp_client: Any,
+    make_settings: Callable[..., Settings],
+    counting_esbuild: tuple[str, Callable[[], int]],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Replica A carries 1.0.1's bundles over from 1.0.0's; replica B, asked for them,
+    takes them from Redis: no esbuild run and no decision of its own."""
+    wrapper, runs = counting_esbuild
+    a, b = await carry_fleet(
+        aiohttp_client, make_settings, redis_server, tmp_path, {"esbuild": wrapper}
+    )
     for version in ("1.0.0", "1.0.1"):
         for modules in COMBOS:
             assert (await answer(a, modules, version))[0] == 200
@@ -659,23 +675,7 @@ async def test_a_replica_carries_over_from_bundles_another_replica_built(
     version's); replica B, which never built or read them, is asked for 1.0.1: it finds
     1.0.0's in Redis by their key and carries them over, with no build. The naive control
     (only what this process built or read can be carried, as before) builds them all."""
-    source = tmp_path / "fx"
-    write_version(source / "1.0.0", {})
-    write_version(source / "1.0.1", changed_package(version="1.0.1"))
-
-    def settings(name: str) -> Settings:
-        return make_settings(
-            source=str(source),
-            default_version="1.0.0",
-            data_dir=str(tmp_path / name),
-            redis_url=redis_server.url,
-            carry_sweep_top=0,
-        )
-
-    a = await aiohttp_client(create_app(settings("a")))
-    b = await aiohttp_client(create_app(settings("b")))
-    await wait_ready(a)
-    await wait_ready(b)
+    a, b = await carry_fleet(aiohttp_client, make_settings, redis_server, tmp_path)
     for modules in COMBOS:
         assert (await answer(a, modules, "1.0.0"))[0] == 200
     await a.app[SERVICE].tiers.flush()  # in Redis
